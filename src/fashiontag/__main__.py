@@ -1,0 +1,3 @@
+from fashiontag.cli import app
+
+app()

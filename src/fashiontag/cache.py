@@ -1,0 +1,86 @@
+"""Decode a catalog's photos once into a memory-mapped uint8 array, outside the data folder.
+
+The cache is keyed by the catalog's content and the input size, so later epochs and runs never decode JPEG again,
+and an edited catalog gets a fresh cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+from tqdm import tqdm
+
+from fashiontag import INPUT_HW
+from fashiontag.catalog import Catalog
+from fashiontag.images import HASH_VERSION, ImageError, decode, dhash
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FASHIONTAG_CACHE") or platformdirs.user_cache_dir("fashiontag"))
+
+
+@dataclass
+class ImageCache:
+    pixels: np.ndarray          # (N, H, W, 3) uint8, memory-mapped, one row per catalog row
+    ok: np.ndarray              # (N,) bool: the row's photo decoded
+    hashes: np.ndarray          # (N,) uint64 difference hash of each photo
+    errors: dict[int, str]      # product id -> why its photo could not be used
+
+    def report(self, n_named: int = 5) -> str:
+        if not self.errors:
+            return f"all {len(self.ok):,} photos readable"
+        named = "; ".join(f"{pid}: {why}" for pid, why in list(self.errors.items())[:n_named])
+        return f"{len(self.errors):,} of {len(self.ok):,} photos unusable and skipped (e.g. {named})"
+
+
+def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple[int, int] = INPUT_HW,
+                progress: bool = True, workers: int | None = None) -> ImageCache:
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if cache_dir.resolve().is_relative_to(catalog.root.resolve()):
+        raise ValueError(f"cache dir {cache_dir} is inside the catalog folder; caches go outside it")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"{catalog.content_key()}-{hw[0]}x{hw[1]}-h{HASH_VERSION}"
+    pix_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if pix_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        pixels = np.load(pix_path, mmap_mode="r")
+        return ImageCache(pixels, np.array(meta["ok"], bool), np.array(meta["hashes"], np.uint64),
+                          {int(k): v for k, v in meta["errors"].items()})
+
+    n = len(catalog)
+    tmp = pix_path.with_suffix(f".tmp{os.getpid()}.npy")
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *hw, 3))
+    ok = np.zeros(n, bool)
+    hashes = np.zeros(n, np.uint64)
+    errors: dict[int, str] = {}
+
+    def load(i: int):
+        try:
+            return i, decode(str(catalog.image_path(catalog.ids[i])), hw), None
+        except ImageError as e:
+            return i, None, str(e)
+
+    # PIL releases the GIL while decoding, so threads use every core without copying arrays between processes.
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        for i, arr, err in tqdm(pool.map(load, range(n), chunksize=64), total=n, disable=not progress,
+                                desc="decoding photos", unit="img"):
+            if err is None:
+                pixels[i] = arr
+                ok[i] = True
+                hashes[i] = dhash(arr)
+            else:
+                errors[catalog.ids[i]] = err
+    pixels.flush()
+    del pixels
+    os.replace(tmp, pix_path)
+    meta = {"ok": ok.tolist(), "hashes": [int(h) for h in hashes], "errors": {str(k): v for k, v in errors.items()}}
+    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)
+    return ImageCache(np.load(pix_path, mmap_mode="r"), ok, hashes, errors)

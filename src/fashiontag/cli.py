@@ -1,0 +1,165 @@
+"""The command line: each command parses flags and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fashiontag.catalog import CatalogError
+from fashiontag.config import TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Tag fashion product photos: train, evaluate, explore, predict, tune, export, serve.")
+
+KAGGLE_HINT = ("No catalog given. Pass --data DIR or set FASHIONTAG_DATA to a folder holding styles.csv and images/.\n"
+               "Get one: download the Kaggle dataset 'paramaggarwal/fashion-product-images-small'\n"
+               "(kaggle datasets download -d paramaggarwal/fashion-product-images-small && unzip it),\n"
+               "then FASHIONTAG_DATA=path/to/myntradataset make run")
+
+
+def _data(data: Optional[str], fallback: str = "") -> str:
+    data = data or os.environ.get("FASHIONTAG_DATA", "") or fallback
+    if not data:
+        raise typer.BadParameter(KAGGLE_HINT, param_hint="--data")
+    if not (Path(data) / "styles.csv").is_file():
+        raise typer.BadParameter(f"{data} has no styles.csv. {KAGGLE_HINT}", param_hint="--data")
+    return data
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_sets(sets: List[str]) -> dict:
+    """--set key=value pairs; values are JSON where they parse as JSON, else strings."""
+    out = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {s!r}: expected key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: Optional[str] = typer.Option(None, help="run folder [runs/default]"),
+    model: Optional[str] = typer.Option(None, help="model family: rescnn, seed-cnn, mlp"),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    protocol: Optional[str] = typer.Option(None, help="all: every task; seed: the notebook's three tasks and classes"),
+    max_train: Optional[int] = typer.Option(None, help="train on at most this many photos (quick runs)"),
+    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="a config.json to start from"),
+    set_: List[str] = typer.Option([], "--set", help="any config field, e.g. --set model_args='{\"width\": 48}'"),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    progress: bool = typer.Option(True),
+):
+    """Train a model; the best checkpoint lands in OUT/best (safetensors + JSON)."""
+    from fashiontag.train import train as run_training
+    cfg = TrainConfig.load(config) if config else TrainConfig()
+    try:
+        cfg = cfg.override(data=None if resume and not data else _data(data, cfg.data), out=out, model=model, epochs=epochs,
+                           batch_size=batch_size, lr=lr, protocol=protocol, max_train=max_train, seed=seed,
+                           progress=progress, **_parse_sets(set_))
+        best = run_training(cfg, resume=resume)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    typer.echo(f"best model: {best}")
+
+
+@app.command()
+def evaluate(
+    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
+    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
+    out: str = typer.Option("reports/latest", help="report folder"),
+    side: str = typer.Option("test", help="train, val or test"),
+):
+    """Score a model on its test split; writes report.md, metrics.json and plots."""
+    from fashiontag.evaluate import evaluate as run_evaluation
+    try:
+        summary = run_evaluation(_data(data), model, out, side)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for t, m in summary["tasks"].items():
+        typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  top-3 {m['top3_accuracy']:.2%}")
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@app.command()
+def predict(
+    paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or catalog folders"),
+    out: Optional[str] = typer.Option(None, help="output file (default: stdout)"),
+    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
+    format: Optional[str] = typer.Option(None, help="csv or jsonl (default: from --out's suffix, else csv)"),
+    top_k: int = typer.Option(1, min=1, help="also write the K-1 runners-up per task"),
+    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, help="below this, write 'unknown'"),
+    batch_size: int = typer.Option(512, min=1),
+    progress: bool = typer.Option(True),
+):
+    """Tag photos into CSV or JSON lines: path, id, then <task> and <task>_confidence per task."""
+    from fashiontag.predict import predict as run_predict
+    try:
+        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size, progress and bool(out))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"tagged {counts['rows'] - counts['errors']:,} photos; {counts['errors']:,} could not be read"
+               + (f"; wrote {out}" if out else ""), err=True)
+
+
+@app.command()
+def explore(
+    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: str = typer.Option("reports/explore"),
+):
+    """Class distributions, malformed rows, unusable photos and duplicate groups of a catalog."""
+    from fashiontag.explore import explore as run_explore
+    try:
+        s = run_explore(_data(data), out)
+    except CatalogError as e:
+        _fail(str(e))
+    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} malformed, {len(s['unusable_photos'])} unusable photos, "
+               f"{s['duplicate_groups']:,} duplicate groups; report: {Path(out) / 'explore.md'}")
+
+
+@app.command()
+def run(
+    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: str = typer.Option("runs/default"),
+    report: str = typer.Option("reports/default"),
+    resume: bool = typer.Option(False),
+):
+    """The main job of `make run`: train the default recipe, then evaluate it on the test split."""
+    from fashiontag.evaluate import evaluate as run_evaluation
+    from fashiontag.train import train as run_training
+    try:
+        d = _data(data)
+    except typer.BadParameter as e:
+        typer.secho(str(e.message), fg="yellow", err=True)
+        raise typer.Exit(2)
+    best = run_training(TrainConfig(data=d, out=out), resume=resume and (Path(out) / "last").exists())
+    summary = run_evaluation(d, best, report)
+    for t, m in summary["tasks"].items():
+        typer.echo(f"{t:15s} test accuracy {m['accuracy']:.2%}")
+    typer.echo(f"model: {best}\nreport: {Path(report) / 'report.md'}")
+
+
+def main() -> None:
+    app(prog_name="fashiontag")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""One typed training configuration with defaults; CLI flags override fields, and each run saves the result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from fashiontag import TASKS
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""                     # catalog folder: styles.csv + images/
+    out: str = "runs/default"          # run folder: best/ (the model), last/ (resume state), split.json
+    model: str = "rescnn"              # a name from fashiontag.models
+    model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
+    tasks: tuple[str, ...] = TASKS
+    protocol: str = "all"              # "all" tasks and classes, or "seed": the original notebook's filtering
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adamw"           # adamw, or rmsprop as in the notebook
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"           # cosine decay after warm-up, or "constant"
+    label_smoothing: float = 0.1
+    loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
+    class_weighting: bool = False      # weight rare classes up by 1/sqrt(frequency)
+    augment: bool = True               # horizontal flips and small shifts/scales; never colour changes
+    mixup: float = 0.0                 # mixup alpha; 0 turns it off
+    ema: float = 0.999                 # weight EMA decay; 0 turns it off
+    patience: int = 8                  # early stopping: epochs without a better validation score
+    min_count: int = 10                # classes with fewer training examples go to "Other"
+    max_train: int = 0                 # use at most this many training photos (0: all); for quick runs
+    seed: int = 0
+    split: str = ""                    # reuse this split file instead of making one
+    cache_dir: str = ""                # image cache folder; default the user cache dir
+    bf16: bool = True                  # bf16 autocast where the CPU or GPU supports it
+    channels_last: bool = True
+    compile: bool = False              # torch.compile the model
+    device: str = "auto"               # auto: cuda when present, else cpu
+    threads: int = 0                   # torch intra-op threads; 0 leaves torch's default
+    checkpoint_minutes: float = 2.0    # also save resume state this often inside an epoch
+    progress: bool = True
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "tasks" in d:
+            d["tasks"] = tuple(d["tasks"])
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def override(self, **changes) -> "TrainConfig":
+        """A copy with the given fields changed; None means "leave as is" (a CLI flag not given)."""
+        d = asdict(self)
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return self.from_dict(d)

@@ -1,0 +1,93 @@
+"""Evaluation: per-task metrics on the model's own test split, written as a report folder (markdown, JSON, plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix,
+                             f1_score, top_k_accuracy_score)
+
+from fashiontag import plots
+from fashiontag.calibration import expected_calibration_error
+from fashiontag.dataset import load_dataset
+from fashiontag.predict import Tagger
+
+import torch
+
+
+def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """sklearn's metrics for one task, over rows whose label is known."""
+    known = y >= 0
+    y, probs, pred = y[known], probs[known], pred[known]
+    labels = list(range(len(classes)))
+    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
+    report = classification_report(y, pred, labels=labels, target_names=classes, output_dict=True, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "accuracy": accuracy_score(y, pred),
+        "macro_f1": f1_score(y, pred, labels=labels, average="macro", zero_division=0),
+        "balanced_accuracy": balanced_accuracy_score(y, pred),
+        "top3_accuracy": top_k_accuracy_score(y, probs, k=max(k, 1), labels=labels) if len(classes) > 2 else accuracy_score(y, pred),
+        "ece": expected_calibration_error(torch.from_numpy(probs), torch.from_numpy(y)),
+        "majority_baseline": float(np.bincount(y, minlength=len(classes)).max() / max(len(y), 1)),
+        "per_class": {c: report[c] for c in classes},
+        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
+             side: str = "test", cache_dir: str | None = None, progress: bool = True, plot: bool = True) -> dict:
+    """Score a model on one side of its saved split; writes report.md, metrics.json and PNG plots into `out`."""
+    tagger = Tagger(model)
+    split_path = tagger.model_dir / "split.json"
+    cfg = tagger.meta.get("config", {})
+    ds = load_dataset(data, protocol=cfg.get("protocol", "all"), split_path=split_path, vocabs=tagger.vocabs,
+                      cache_dir=cache_dir, progress=progress)
+    if not split_path.exists():
+        print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
+    rows = ds.rows[side]
+    if len(rows) == 0:
+        raise ValueError(f"no {side} photos of this catalog are in the model's split")
+    pixels = np.asarray(ds.cache.pixels[rows])
+    probs = tagger.probabilities(pixels)
+    chosen = tagger.choose(probs)
+    metrics = {t: task_metrics(ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
+    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "n": int(len(rows)),
+               "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
+               "tasks": metrics}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    figures = {}
+    if plot:
+        figures = plots.report_plots(out, ds, rows, pixels, probs, chosen, tagger.meta, metrics)
+    (out / "report.md").write_text(render_report(summary, tagger.meta, figures))
+    return summary
+
+
+def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
+    m = summary["tasks"]
+    lines = [f"# fashiontag evaluation", "",
+             f"Model `{summary['model']}` ({meta.get('arch')}, {meta.get('arch_args')}), "
+             f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on the **{summary['side']}** split of "
+             f"`{summary['data']}`: {summary['n']:,} photos. "
+             f"Catalog rows skipped as malformed: {summary['catalog_problems']}; photos unusable: {summary['unusable_photos']}.",
+             "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-3 acc. | majority baseline | ECE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t, v in m.items():
+        lines.append(f"| {t} | {len(v['per_class'])} | {v['accuracy']:.2%} | {v['macro_f1']:.3f} | "
+                     f"{v['balanced_accuracy']:.2%} | {v['top3_accuracy']:.2%} | {v['majority_baseline']:.2%} | {v['ece']:.3f} |")
+    for key in ("distributions", "curves"):
+        if key in figures:
+            lines += ["", f"![{key}]({figures[key]})"]
+    for t, v in m.items():
+        lines += ["", f"## {t}", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c, r in v["per_class"].items():
+            lines.append(f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} | {int(r['support'])} |")
+        for key in (f"confusion_{t}", f"examples_{t}"):
+            if key in figures:
+                lines += ["", f"![{key}]({figures[key]})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""Decoding product photos into the model's fixed-size RGB input, and a perceptual hash to find re-listed photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fashiontag import INPUT_HW
+
+# Decompression bombs: no product photo needs more than this many pixels.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+BACKGROUND = (255, 255, 255)  # catalog photos sit on white, so padding and transparency become white
+
+
+class ImageError(Exception):
+    pass
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparent pixels become the white catalog background."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        span = max(float(arr.max() - arr.min()), 1e-6)
+        img = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def fit(img: Image.Image, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
+    """Scale to fit inside hw keeping the aspect ratio, centre on white: (H, W, 3) uint8.
+
+    Letterboxing rather than stretching keeps shapes true, so a 60x60 photo of a watch is not squashed.
+    """
+    h, w = hw
+    img = to_rgb(ImageOps.exif_transpose(img) or img)
+    if img.size != (w, h):
+        scale = min(w / img.width, h / img.height)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        resized = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        img = Image.new("RGB", (w, h), BACKGROUND)
+        img.paste(resized, ((w - size[0]) // 2, (h - size[1]) // 2))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
+    """Bytes or a file path to a fitted (H, W, 3) uint8 array; raises ImageError with the reason."""
+    try:
+        if isinstance(data, (bytes, bytearray)):
+            src = io.BytesIO(data)
+            size = len(data)
+        else:
+            src = data
+            size = os.path.getsize(data)
+        if size == 0:
+            raise ImageError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src) as img:
+                if img.width < 1 or img.height < 1:
+                    raise ImageError("zero-pixel image")
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{img.width}x{img.height} pixels is too large (limit {MAX_PIXELS:,})")
+                img.draft("RGB", (hw[1] * 2, hw[0] * 2))  # JPEG: decode at reduced scale when the photo is big
+                img.load()
+                return fit(img, hw)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large: {e}") from None
+    except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
+        raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
+
+
+HASH_VERSION = 2  # part of the cache key: a changed hash must not reuse old caches
+
+
+def dhash(rgb: np.ndarray) -> int:
+    """64-bit difference hash: robust to re-encoding and small resizes, so re-listed photos share it.
+
+    A bit is set only where brightness rises by more than a few levels: on the flat white background a plain
+    `>` would flip with every re-encoding's noise.
+    """
+    grey = Image.fromarray(rgb).convert("L").resize((9, 8), Image.BOX)
+    px = np.asarray(grey, dtype=np.int16)
+    bits = (px[:, 1:] - px[:, :-1] > 4).flatten()
+    return int(np.packbits(bits).view(">u8")[0])

@@ -1,0 +1,58 @@
+"""Model registry: every family is a plain nn.Module whose forward(x) returns {task: logits}.
+
+x is a float tensor (N, 3, H, W) with values in [0, 1]; each model normalises its input itself, so
+callers (training, prediction, ONNX export, serving) all feed the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def add(factory):
+        _REGISTRY[name] = factory
+        return factory
+    return add
+
+
+def create_model(name: str, heads: dict[str, int], **kwargs) -> nn.Module:
+    """Build model `name` with one head per task (task -> number of classes)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](heads=heads, **kwargs)
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation with the catalog's rough statistics (mostly white background)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.85, 0.83, 0.82]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.25, 0.26, 0.27]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Heads(nn.Module):
+    """One linear classifier per task on a shared feature vector."""
+
+    def __init__(self, features: int, heads: dict[str, int]):
+        super().__init__()
+        self.heads = nn.ModuleDict({t: nn.Linear(features, n) for t, n in heads.items()})
+
+    def forward(self, z):
+        return {t: head(z) for t, head in self.heads.items()}
+
+
+from fashiontag.models import mlp, rescnn, seed_cnn  # noqa: E402,F401  (registers the families)

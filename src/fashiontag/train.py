@@ -1,0 +1,342 @@
+"""Training: one readable loop. Runs alone or under torchrun (DistributedDataParallel: gloo on CPU, nccl on GPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from fashiontag import INPUT_HW, __version__
+from fashiontag.calibration import fit_temperatures
+from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
+from fashiontag.config import TrainConfig
+from fashiontag.dataset import Dataset, load_dataset
+from fashiontag.models import create_model
+from fashiontag.split import save_split
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def to_input(pixels: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (N, H, W, 3) to the float (N, 3, H, W) in [0, 1] that every model takes."""
+    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a small random scale and shift. No colour change: baseColour is a task."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen).to(x.device)
+    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
+    scale = 1 + (r[:, 1] - 0.5) * 0.2             # 0.9 .. 1.1
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = flip / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = (r[:, 2:] - 0.5) * 0.16       # up to 4% of the side either way
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Shift towards 0 so out-of-frame pixels come in as the white catalog background.
+    return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+
+
+def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
+                class_weights: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    """Masked cross-entropy per task: rows whose label is unknown (-1) do not count for that task."""
+    losses = {}
+    for t, logits in out.items():
+        known = (y[t] >= 0).sum().clamp(min=1)
+        losses[t] = F.cross_entropy(logits.float(), y[t], weight=class_weights[t], ignore_index=-1,
+                                    label_smoothing=cfg.label_smoothing, reduction="sum") / known
+    return losses
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, pixels: np.ndarray, device: torch.device, batch_size: int = 512,
+                   bf16: bool = False, channels_last: bool = True) -> dict[str, torch.Tensor]:
+    """Logits per task for uint8 (N, H, W, 3) photos, in batches."""
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for s in range(0, len(pixels), batch_size):
+        x = to_input(torch.from_numpy(np.ascontiguousarray(pixels[s:s + batch_size])), device, channels_last)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            out = model(x)
+        for t, v in out.items():
+            chunks.setdefault(t, []).append(v.float().cpu())
+    return {t: torch.cat(v) for t, v in chunks.items()}
+
+
+def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray]) -> dict[str, float]:
+    acc = {}
+    for t, lg in logits.items():
+        y = torch.from_numpy(targets[t])
+        known = y >= 0
+        acc[t] = float((lg.argmax(1)[known] == y[known]).float().mean()) if known.any() else float("nan")
+    return acc
+
+
+def ema_update(decay: float):
+    """EMA whose decay warms up as (1+n)/(10+n): early averages are not dragged back to the random init."""
+    def update(averaged, current, n):
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        return averaged * d + current * (1 - d)
+    return update
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best)."""
+    out = Path(cfg.out)
+    if resume:
+        if not (out / "config.json").exists():
+            raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
+        cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    rank, world = _setup_distributed(device)
+    main = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    bf16 = cfg.bf16 and bf16_supported(device)
+    torch.manual_seed(cfg.seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    split_file = out / "split.json"
+    data = load_dataset(cfg.data, cfg.tasks, cfg.protocol, split_path=cfg.split or split_file,
+                        min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None,
+                        progress=cfg.progress and main)
+    if main:
+        cfg.save(out / "config.json")
+        save_split(data.split, split_file)
+        for p in data.catalog.problems[:10]:
+            tqdm.write(p)
+        tqdm.write(f"{len(data.catalog):,} catalog rows; {data.cache.report()}")
+        tqdm.write("train {:,} / val {:,} / test {:,} photos; classes: {}".format(
+            *(len(data.rows[s]) for s in ("train", "val", "test")),
+            ", ".join(f"{t} {len(v)}" for t, v in data.vocabs.items())))
+
+    train_rows = data.rows["train"]
+    if cfg.max_train and len(train_rows) > cfg.max_train:
+        train_rows = np.sort(np.random.default_rng(cfg.seed).choice(train_rows, cfg.max_train, replace=False))
+    # The training photos live in RAM as uint8 (about 0.5 GB for the full catalog); batches index into it.
+    train_pixels = torch.from_numpy(np.ascontiguousarray(data.cache.pixels[train_rows]))
+    train_y = {t: torch.from_numpy(v[train_rows]) for t, v in data.targets.items()}
+    val_pixels = data.cache.pixels[data.rows["val"]]
+    val_y = {t: v[data.rows["val"]] for t, v in data.targets.items()}
+
+    heads = {t: len(v) for t, v in data.vocabs.items()}
+    raw_model = create_model(cfg.model, heads, **cfg.model_args).to(device)
+    if cfg.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    ema = AveragedModel(raw_model, avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
+    model: nn.Module = raw_model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    decay, no_decay = [], []
+    for p in raw_model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "rmsprop":
+        opt: torch.optim.Optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7)  # Keras defaults
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use adamw or rmsprop")
+
+    class_weights: dict[str, torch.Tensor | None] = {}
+    for t in heads:
+        if cfg.class_weighting:
+            counts = torch.from_numpy(data.class_counts(t)).float().clamp(min=1)
+            w = counts.rsqrt()
+            class_weights[t] = (w / (w * counts).sum() * counts.sum()).to(device)
+        else:
+            class_weights[t] = None
+    loss_w = {t: float(cfg.loss_weights.get(t, 1.0)) for t in heads}
+
+    per_rank = len(train_rows) // world
+    steps_per_epoch = max(1, per_rank // cfg.batch_size)  # drop the last partial batch: BatchNorm dislikes tiny ones
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+
+    epoch, step_in_epoch, best_score, stale, history = 0, 0, -1.0, 0, []
+    state = load_state(out / "last") if resume else None
+    if state is not None:
+        tensors, info = state
+        raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+        restore_optimizer(opt, tensors, info["param_groups"])
+        aug_gen.set_state(tensors["aug_rng"])
+        torch.set_rng_state(tensors["torch_rng"])
+        epoch, step_in_epoch, best_score, stale, history = (info["epoch"], info["step_in_epoch"], info["best_score"],
+                                                            info["stale"], info["history"])
+        if main:
+            tqdm.write(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch}")
+
+    def save_resume_state(ep: int, st: int) -> None:
+        if not main:
+            return
+        tensors = {f"model/{k}": v for k, v in raw_model.state_dict().items()}
+        if ema is not None:
+            tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+        opt_tensors, param_groups = flatten_optimizer(opt)
+        tensors.update(opt_tensors)
+        tensors["aug_rng"] = aug_gen.get_state()
+        tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from it
+        save_state(out / "last", tensors, {"epoch": ep, "step_in_epoch": st, "best_score": best_score,
+                                           "stale": stale, "history": history, "param_groups": param_groups})
+
+    interrupted = {"flag": False}
+
+    def on_signal(signum, frame):
+        interrupted["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal) if main and world == 1 else None
+    started = time.time()
+    try:
+        while epoch < cfg.epochs and stale < cfg.patience:
+            perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            mine = perm[rank::world][: steps_per_epoch * cfg.batch_size]
+            raw_model.train()
+            correct = {t: 0 for t in heads}
+            seen = {t: 0 for t in heads}
+            loss_sum, last_save, t0 = 0.0, time.time(), time.time()
+            bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
+            for step in range(step_in_epoch, steps_per_epoch):
+                idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                x = to_input(train_pixels[idx], device, cfg.channels_last)
+                y = {t: v[idx].to(device) for t, v in train_y.items()}
+                if cfg.augment:
+                    x = augment(x, aug_gen)
+                lam, partner = 1.0, None
+                if cfg.mixup > 0:
+                    lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
+                    partner = torch.randperm(len(idx), generator=aug_gen).to(device)
+                    x = lam * x + (1 - lam) * x[partner]
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, cfg)
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                losses = task_losses(logits, y, cfg, class_weights)
+                if partner is not None:
+                    other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights)
+                    losses = {t: lam * losses[t] + (1 - lam) * other[t] for t in losses}
+                loss = sum(loss_w[t] * losses[t] for t in losses)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ema is not None:
+                    ema.update_parameters(raw_model)
+                loss_sum += loss.item()
+                for t, lg in logits.items():
+                    known = y[t] >= 0
+                    correct[t] += int((lg.argmax(1)[known] == y[t][known]).sum())
+                    seen[t] += int(known.sum())
+                bar.update(1)
+                bar.set_postfix({"loss": f"{loss_sum / (step - step_in_epoch + 1):.3f}",
+                                 **{t[:6]: f"{correct[t] / max(seen[t], 1):.3f}" for t in heads}})
+                if interrupted["flag"] or time.time() - last_save > cfg.checkpoint_minutes * 60:
+                    save_resume_state(epoch, step + 1)
+                    last_save = time.time()
+                    if interrupted["flag"]:
+                        raise KeyboardInterrupt
+            bar.close()
+            step_in_epoch = 0
+            epoch += 1
+
+            if main:
+                eval_model = ema.module if ema is not None else raw_model
+                val_logits = predict_logits(eval_model, val_pixels, device, bf16=bf16, channels_last=cfg.channels_last)
+                val_acc = accuracies(val_logits, val_y)
+                score = float(np.nanmean(list(val_acc.values())))
+                history.append({"epoch": epoch, "seconds": round(time.time() - t0, 1),
+                                "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps_per_epoch),
+                                "train_acc": {t: correct[t] / max(seen[t], 1) for t in heads}, "val_acc": val_acc})
+                improved = score > best_score
+                if improved:
+                    best_score, stale = score, 0
+                    meta = model_meta(cfg, data, history, val_acc, time.time() - started)
+                    save_model(out / "best", eval_model, meta, data.split)
+                else:
+                    stale += 1
+                tqdm.write(f"epoch {epoch}: val " + " ".join(f"{t} {a:.4f}" for t, a in val_acc.items())
+                           + f" | mean {score:.4f}{' (best, saved)' if improved else ''} | {time.time() - t0:.0f}s")
+            if world > 1:
+                flag = torch.tensor([stale], dtype=torch.int64)
+                dist.broadcast(flag, 0)
+                stale = int(flag)
+            save_resume_state(epoch, 0)
+    except KeyboardInterrupt:
+        if main:
+            tqdm.write(f"interrupted: state saved in {out / 'last'}; continue with `fashiontag train --resume --out {out}`")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    if main:
+        finish_model(out / "best", data, device, bf16, cfg.channels_last, time.time() - started, history)
+    if world > 1:
+        dist.barrier()
+    return out / "best"
+
+
+def model_meta(cfg: TrainConfig, data: Dataset, history: list, val_acc: dict, seconds: float) -> dict:
+    return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW),
+            "vocabs": data.vocabs, "hierarchy": data.hierarchy(), "config": json.loads(json.dumps(cfg.__dict__)),
+            "val_acc": val_acc, "history": history, "train_seconds": round(seconds, 1),
+            "temperatures": {t: 1.0 for t in data.vocabs}}
+
+
+def finish_model(folder: Path, data: Dataset, device: torch.device, bf16: bool, channels_last: bool,
+                 seconds: float, history: list) -> None:
+    """Calibrate the best model's confidences on the validation split and record the full history."""
+    model, meta = load_model(folder, device=str(device))
+    rows = data.rows["val"]
+    logits = predict_logits(model, data.cache.pixels[rows], device, bf16=bf16, channels_last=channels_last)
+    temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
+    meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
+    save_model(folder, model, meta, data.split)
+    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {ece[t]['before']:.3f}->{ece[t]['after']:.3f}"
+                                          for t in temps))

@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from fashiontag.config import TrainConfig
+from synthetic import make_catalog
+
+REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-small"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests never write to the user's cache; the real catalog's cache is shared across tests in one session."""
+    os.environ["FASHIONTAG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory):
+    return make_catalog(tmp_path_factory.mktemp("catalog"), n=400)
+
+
+def tiny_config(data, out, **changes) -> TrainConfig:
+    """A model and schedule small enough to train on the synthetic catalog in a few seconds."""
+    base = dict(data=str(data), out=str(out), model_args={"width": 8, "depths": [1, 1], "stem_stride": 2},
+                epochs=12, batch_size=32, lr=1e-2, warmup_epochs=0.5, ema=0.9, patience=10, min_count=2, progress=False)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def trained(catalog, tmp_path_factory):
+    from fashiontag.train import train
+    out = tmp_path_factory.mktemp("run")
+    return train(tiny_config(catalog.root, out))
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    if not (REAL_DATA / "styles.csv").exists():
+        pytest.skip(f"real catalog not found at {REAL_DATA.resolve()} (only on the project's machines)")
+    return REAL_DATA.resolve()

@@ -1,0 +1,149 @@
+"""train -> evaluate -> predict on the synthetic catalog, resume after an interruption, and DDP with 2 processes."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from fashiontag.checkpoint import load_model
+from fashiontag.evaluate import evaluate
+from fashiontag.models import create_model, model_names
+from fashiontag.predict import Tagger, predict
+
+
+@pytest.mark.parametrize("name", ["rescnn", "seed-cnn", "mlp"])
+def test_every_model_returns_logits_per_task(name):
+    heads = {"gender": 5, "articleType": 40}
+    model = create_model(name, heads).eval()
+    out = model(torch.rand(3, 3, 80, 60))
+    assert {t: tuple(v.shape) for t, v in out.items()} == {"gender": (3, 5), "articleType": (3, 40)}
+    assert name in model_names()
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ValueError, match="rescnn"):
+        create_model("vgg99", {"gender": 2})
+
+
+def test_training_writes_a_model_that_learned(trained):
+    files = {p.name for p in trained.iterdir()}
+    assert files == {"model.safetensors", "model.json", "split.json"}
+    meta = json.loads((trained / "model.json").read_text())
+    # colour and article type are drawn into the pixels; the model must read them better than chance
+    assert meta["val_acc"]["baseColour"] > 0.6
+    assert meta["val_acc"]["articleType"] > 0.6
+    assert set(meta["temperatures"]) == set(meta["vocabs"])
+    assert (trained.parent / "config.json").exists()
+
+
+def test_evaluate_writes_report_and_beats_majority(trained, catalog, tmp_path):
+    summary = evaluate(catalog.root, trained, tmp_path / "report", progress=False)
+    for t in ("articleType", "baseColour", "masterCategory"):
+        m = summary["tasks"][t]
+        assert m["accuracy"] > m["majority_baseline"], t
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| baseColour |" in report and "macro-F1" in report
+    for png in ("class_distributions.png", "training_curves.png", "confusion_gender.png", "examples_usage.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["tasks"]["gender"]["n"] > 0 and len(saved["tasks"]["gender"]["confusion"]) == 2
+
+
+def test_predict_writes_csv_with_errors_as_rows(trained, catalog, tmp_path):
+    out = tmp_path / "tags.csv"
+    counts = predict([str(catalog.root / "images"), str(tmp_path / "nope.jpg")], str(out), str(trained),
+                     top_k=2, progress=False)
+    rows = list(csv.DictReader(out.open()))
+    assert counts["rows"] == len(rows) == len(list((catalog.root / "images").iterdir())) + 1
+    assert list(rows[0])[:4] == ["path", "id", "gender", "gender_confidence"]
+    assert "articleType_top2" in rows[0]
+    by_id = {r["id"]: r for r in rows}
+    assert "empty" in by_id["9002"]["error"] and by_id["9002"]["gender"] == ""
+    assert "not found" in by_id["nope"]["error"]
+    assert by_id["9101"]["error"] == ""  # greyscale photos are tagged, not refused
+    good = [r for r in rows if not r["error"]]
+    assert all(0 <= float(r["usage_confidence"]) <= 1 for r in good)
+
+
+def test_predict_respects_hierarchy_and_min_confidence(trained, catalog):
+    tagger = Tagger(trained)
+    pixels = np.stack([np.asarray(__import__("synthetic").draw(a, "Red", "Men")) for a in
+                       ("Tshirts", "Jeans", "Casual Shoes", "Watches")])
+    combos = {tuple(r) for r in tagger.meta["hierarchy"][1:]}
+    cols = tagger.meta["hierarchy"][0]
+    for row in tagger.tags(pixels):
+        assert tuple(row[t] for t in cols) in combos
+    assert all(r[t] == "unknown" for r in tagger.tags(pixels, min_confidence=1.01) for t in tagger.tasks)
+
+
+def test_predict_jsonl_to_stdout(trained, catalog, capsys):
+    predict([str(catalog.root / "images" / "1000.jpg")], None, str(trained), fmt="jsonl", progress=False)
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["id"] == "1000" and row["error"] == "" and "season_confidence" in row
+
+
+def test_model_loads_without_pickle(trained):
+    assert not list(trained.glob("*.pt")) and not list(trained.glob("*.pkl"))
+    load_file(str(trained / "model.safetensors"))
+    model, meta = load_model(trained)
+    assert meta["arch"] == "rescnn"
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_after_interruption_loses_nothing(catalog, tmp_path, monkeypatch):
+    import fashiontag.train as train_mod
+    cfg = dict(epochs=3, checkpoint_minutes=0.0, patience=99)
+    full = train_mod.train(tiny_config(catalog.root, tmp_path / "full", **cfg))
+
+    real_augment, calls = train_mod.augment, {"n": 0}
+
+    def flaky_augment(x, gen):
+        calls["n"] += 1
+        if calls["n"] == 9:  # mid-way through the second epoch
+            raise KeyboardInterrupt
+        return real_augment(x, gen)
+
+    monkeypatch.setattr(train_mod, "augment", flaky_augment)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(tiny_config(catalog.root, tmp_path / "cut", **cfg))
+    monkeypatch.setattr(train_mod, "augment", real_augment)
+    resumed = train_mod.train(tiny_config(catalog.root, tmp_path / "cut", progress=False), resume=True)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_cli_train_two_processes_with_ddp(catalog, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = tiny_config(catalog.root, out, epochs=2)
+    cfg.save(tmp_path / "cfg.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                           "-m", "fashiontag", "train", "--config", str(tmp_path / "cfg.json"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "best" / "model.safetensors").exists()
+    history = json.loads((out / "best" / "model.json").read_text())["history"]
+    assert len(history) == 2
+
+
+def test_cli_reports_bad_flags_clearly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fashiontag", "train", "--data", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "styles.csv" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fashiontag", "predict", "x.jpg", "--top-k", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "top-k" in proc.stderr
