@@ -28,7 +28,7 @@ def explore(data: str | Path, out: str | Path = "reports/explore", cache_dir: st
     summary = {"data": str(data), "rows": len(catalog), "malformed_rows": catalog.problems,
                "unusable_photos": {str(k): v for k, v in cache.errors.items()},
                "duplicate_groups": len(dup_groups), "photos_in_duplicate_groups": sum(map(len, dup_groups)),
-               "largest_duplicate_groups": dup_groups[:10], "class_counts": counts}
+               "duplicate_group_ids": dup_groups, "class_counts": counts}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "explore.json").write_text(json.dumps(summary, indent=1))
