@@ -55,14 +55,14 @@ def draw(article: str, colour: str, gender: str, size=(60, 80), rng: random.Rand
     return img
 
 
-def make_catalog(root: str | Path, n: int = 240, seed: int = 0, bad: bool = True) -> SyntheticCatalog:
+def make_catalog(root: str | Path, n: int = 240, seed: int = 0, bad: bool = True, first_id: int = 1000) -> SyntheticCatalog:
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     cat = SyntheticCatalog(root)
     lines = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
     for i in range(n):
-        pid = 1000 + i
+        pid = first_id + i
         article, colour = rng.choice(list(ARTICLES)), rng.choice(list(COLOURS))
         gender, season = rng.choice(GENDERS), rng.choice(SEASONS)
         sub, master, _ = ARTICLES[article]
@@ -76,8 +76,8 @@ def make_catalog(root: str | Path, n: int = 240, seed: int = 0, bad: bool = True
         lines.append(f"{pid},{gender},{master},{sub},{article},{colour},{season},2012,{usage},{name}")
         image = root / "images" / f"{pid}.jpg"
         if i >= n - n // 20:  # the last 5% re-list earlier products' photos under new ids
-            original = 1000 + i - (n - n // 20)
-            lines[-1] = lines[original - 1000 + 1].replace(str(original), str(pid), 1)
+            original = first_id + i - (n - n // 20)
+            lines[-1] = lines[original - first_id + 1].replace(str(original), str(pid), 1)
             image.write_bytes((root / "images" / f"{original}.jpg").read_bytes())
             cat.relisted[pid] = original
         else:

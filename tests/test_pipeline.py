@@ -147,3 +147,10 @@ def test_cli_reports_bad_flags_clearly(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fashiontag", "predict", "x.jpg", "--top-k", "0"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "top-k" in proc.stderr
+
+
+def test_evaluate_on_another_catalog_scores_every_photo(trained, tmp_path):
+    from synthetic import make_catalog
+    other = make_catalog(tmp_path / "other", n=60, seed=5, bad=False, first_id=50000)
+    summary = evaluate(other.root, trained, tmp_path / "report", progress=False, plot=False)
+    assert summary["n"] == 60 and "whole catalog" in summary["side"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix,
                              f1_score, top_k_accuracy_score)
 
@@ -13,8 +14,6 @@ from fashiontag import plots
 from fashiontag.calibration import expected_calibration_error
 from fashiontag.dataset import load_dataset
 from fashiontag.predict import Tagger
-
-import torch
 
 
 def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
@@ -49,7 +48,12 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
         print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
     rows = ds.rows[side]
     if len(rows) == 0:
-        raise ValueError(f"no {side} photos of this catalog are in the model's split")
+        # Another catalog than the model was trained on: none of its photos were seen, so all are fair to score.
+        rows = np.flatnonzero(ds.cache.ok)
+        side = "whole catalog (none of its photos are in the model's split)"
+        print(f"note: scoring all {len(rows):,} usable photos: none are in the model's split")
+    if len(rows) == 0:
+        raise ValueError(f"{data}: no usable photos to score")
     pixels = np.asarray(ds.cache.pixels[rows])
     probs = tagger.probabilities(pixels)
     chosen = tagger.choose(probs)
