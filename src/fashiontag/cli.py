@@ -109,11 +109,13 @@ def predict(
     min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, help="below this, write 'unknown'"),
     batch_size: int = typer.Option(512, min=1),
     progress: bool = typer.Option(True),
+    engine: str = typer.Option("torch", help="torch, onnx (onnxruntime) or onnx-int8 (quantized; approximate)"),
 ):
     """Tag photos into CSV or JSON lines: path, id, then <task> and <task>_confidence per task."""
     from fashiontag.predict import predict as run_predict
     try:
-        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size, progress and bool(out))
+        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size, progress and bool(out),
+                             engine=engine)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"tagged {counts['rows'] - counts['errors']:,} photos; {counts['errors']:,} could not be read"
@@ -155,6 +157,40 @@ def run(
     for t, m in summary["tasks"].items():
         typer.echo(f"{t:15s} test accuracy {m['accuracy']:.2%}")
     typer.echo(f"model: {best}\nreport: {Path(report) / 'report.md'}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
+):
+    """Serve the web page (/) and the HTTP API (POST /v1/tag, docs at /docs), batching concurrent requests."""
+    from fashiontag.serve import serve as run_server
+    try:
+        run_server(host, port, model)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def export(
+    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
+    out: Optional[str] = typer.Option(None, help="output file (default: MODEL/model.onnx)"),
+    format: str = typer.Option("onnx", help="onnx (the only format so far)"),
+    int8: bool = typer.Option(False, "--int8", help="also write an int8-quantized model beside it (*.int8.onnx)"),
+    calibration: List[str] = typer.Option([], help="photos or folders to calibrate int8 on [the training catalog]"),
+):
+    """Export a model to ONNX (dynamic batch, input 'image' float (N,3,80,60) in [0,1], logits per task)."""
+    if format != "onnx":
+        _fail(f"unknown format {format!r}: only onnx")
+    from fashiontag.export import export_onnx
+    from fashiontag.predict import default_model_dir
+    try:
+        path = export_onnx(model or default_model_dir(), out, quantize=int8, calibration=calibration or None)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path.with_name(path.name.replace('.int8', ''))} and {path}" if int8 else f"wrote {path}")
 
 
 def main() -> None:

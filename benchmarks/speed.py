@@ -1,0 +1,251 @@
+"""Training and tagging speed on this machine: photos/s, the gain over fp32 eager, FLOP/s against the peak.
+
+Run by hand (not a test):
+
+    .venv/bin/python benchmarks/speed.py                              # random-init default model, ~2-3 minutes
+    .venv/bin/python benchmarks/speed.py --model runs/NAME/best --photos 5000
+    .venv/bin/python benchmarks/speed.py --no-compile --skip-training
+
+Training: photos/s of the real training step (augment, forward, masked losses, backward, AdamW, EMA) in fp32
+eager, the baseline; in channels_last with bf16 autocast; and torch.compiled, with what compiling costs.
+Tagging, model only: uint8 photos in memory to calibrated probabilities, per engine. Tagging end to end: JPEG files
+in, CSV out (`fashiontag predict`'s pipeline: read-ahead decoding threads, inference threads, vectorised rows).
+The forward pass's FLOPs come from torch.utils.flop_counter; the peaks from large matmuls timed in the same run,
+on the same threads. Peak RSS is the process's high-water mark after each part. Everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from fashiontag import INPUT_HW
+from fashiontag.checkpoint import load_model, save_model
+from fashiontag.config import TrainConfig
+from fashiontag.export import export_onnx
+from fashiontag.models import create_model
+from fashiontag.predict import Tagger, _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
+from fashiontag.train import augment, ema_update, predict_logits, task_losses, to_input
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PHOTOS = ROOT / ".." / "shared" / "data" / "fashion-small" / "images"
+# Class counts of the real catalog's tasks, for a random-init model shaped like a trained one.
+CLASSES = {"gender": 5, "masterCategory": 6, "subCategory": 36, "articleType": 96, "baseColour": 44, "season": 4,
+           "usage": 7}
+
+HEADER = f"  {'':44s} {'photos/s':>9s} {'ratio':>6s} {'GFLOP/s':>8s} {'of peak':>7s}"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, min_seconds: float = 1.0, min_reps: int = 2) -> float:
+    """Seconds per call: one warm-up call, then repeats until min_seconds have passed; the best of them."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    """FLOP/s of an n x n matmul: the practical peak for dense math at this dtype on these threads."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n ** 3 / timed(lambda: torch.mm(a, b), min_seconds=1.0, min_reps=3)
+
+
+def make_model_dir(args, tmp: Path) -> Path:
+    """A private copy of --model, or a random-init model of the default architecture: exports land here."""
+    dest = tmp / "model"
+    if args.model:
+        shutil.copytree(Path(args.model), dest, ignore=shutil.ignore_patterns("*.onnx"))
+        return dest
+    cfg = TrainConfig()
+    model = create_model(cfg.model, CLASSES, **cfg.model_args).eval()
+    vocabs = {t: [f"{t}-{i}" for i in range(n)] for t, n in CLASSES.items()}
+    meta = {"arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW), "vocabs": vocabs,
+            "hierarchy": [], "temperatures": {t: 1.0 for t in vocabs}, "config": {"data": ""}}
+    save_model(dest, model, meta)
+    return dest
+
+
+def photo_paths(args, tmp: Path) -> list[Path]:
+    """The first --photos image files of --images; where there are none, random JPEGs written to a temp folder."""
+    folder = Path(args.images)
+    paths = list(islice(iter_image_paths([folder]), args.photos)) if folder.is_dir() else []
+    if paths:
+        return paths
+    print(f"(no photos in {folder}: tagging {args.photos} random JPEGs instead)")
+    rng = np.random.default_rng(0)
+    (tmp / "photos").mkdir()
+    for i in range(args.photos):
+        px = np.full((*INPUT_HW, 3), 255, np.uint8)
+        px[10:70, 10:50] = rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(px).save(tmp / "photos" / f"{i}.jpg", quality=90)
+    return sorted((tmp / "photos").iterdir())
+
+
+def row(label: str, rate: float, base: float | None, flops: float | None = None, peak: float | None = None,
+        note: str = "") -> None:
+    ratio = f"{rate / base:5.2f}x" if base else "     "
+    gf = f"{rate * flops / 1e9:8.1f}" if flops else " " * 8
+    pct = f"{100 * rate * flops / peak:6.1f}%" if flops and peak else " " * 7
+    print(f"  {label:44s} {rate:9.0f} {ratio} {gf} {pct}  {note}", flush=True)
+
+
+def bench_training(model_dir: Path, args, peaks: dict, tmp: Path) -> None:
+    cfg = TrainConfig()
+    _, meta = load_model(model_dir)
+    heads = {t: len(v) for t, v in meta["vocabs"].items()}
+    bs, device = cfg.batch_size, torch.device("cpu")
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (bs, *INPUT_HW, 3), dtype=np.uint8))
+    y = {t: torch.from_numpy(rng.integers(-1, n, bs)) for t, n in heads.items()}
+    weights = {t: None for t in heads}
+
+    def trainer(channels_last: bool, bf16: bool, compiled: bool):
+        torch.manual_seed(0)
+        model = create_model(meta["arch"], heads, **meta.get("arch_args", {}))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        ema = AveragedModel(model, avg_fn=ema_update(cfg.ema), use_buffers=True)
+        run = torch.compile(model) if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+
+        def step():
+            x = augment(to_input(pixels, device, channels_last), gen)
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                out = run(x)
+            loss = sum(task_losses(out, y, cfg, weights).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update_parameters(model)
+        return model, step
+
+    model, step = trainer(False, False, False)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops() / bs
+    print(f"\ntraining: batch {bs}, AdamW, augment, EMA; {flops / 1e6:.0f} MFLOP/photo (forward + backward); "
+          f"{torch.get_num_threads()} threads\n{HEADER}")
+    base = bs / timed(step, args.seconds)
+    row("fp32 eager (baseline)", base, None, flops, peaks["fp32"])
+    _, step = trainer(True, True, False)
+    fast = bs / timed(step, args.seconds)
+    row("channels_last + bf16 autocast", fast, base, flops, peaks["bf16"])
+    if args.compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")  # a cold cache: the first compile's cost
+        _, step = trainer(True, True, True)
+        t = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - t
+        rate = bs / timed(step, args.seconds)
+        epoch = 27_000  # about the real catalog's training split
+        saved = epoch / fast - epoch / rate
+        pays = f"pays back after {compile_s / saved:.1f} epochs" if saved > 0 else "never pays back"
+        row("torch.compile + channels_last + bf16", rate, base, flops, peaks["bf16"],
+            f"compiling took {compile_s:.0f} s; {pays} ({epoch:,} photos each)")
+    print(f"  peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Path) -> None:
+    cores = os.cpu_count() or 1
+    infer_threads, decode_threads = thread_split()
+    t = time.perf_counter()
+    export_onnx(model_dir)
+    onnx_s = time.perf_counter() - t
+    t = time.perf_counter()
+    export_onnx(model_dir, quantize=True, calibration=paths[:256])
+    int8_s = time.perf_counter() - t
+    print(f"\nexport: onnx {onnx_s:.1f} s, int8 with calibration {int8_s:.1f} s")
+
+    model, meta = load_model(model_dir)
+    with FlopCounterMode(display=False) as fc:
+        model(torch.rand(1, 3, *INPUT_HW))
+    flops = fc.get_total_flops()
+    pixels, _ = _load_batch(paths[:args.model_photos], tuple(meta["input_hw"]))
+    engines = [("torch fp32", "torch", False, "fp32"), ("torch bf16", "torch", True, "bf16"),
+               ("onnx", "onnx", None, "fp32"), ("onnx-int8", "onnx-int8", None, None)]
+
+    torch.set_num_threads(cores)
+    print(f"\ntagging, model only: {len(pixels)} photos in memory -> probabilities; {flops / 1e6:.0f} MFLOP/photo "
+          f"forward; {cores} threads\n{HEADER}")
+    eager = model.to(memory_format=torch.channels_last)
+    base = len(pixels) / timed(lambda: predict_logits(eager, pixels, torch.device("cpu"), 512), args.seconds)
+    row("torch fp32 eager, batch 512 (baseline)", base, None, flops, peaks["fp32"])
+    for label, engine, bf16, peak in engines:
+        tagger = Tagger(model_dir, engine=engine, bf16=bf16, threads=cores)
+        rate = len(pixels) / timed(lambda: tagger.probabilities(pixels), args.seconds)
+        row(label + (" (BatchNorm folded)" if engine == "torch" else ""), rate, base, flops,
+            peaks[peak] if peak else None, "int8: approximate; no int8 peak measured" if peak is None else "")
+    print(f"  peak RSS {peak_rss_mib():.0f} MiB")
+
+    print(f"\ntagging end to end: {len(paths)} JPEG files -> CSV; {infer_threads} inference + {decode_threads} "
+          f"decoding threads (as `fashiontag predict`)\n  {'':44s} {'photos/s':>9s} {'ratio':>6s}")
+    base_e2e = None
+    for i, (label, engine, bf16, _) in enumerate(engines):
+        tagger = Tagger(model_dir, engine=engine, bf16=bf16, threads=infer_threads)
+        list(tag_paths(tagger, paths[:64], workers=decode_threads))  # warm up
+        t = time.perf_counter()
+        with open(tmp / "tags.csv", "w", newline="") as f:
+            n = write_rows(tag_paths(tagger, paths, workers=decode_threads), tagger.columns(), f)
+        rate = n / (time.perf_counter() - t)
+        base_e2e = base_e2e or rate
+        row(label + (" (baseline)" if i == 0 else ""), rate, None if i == 0 else base_e2e)
+    print(f"  peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="a model folder (default: a random-init model of the default architecture)")
+    ap.add_argument("--images", default=str(DEFAULT_PHOTOS), help="photos to tag [../shared/data/fashion-small/images]")
+    ap.add_argument("--photos", type=int, default=3000, help="how many files to tag end to end")
+    ap.add_argument("--model-photos", type=int, default=1024, help="photos for the model-only timings")
+    ap.add_argument("--seconds", type=float, default=3.0, help="time each training / model-only figure this long")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time torch.compile for training (compiling takes a minute or so)")
+    ap.add_argument("--skip-training", action="store_true")
+    args = ap.parse_args()
+
+    import onnxruntime
+    cores = os.cpu_count() or 1
+    print(f"{cores} CPU cores; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
+          f"bf16 on CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    torch.set_num_threads(cores)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"peak (2048^2 matmul, {cores} threads): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    with tempfile.TemporaryDirectory(prefix="fashiontag-speed-") as tmp:
+        tmp = Path(tmp)
+        model_dir = make_model_dir(args, tmp)
+        meta = json.loads((model_dir / "model.json").read_text())
+        print(f"model: {meta['arch']} {json.dumps(meta.get('arch_args', {}))}"
+              + (f" from {args.model}" if args.model else " (random init)"))
+        if not args.skip_training:
+            bench_training(model_dir, args, peaks, tmp)
+        torch.set_num_threads(cores)
+        bench_tagging(model_dir, photo_paths(args, tmp), args, peaks, tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
