@@ -193,6 +193,35 @@ def export(
     typer.echo(f"wrote {path.with_name(path.name.replace('.int8', ''))} and {path}" if int8 else f"wrote {path}")
 
 
+@app.command()
+def tune(
+    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
+    model: str = typer.Option("seed-cnn", help="search space: seed-cnn (the notebook's dimensions) or rescnn"),
+    trials: int = typer.Option(20, min=1, help="trials to add to the study"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per trial"),
+    max_train: Optional[int] = typer.Option(None, help="train each trial on at most this many photos"),
+    out: str = typer.Option("runs/tune", help="folder: trial-N/ runs, study.db, best.json, plots"),
+    study: Optional[str] = typer.Option(None, help="study name (default: the model name); continued if it exists"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
+    timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
+    config: Optional[Path] = typer.Option(None, help="a config.json to start from"),
+    set_: List[str] = typer.Option([], "--set", help="any config field, fixed for every trial"),
+    progress: bool = typer.Option(True),
+):
+    """Search hyper-parameters with Optuna (TPE, median pruning); resumable, writes best.json and plots."""
+    from fashiontag.tune import tune as run_tune
+    cfg = TrainConfig.load(config) if config else TrainConfig()
+    try:
+        cfg = cfg.override(data=_data(data, cfg.data), epochs=epochs, max_train=max_train, progress=progress,
+                           **_parse_sets(set_))
+        summary = run_tune(cfg, trials, study or model, storage, model, timeout, out)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    typer.echo(f"best.json: {Path(out) / 'best.json'}" + ("" if summary["best"] else " (no trial completed)"))
+
+
 def main() -> None:
     app(prog_name="fashiontag")
 

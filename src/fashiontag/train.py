@@ -119,8 +119,11 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best)."""
+def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
+    """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best).
+
+    on_epoch(epoch, mean_val_score), if given, is called on rank 0 after each validation; an exception it raises
+    (e.g. optuna.TrialPruned) stops training and propagates."""
     out = Path(cfg.out)
     if resume:
         if not (out / "config.json").exists():
@@ -301,6 +304,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     stale += 1
                 tqdm.write(f"epoch {epoch}: val " + " ".join(f"{t} {a:.4f}" for t, a in val_acc.items())
                            + f" | mean {score:.4f}{' (best, saved)' if improved else ''} | {time.time() - t0:.0f}s")
+                if on_epoch is not None:
+                    on_epoch(epoch, score)
             if world > 1:
                 flag = torch.tensor([stale], dtype=torch.int64)
                 dist.broadcast(flag, 0)
