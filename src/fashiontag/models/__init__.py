@@ -15,9 +15,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
-    def add(factory):
-        _REGISTRY[name] = factory
-        return factory
+    """Class decorator: makes the model family buildable by name."""
+    def add(cls):
+        _REGISTRY[name] = cls
+        return cls
     return add
 
 
@@ -42,6 +43,16 @@ class Normalize(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
+
+
+class TrunkAndHeads(nn.Module):
+    """The shape every family shares: `self.trunk` maps photos to a feature vector, `self.heads` to logits per task."""
+
+    trunk: nn.Module
+    heads: "Heads"
+
+    def forward(self, x):
+        return self.heads(self.trunk(x))
 
 
 class Heads(nn.Module):

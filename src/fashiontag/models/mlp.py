@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from fashiontag import INPUT_HW
-from fashiontag.models import Heads, Normalize, register
+from fashiontag.models import Heads, Normalize, TrunkAndHeads, register
 
 
-class MLP(nn.Module):
+@register("mlp")
+class MLP(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], hidden: tuple[int, ...] = (100, 50), input_hw: tuple[int, int] = INPUT_HW):
         super().__init__()
         layers: list[nn.Module] = [Normalize(), nn.Flatten()]
@@ -18,11 +19,3 @@ class MLP(nn.Module):
             cin = h
         self.trunk = nn.Sequential(*layers)
         self.heads = Heads(cin, heads)
-
-    def forward(self, x):
-        return self.heads(self.trunk(x))
-
-
-@register("mlp")
-def mlp(heads, **kw):
-    return MLP(heads, **kw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fashiontag.models import Heads, Normalize, register
+from fashiontag.models import Heads, Normalize, TrunkAndHeads, register
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -25,7 +25,8 @@ class Block(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class ResCNN(nn.Module):
+@register("rescnn")
+class ResCNN(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], width: int = 32, depths: tuple[int, ...] = (1, 1, 2, 1),
                  stem_stride: int = 1, dropout: float = 0.2):
         super().__init__()
@@ -39,11 +40,3 @@ class ResCNN(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout)]
         self.trunk = nn.Sequential(*layers)
         self.heads = Heads(cin, heads)
-
-    def forward(self, x):
-        return self.heads(self.trunk(x))
-
-
-@register("rescnn")
-def rescnn(heads, **kw):
-    return ResCNN(heads, **kw)

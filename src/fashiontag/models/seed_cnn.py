@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fashiontag import INPUT_HW
-from fashiontag.models import Heads, Normalize, register
+from fashiontag.models import Heads, Normalize, TrunkAndHeads, register
 
 # Where each conv stage puts its BatchNorm, the placements the notebook tried: none; between the convolution and its
 # ReLU ("before_activation", Conv2D then BatchNormalization then Activation); after the ReLU ("after_activation",
@@ -13,7 +13,8 @@ from fashiontag.models import Heads, Normalize, register
 BATCH_NORM = ("none", "before_activation", "after_activation")
 
 
-class SeedCNN(nn.Module):
+@register("seed-cnn")
+class SeedCNN(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], filters: tuple[int, int, int] = (16, 32, 64),
                  kernels: tuple[int, int, int] = (5, 3, 3), dense: int = 100, dropout: float = 0.5,
                  batch_norm: bool | str = False, input_hw: tuple[int, int] = INPUT_HW):
@@ -33,11 +34,3 @@ class SeedCNN(nn.Module):
         layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * h * w, dense), nn.ReLU()]
         self.trunk = nn.Sequential(*layers)
         self.heads = Heads(dense, heads)
-
-    def forward(self, x):
-        return self.heads(self.trunk(x))
-
-
-@register("seed-cnn")
-def seed_cnn(heads, **kw):
-    return SeedCNN(heads, **kw)
