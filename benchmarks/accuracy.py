@@ -113,7 +113,7 @@ def render(r: dict) -> str:
     lines.append(f"| parameters | {r['seed']['params']:,} | {r['ours']['params']:,} | |")
     lines += ["", "Seed-protocol columns: argmax over the seed protocol's classes, the same for both models. "
               "Last column: `fashiontag evaluate` on every test photo and class (category tasks decoded jointly). "
-              f"`fashiontag evaluate` of the baseline (joint decoding): "
+              "`fashiontag evaluate` of the baseline (joint decoding): "
               + ", ".join(f"{t} {pct(v)}" for t, v in r["seed"]["evaluate"].items()) + ".",
               "", f"Reports: `{r['seed']['report']}`, `{r['ours']['report']}`."]
     lines += [f"\nNote: {n}" for n in r["notes"]]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -50,36 +52,77 @@ def load_photos(folder: Path, limit: int, seed: int = 0) -> list[tuple[str, byte
     return [(n, (folder / n).read_bytes()) for n in names[:limit]]
 
 
-async def run_mode(url: str, photos: list, clients: int, per_request: int, duration: float) -> dict:
+def run_loop(coroutine):
+    """asyncio.run on uvloop where installed (a dependency of the server): the load generator's own CPU time comes
+    out of the same 2 cores as the server's, so the lighter it is the truer the server's figures."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def tag_request(host: str, batch: list[tuple[str, bytes]]) -> bytes:
+    """A whole POST /v1/tag request, bytes ready for the socket: built once, so the clients spend little CPU."""
+    boundary = "fashiontag-bench-7d3c1f"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for name, data in batch)
+    body += f"--{boundary}--\r\n".encode()
+    head = (f"POST /v1/tag HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: the status and the body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if length is None:
+        raise ValueError(f"response without a content-length: {head[:200]!r}")
+    return int(head[9:12]), await reader.readexactly(int(length.group(1)))
+
+
+async def run_mode(port: int, photos: list, clients: int, per_request: int, duration: float) -> dict:
+    """`clients` keep-alive connections, each sending its next request as soon as the last one is answered.
+
+    A plain asyncio client rather than httpx: at hundreds of requests a second an HTTP library's own CPU time on
+    these 2 cores would be a large part of the latency measured."""
+    host = f"127.0.0.1:{port}"
+    requests = [tag_request(host, [photos[(i + j) % len(photos)] for j in range(per_request)])
+                for i in range(0, len(photos), per_request)]
     latencies: list[float] = []
     errors: list[str] = []
     counts = {"requests": 0, "photos": 0}
     deadline = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        async def client(k: int) -> None:
-            i = k * 7919
+    async def client(k: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k * 7919
+        try:
             while time.perf_counter() < deadline:
-                batch = [photos[(i + j) % len(photos)] for j in range(per_request)]
-                i += per_request
+                i += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/v1/tag", files=[("files", (n, d, "image/jpeg")) for n, d in batch])
-                    if r.status_code != 200 or len(r.json()["results"]) != per_request:
-                        errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    status, body = await exchange(reader, writer, requests[i % len(requests)])
+                    if status != 200 or len(json.loads(body)["results"]) != per_request:
+                        errors.append(f"HTTP {status}: {body[:200]!r}")
                         continue
-                except httpx.HTTPError as e:
+                except (OSError, ValueError, asyncio.IncompleteReadError) as e:
                     errors.append(repr(e))
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     continue
                 latencies.append(time.perf_counter() - t0)
                 counts["requests"] += 1
                 counts["photos"] += per_request
+        finally:
+            writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
-        elapsed = time.perf_counter() - started
-        stats = (await http.get("/v1/stats")).json()
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.perf_counter() - started
+    stats = httpx.get(f"http://{host}/v1/stats").json()
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {"elapsed": elapsed, **counts, "errors": errors, "p50": np.percentile(ms, 50),
             "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99), "stats": stats}
@@ -89,10 +132,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model folder (default: $FASHIONTAG_MODEL or the shipped model)")
     ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos to send")
-    ap.add_argument("--clients", type=int, default=24, help="concurrent clients (16-32 is the intended range)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (16-32 is the intended range)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per mode (capped at 30)")
     ap.add_argument("--mode", choices=["single", "batch", "both"], default="both")
     ap.add_argument("--batch-size", type=int, default=8, help="photos per request in batch mode")
+    ap.add_argument("--engine", default="onnx", help="the server's engine: onnx (its default), torch or onnx-int8")
     ap.add_argument("--max-photos", type=int, default=512, help="photos loaded into memory and cycled through")
     args = ap.parse_args()
     duration = min(args.duration, 30.0)
@@ -110,7 +154,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen([sys.executable, "-m", "fashiontag", "serve", "--host", "127.0.0.1", "--port",
-                               str(port), "--model", model], env=env, stdout=subprocess.DEVNULL,
+                               str(port), "--model", model, "--no-access-log", "--engine", args.engine], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.perf_counter()
@@ -135,7 +179,7 @@ def main() -> None:
         rows = []
         for name, per_request in modes:
             before = httpx.get(url + "/v1/stats").json()
-            r = asyncio.run(run_mode(url, photos, args.clients, per_request, duration))
+            r = run_loop(run_mode(port, photos, args.clients, per_request, duration))
             passes = r["stats"]["batches"] - before["batches"]
             mean_batch = (r["stats"]["photos"] - before["photos"]) / passes if passes else 0.0
             rows.append(f"{name:8s} {per_request:10d} {r['requests']:9d} {r['requests'] / r['elapsed']:8.1f} "

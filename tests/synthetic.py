@@ -3,7 +3,6 @@ of bad input the real world sends (malformed CSV rows, missing, empty, truncated
 
 from __future__ import annotations
 
-import csv
 import io
 import random
 from dataclasses import dataclass, field

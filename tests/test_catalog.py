@@ -72,7 +72,6 @@ def test_decode_errors_name_the_reason(tmp_path):
 
 
 def test_dhash_survives_reencoding(tmp_path):
-    from PIL import Image
     from synthetic import draw
     img = draw("Tshirts", "Red", "Men")
     img.save(tmp_path / "a.jpg", quality=95)

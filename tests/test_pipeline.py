@@ -1,7 +1,6 @@
 """train -> evaluate -> predict on the synthetic catalog, resume after an interruption, and DDP with 2 processes."""
 
 import csv
-import io
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from fashiontag.models import create_model, model_names
 from fashiontag.predict import Tagger, predict
 
 
-@pytest.mark.parametrize("name", ["rescnn", "seed-cnn", "mlp"])
+@pytest.mark.parametrize("name", ["rescnn", "seed-cnn", "mlp", "efficientnet-lite0"])
 def test_every_model_returns_logits_per_task(name):
     heads = {"gender": 5, "articleType": 40}
     model = create_model(name, heads).eval()
@@ -83,6 +82,16 @@ def test_predict_respects_hierarchy_and_min_confidence(trained, catalog):
     for row in tagger.tags(pixels):
         assert tuple(row[t] for t in cols) in combos
     assert all(r[t] == "unknown" for r in tagger.tags(pixels, min_confidence=1.01) for t in tagger.tasks)
+
+
+def test_flip_averages_each_photo_with_its_mirror_image(trained):
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 80, 60, 3), dtype=np.uint8)
+    plain, flipped = Tagger(trained), Tagger(trained, flip=True)
+    a, b = plain.probabilities(pixels), plain.probabilities(np.ascontiguousarray(pixels[:, :, ::-1]))
+    both = flipped.probabilities(pixels)
+    for t in plain.tasks:
+        np.testing.assert_allclose(both[t], (a[t] + b[t]) / 2, atol=1e-6)
+        np.testing.assert_allclose(both[t].sum(1), 1, atol=1e-5)
 
 
 def test_predict_jsonl_to_stdout(trained, catalog, capsys):

@@ -1,7 +1,6 @@
 """On the real catalog (../shared/data/fashion-small), where it exists; skipped elsewhere with the reason."""
 
 import numpy as np
-import pytest
 
 from conftest import tiny_config
 from fashiontag.catalog import read_catalog

@@ -25,7 +25,7 @@ from PIL import Image
 
 from fashiontag.images import decode
 from fashiontag.predict import Tagger
-from fashiontag.serve import MicroBatcher, create_app
+from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")
@@ -68,15 +68,23 @@ def photos(catalog) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def client(trained):
-    with TestClient(create_app(trained, max_batch=16, **LIMITS)) as c:
+def served(trained, tmp_path_factory):
+    """A private copy of the trained model: the service exports its ONNX graph into the model folder."""
+    dest = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(trained, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with TestClient(create_app(served, max_batch=16, **LIMITS)) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def direct(trained):
+def direct(served):
     """The same model used directly, to check that the service returns what Tagger says."""
-    return Tagger(trained)
+    return Tagger(served, engine=SERVE_ENGINE)
 
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
@@ -181,8 +189,8 @@ def test_model_health_readiness_and_docs(client, direct):
     assert "multipart/form-data" in spec["paths"]["/v1/tag"]["post"]["requestBody"]["content"]
 
 
-def test_readyz_is_503_while_the_model_is_not_serving(trained):
-    app = create_app(trained)
+def test_readyz_is_503_while_the_model_is_not_serving(served):
+    app = create_app(served)
     with TestClient(app) as c:  # lifespan ran: loaded and warmed up
         assert c.get("/readyz").status_code == 200
     c = TestClient(app)  # no lifespan: the batcher was stopped
@@ -338,8 +346,8 @@ def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photo
             [v for k, v in want.items() if "confidence" in k], abs=2e-4)
 
 
-def test_concurrent_http_requests_share_forward_passes(trained, photos, direct):
-    app = create_app(trained, max_batch=64)
+def test_concurrent_http_requests_share_forward_passes(served, photos, direct):
+    app = create_app(served, max_batch=64)
     counting = CountingTagger(direct, delay=0.3)
     with TestClient(app) as c:
         app.state.batcher.tagger = counting  # after warm-up; every pass now takes 0.3 s, so requests queue up
@@ -363,9 +371,9 @@ def test_concurrent_http_requests_share_forward_passes(trained, photos, direct):
                {t: want[t] for t in direct.tasks}
 
 
-def test_short_load_test_on_loopback_has_no_errors(trained, photos):
+def test_short_load_test_on_loopback_has_no_errors(served, photos):
     """A few concurrent clients against a real uvicorn for ~2.5 s: every request answered correctly."""
-    app = create_app(trained, max_batch=32)
+    app = create_app(served, max_batch=32)
     payloads = list(photos.items())
     errors, latencies, lock = [], [], threading.Lock()
     with live_server(app) as url:
@@ -411,10 +419,13 @@ def test_cli_serve_passes_its_options(monkeypatch):
     import fashiontag.serve as serve_mod
     from fashiontag.cli import app
     calls = []
-    monkeypatch.setattr(serve_mod, "serve", lambda host, port, model: calls.append((host, port, model)))
+    monkeypatch.setattr(serve_mod, "serve", lambda host, port, model, **kw: calls.append((host, port, model, kw)))
     result = CliRunner().invoke(app, ["serve", "--port", "8123", "--model", "some/dir"])
     assert result.exit_code == 0, result.output
-    assert calls == [("127.0.0.1", 8123, "some/dir")]
+    result = CliRunner().invoke(app, ["serve", "--no-access-log", "--engine", "torch"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("127.0.0.1", 8123, "some/dir", {"access_log": True, "engine": "onnx"}),
+                     ("127.0.0.1", 8000, None, {"access_log": False, "engine": "torch"})]
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert "--host" in result.output and "--port" in result.output and "--model" in result.output
 
@@ -488,11 +499,11 @@ def shown_tags(page, name: str) -> dict[str, str]:
             for row in card.locator("tr[data-task]").all()}
 
 
-def test_browser_uploads_tags_corrects_and_downloads_csv(browser, trained, catalog, direct, tmp_path):
+def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalog, direct, tmp_path):
     images = catalog.root / "images"
     good = [images / f"{pid}.jpg" for pid in catalog.good_ids[:4]]
     not_image = images / "9004.jpg"
-    with live_server(create_app(trained)) as url, open_page(browser, url) as page:
+    with live_server(create_app(served)) as url, open_page(browser, url) as page:
         upload_and_wait(page, good + [not_image])
         assert page.locator(".card.done").count() == 4
         error_card = page.locator('.card.error[data-file="9004.jpg"]')

@@ -52,12 +52,23 @@ def save_model(dest: str | Path, model: nn.Module, meta: dict, split: dict | Non
     write_folder_atomically(Path(dest), files)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from its folder: the architecture from model.json, weights from safetensors."""
+def model_folder(path: str | Path) -> Path:
+    """The readable version of a model folder; a clear error where it is not one."""
     path = readable_folder(Path(path))
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path} is not a model folder (needs {WEIGHTS} and {META})")
-    meta = json.loads((path / META).read_text())
+    return path
+
+
+def load_meta(path: str | Path) -> dict:
+    """A model folder's model.json: architecture, vocabularies, temperatures, history."""
+    return json.loads((model_folder(path) / META).read_text())
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from its folder: the architecture from model.json, weights from safetensors."""
+    path = model_folder(path)
+    meta = load_meta(path)
     heads = {t: len(classes) for t, classes in meta["vocabs"].items()}
     model = create_model(meta["arch"], heads, **meta.get("arch_args", {}))
     model.load_state_dict(load_file(str(path / WEIGHTS), device=device))

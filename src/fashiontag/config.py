@@ -15,6 +15,7 @@ class TrainConfig:
     out: str = "runs/default"          # run folder: best/ (the model), last/ (resume state), split.json
     model: str = "rescnn"              # a name from fashiontag.models
     model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
+    pretrained: bool = False           # start from the family's ImageNet weights (efficientnet-lite0)
     tasks: tuple[str, ...] = TASKS
     protocol: str = "all"              # "all" tasks and classes, or "seed": the original notebook's filtering
     epochs: int = 30
@@ -29,6 +30,8 @@ class TrainConfig:
     class_weighting: bool = False      # weight rare classes up by 1/sqrt(frequency)
     augment: bool = True               # horizontal flips and small shifts/scales; never colour changes
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
+    teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
+    distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
     ema: float = 0.999                 # weight EMA decay; 0 turns it off
     patience: int = 8                  # early stopping: epochs without a better validation score
     min_count: int = 10                # classes with fewer training examples go to "Other"
@@ -38,7 +41,7 @@ class TrainConfig:
     cache_dir: str = ""                # image cache folder; default the user cache dir
     bf16: bool = True                  # bf16 autocast where the CPU or GPU supports it
     channels_last: bool = True
-    compile: bool = False              # torch.compile the model
+    compile: bool | None = None        # torch.compile the model; None: where it pays (runs of 2,000 steps or more)
     device: str = "auto"               # auto: cuda when present, else cpu
     threads: int = 0                   # torch intra-op threads; 0 leaves torch's default
     checkpoint_minutes: float = 2.0    # also save resume state this often inside an epoch
@@ -54,8 +57,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         d = dict(d)
-        if "tasks" in d:
-            d["tasks"] = tuple(d["tasks"])
+        for key in ("tasks", "teachers"):
+            if key in d:
+                d[key] = (d[key],) if isinstance(d[key], str) else tuple(d[key])
         return cls(**d)
 
     @classmethod

@@ -37,9 +37,13 @@ def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: li
 
 
 def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
-             side: str = "test", cache_dir: str | None = None, progress: bool = True, plot: bool = True) -> dict:
-    """Score a model on one side of its saved split; writes report.md, metrics.json and PNG plots into `out`."""
-    tagger = Tagger(model)
+             side: str = "test", cache_dir: str | None = None, progress: bool = True, plot: bool = True,
+             flip: bool = False, engine: str = "torch", bf16: bool | None = None) -> dict:
+    """Score a model on one side of its saved split; writes report.md, metrics.json and PNG plots into `out`.
+
+    engine, bf16 and flip are the Tagger's: which runtime computes the logits, in which precision, and test-time
+    flipping."""
+    tagger = Tagger(model, engine=engine, bf16=bf16, flip=flip)
     split_path = tagger.model_dir / "split.json"
     cfg = tagger.meta.get("config", {})
     ds = load_dataset(data, protocol=cfg.get("protocol", "all"), split_path=split_path, vocabs=tagger.vocabs,
@@ -58,7 +62,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     probs = tagger.probabilities(pixels)
     chosen = tagger.choose(probs)
     metrics = {t: task_metrics(ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
-    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "n": int(len(rows)),
+    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "engine": engine, "flip": flip, "n": int(len(rows)),
                "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
                "tasks": metrics}
 
@@ -74,10 +78,11 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
 
 def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
     m = summary["tasks"]
-    lines = [f"# fashiontag evaluation", "",
+    lines = ["# fashiontag evaluation", "",
              f"Model `{summary['model']}` ({meta.get('arch')}, {meta.get('arch_args')}), "
              f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on the **{summary['side']}** split of "
-             f"`{summary['data']}`: {summary['n']:,} photos. "
+             f"`{summary['data']}`: {summary['n']:,} photos"
+             f"{' (each averaged with its mirror image)' if summary.get('flip') else ''}; engine {summary.get('engine')}. "
              f"Catalog rows skipped as malformed: {summary['catalog_problems']}; photos unusable: {summary['unusable_photos']}.",
              "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-3 acc. | majority baseline | ECE |",
              "|---|---|---|---|---|---|---|---|"]

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from fashiontag.checkpoint import META, load_model, readable_folder
+from fashiontag.checkpoint import load_meta, load_model
 from fashiontag.images import ImageError, decode
 from fashiontag.train import bf16_supported, predict_logits
 
@@ -40,20 +40,29 @@ def default_model_dir() -> Path:
     return path
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in numpy: on a service's small batches torch's per-call cost (and its OpenMP threads
+    spinning afterwards, stealing the cores from onnxruntime) was a tenth of the serving time."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 class Tagger:
     """A loaded model plus everything needed to turn its logits into catalog tags.
 
     engine picks where the logits come from (see ENGINES; the onnx ones run on the CPU); everything after the logits
     is shared. threads, when given, is the number of inference threads: onnxruntime's for this session, torch's for
-    the whole process.
+    the whole process. flip averages each photo's probabilities with its mirror image's (test-time augmentation):
+    a few tenths of a point more accuracy for half the speed.
     """
 
     def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", bf16: bool | None = None,
-                 engine: str = DEFAULT_ENGINE, threads: int | None = None):
+                 engine: str = DEFAULT_ENGINE, threads: int | None = None, flip: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.engine = engine
+        self.flip = flip
         self.device = torch.device(device)
         self.bf16 = False
         self.model: nn.Module | None = None
@@ -65,7 +74,7 @@ class Tagger:
             self.model = inference_model(model)
             self.bf16 = bf16_supported(self.device) if bf16 is None else bf16
         else:
-            self.meta = json.loads((readable_folder(self.model_dir) / META).read_text())
+            self.meta = load_meta(self.model_dir)
             self.session = onnx_session(self.model_dir, int8=engine == "onnx-int8", threads=threads)
         self.vocabs: dict[str, list[str]] = self.meta["vocabs"]
         self.tasks = list(self.vocabs)
@@ -95,8 +104,10 @@ class Tagger:
 
     def probabilities(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated class probabilities per task for uint8 (N, H, W, 3) photos."""
-        return {t: (torch.from_numpy(lg) / self.temperatures.get(t, 1.0)).softmax(1).numpy()
-                for t, lg in self.logits(pixels).items()}
+        views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
+        probs = [{t: softmax(lg / self.temperatures.get(t, 1.0)) for t, lg in self.logits(view).items()}
+                 for view in views]
+        return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
 
     def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class index per task; the hierarchy tasks take the most probable combination seen in training."""
@@ -267,12 +278,12 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
             top_k: int = 1, min_confidence: float = 0.0, batch_size: int = 512, progress: bool = True,
-            engine: str = DEFAULT_ENGINE) -> dict:
+            engine: str = DEFAULT_ENGINE, flip: bool = False) -> dict:
     """The `fashiontag predict` command: tag files and folders into CSV or JSON lines (stdout without `out`)."""
     if fmt is None:
         fmt = "jsonl" if out and Path(out).suffix in (".jsonl", ".json") else "csv"
     infer_threads, decode_threads = thread_split()
-    tagger = Tagger(model, engine=engine, threads=infer_threads)
+    tagger = Tagger(model, engine=engine, threads=infer_threads, flip=flip)
     rows = tag_paths(tagger, paths, batch_size, top_k, min_confidence, progress, workers=decode_threads)
     counts = {"rows": 0, "errors": 0}
 

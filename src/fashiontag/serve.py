@@ -1,9 +1,10 @@
 """The HTTP service: POST photos, get tags back; a web page at / for people, JSON under /v1 for programs.
 
 Concurrent requests are micro-batched: each request's decoded photos go on a queue, and one worker gathers what is
-pending (up to `max_batch` photos, waiting at most `max_wait_ms` for more) into a single forward pass, run in a
-thread so the event loop keeps accepting uploads meanwhile. While one pass runs the next batch fills up, so under
-load the batches grow by themselves and throughput rises instead of latency.
+pending (up to `max_batch` photos; `max_wait_ms` > 0 also waits that long for more) into a single forward pass, run
+in a thread so the event loop keeps accepting uploads meanwhile. While one pass runs the next batch fills up, so
+under load the batches grow by themselves and throughput rises instead of latency; waiting on top of that only
+added latency in benchmarks/serve.py, hence no wait by default.
 
 Uploads live in memory only (never spooled to disk, however large, within the limits) and nothing a request names
 is ever opened as a path: the web page's files are read once at start-up and served from memory by exact name.
@@ -48,6 +49,9 @@ MAX_TOP_K = 20
 FILE_FIELD = "files"
 OPTION_FIELDS = ("top_k", "min_confidence", "partial")
 MiB = 1024 * 1024
+# A service's passes are small (a few photos each); at 1-16 photos onnxruntime's passes take a quarter to half the
+# time of torch's, whose bf16 kernels pay a fixed cost per call (benchmarks/speed.py prints both).
+SERVE_ENGINE = "onnx"
 
 
 def available_cpus() -> int:
@@ -336,7 +340,7 @@ class _Job:
 class MicroBatcher:
     """Gathers photos from concurrent requests into one `tagger.tags` call, run in its own inference thread."""
 
-    def __init__(self, tagger: Tagger, max_batch: int = 64, max_wait_ms: float = 2.0, threads: int | None = None):
+    def __init__(self, tagger: Tagger, max_batch: int = 64, max_wait_ms: float = 0.0, threads: int | None = None):
         self.tagger, self.max_batch, self.max_wait = tagger, max_batch, max_wait_ms / 1000
         self.threads = threads
         self.pending = 0  # photos queued or being tagged
@@ -529,17 +533,17 @@ TAG_REQUEST_DOC = {
 
 
 def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_files: int = 64,
-               max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 2.0,
+               max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 0.0,
                max_queue: int = 4096, torch_threads: int | None = None, decode_threads: int | None = None,
-               tagger: Tagger | None = None) -> FastAPI:
+               tagger: Tagger | None = None, engine: str = SERVE_ENGINE) -> FastAPI:
     """The service, with the model loaded now (a bad model folder fails here, not on the first request).
 
     max_batch: photos per forward pass; max_files / max_file_bytes / max_upload_bytes: per request;
     max_queue: photos waiting before new requests get 503; torch_threads: intra-op threads of the forward pass
-    (default: the CPUs this process may use); decode_threads: threads decoding uploads.
+    (default: the CPUs this process may use); decode_threads: threads decoding uploads; engine: the Tagger's.
     """
-    tagger = tagger or Tagger(model_dir)
     cpus = available_cpus()
+    tagger = tagger or Tagger(model_dir, engine=engine, threads=torch_threads or cpus)
     threads = torch_threads or cpus
     batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
@@ -608,8 +612,9 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
             else:
                 results.append({"file": u.name, "index": u.index,
                                 "tags": nest(tagged[u.index], tagger.tasks, top_k, min_conf)})
-        return {"model": info["version"], "top_k": top_k, "min_confidence": min_conf,
-                "tagged": len(good), "failed": len(bad), "results": results}
+        # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
+        return JSONResponse({"model": info["version"], "top_k": top_k, "min_confidence": min_conf,
+                             "tagged": len(good), "failed": len(bad), "results": results})
 
     @app.get("/v1/model", summary="The loaded model: tasks, classes, hierarchy, version, validation metrics")
     async def model():
@@ -679,9 +684,11 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, log_level: str = "info",
-          **options) -> None:
+          access_log: bool = True, **options) -> None:
     """Run the service with uvicorn until Ctrl-C. `options` go to create_app (max_batch, max_files, ...)."""
     import uvicorn
     app = create_app(model, **options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=1024,
+    # uvicorn takes uvloop and httptools when installed (they are dependencies): C parsers, a faster event loop.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=5,
+                limit_concurrency=1024,
                 h11_max_incomplete_event_size=64 * 1024)

