@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos to send")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (16-32 is the intended range)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per mode (capped at 30)")
-    ap.add_argument("--mode", choices=["single", "batch", "both"], default="both")
+    ap.add_argument("--mode", choices=["single", "batch", "both", "soak"], default="both",
+                    help="soak: both, three times over, to watch the server's memory")
     ap.add_argument("--batch-size", type=int, default=8, help="photos per request in batch mode")
     ap.add_argument("--engine", default="onnx", help="the server's engine: onnx (its default), torch or onnx-int8")
     ap.add_argument("--max-photos", type=int, default=512, help="photos loaded into memory and cycled through")
@@ -173,9 +174,10 @@ def main() -> None:
         print(f"server ready in {time.perf_counter() - t0:.1f} s; model {model}; {len(photos)} photos from "
               f"{args.photos}; {args.clients} clients; {os.cpu_count()} CPUs; RSS {rss_start:.0f} MiB")
         modes = {"single": [("single", 1)], "batch": [("batch", args.batch_size)],
-                 "both": [("single", 1), ("batch", args.batch_size)]}[args.mode]
+                 "both": [("single", 1), ("batch", args.batch_size)],
+                 "soak": [("single", 1), ("batch", args.batch_size)] * 3}[args.mode]
         header = (f"{'mode':8s} {'photos/req':>10s} {'requests':>9s} {'req/s':>8s} {'photos/s':>9s} {'p50 ms':>8s} "
-                  f"{'p95 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'mean batch':>10s}")
+                  f"{'p95 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'mean batch':>10s} {'RSS MiB':>8s}")
         rows = []
         for name, per_request in modes:
             before = httpx.get(url + "/v1/stats").json()
@@ -184,13 +186,14 @@ def main() -> None:
             mean_batch = (r["stats"]["photos"] - before["photos"]) / passes if passes else 0.0
             rows.append(f"{name:8s} {per_request:10d} {r['requests']:9d} {r['requests'] / r['elapsed']:8.1f} "
                         f"{r['photos'] / r['elapsed']:9.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
-                        f"{len(r['errors']):6d} {mean_batch:10.1f}")
+                        f"{len(r['errors']):6d} {mean_batch:10.1f} {rss_mib(server.pid):8.0f}")
             for e in r["errors"][:3]:
                 print(f"  error ({name}): {e}")
         rss_end = rss_mib(server.pid)
         print(header)
         print("\n".join(rows))
-        print(f"server RSS: {rss_start:.0f} MiB at start, {rss_end:.0f} MiB at the end")
+        print(f"server RSS: {rss_start:.0f} MiB at start (before any request), {rss_end:.0f} MiB at the end; the RSS "
+              "column is after each mode")
     finally:
         server.terminate()
         try:
