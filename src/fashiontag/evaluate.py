@@ -62,8 +62,8 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     probs = tagger.probabilities(pixels)
     chosen = tagger.choose(probs)
     metrics = {t: task_metrics(ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
-    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "engine": engine, "flip": flip, "n": int(len(rows)),
-               "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
+    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "engine": engine, "flip": flip,
+               "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
                "tasks": metrics}
 
     out = Path(out)
@@ -82,7 +82,8 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
              f"Model `{summary['model']}` ({meta.get('arch')}, {meta.get('arch_args')}), "
              f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on the **{summary['side']}** split of "
              f"`{summary['data']}`: {summary['n']:,} photos"
-             f"{' (each averaged with its mirror image)' if summary.get('flip') else ''}; engine {summary.get('engine')}. "
+             f"{' (each averaged with its mirror image)' if summary.get('flip') else ''}; "
+             f"engine {summary.get('engine', 'torch')}. "
              f"Catalog rows skipped as malformed: {summary['catalog_problems']}; photos unusable: {summary['unusable_photos']}.",
              "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-3 acc. | majority baseline | ECE |",
              "|---|---|---|---|---|---|---|---|"]
