@@ -153,7 +153,7 @@ def bench_training(model_dir: Path, args, peaks: dict, tmp: Path) -> None:
     row("fp32 eager (baseline)", base, None, flops, peaks["fp32"])
     _, step = trainer(fast=True)
     fast = bs / timed(step, args.seconds)
-    row("channels_last + bf16 autocast (the default)", fast, base, flops, peaks["bf16"])
+    row("channels_last + bf16 autocast", fast, base, flops, peaks["bf16"])
     if args.compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")  # a cold cache: the first compile's cost
         _, step = trainer(fast=True, compiled=True)
@@ -164,7 +164,7 @@ def bench_training(model_dir: Path, args, peaks: dict, tmp: Path) -> None:
         epoch = 31_730  # the real catalog's training split
         saved = epoch / fast - epoch / rate
         pays = f"pays back after {compile_s / saved:.1f} epochs" if saved > 0 else "never pays back"
-        row("the same, torch.compiled", rate, base, flops, peaks["bf16"],
+        row("the same, torch.compiled (default, long runs)", rate, base, flops, peaks["bf16"],
             f"compiling took {compile_s:.0f} s; {pays} ({epoch:,} photos each)")
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
 
@@ -227,8 +227,8 @@ def bench_engine_accuracy(model_dir: Path, args) -> None:
             ("onnx-int8", "onnx-int8", None)]
     scores = {}
     for label, engine, bf16 in runs:
-        summary = evaluate(data, model_dir, model_dir.parent / "reports" / label.replace(" ", "_"), engine=engine, plot=False,
-                           progress=False, bf16=bf16)
+        report = model_dir.parent / "reports" / label.replace(" ", "_")
+        summary = evaluate(data, model_dir, report, engine=engine, bf16=bf16, plot=False, progress=False)
         scores[label] = {t: 100 * m["accuracy"] for t, m in summary["tasks"].items()}
     tasks = list(scores["torch fp32"])
     print(f"\naccuracy per engine on the test split of {data} ({summary['n']:,} photos), in points; "

@@ -33,7 +33,7 @@ def test_pretrained_needs_a_family_that_has_weights(catalog, tmp_path):
 def test_teachers_give_distributions_and_a_student_learns_from_them(trained, catalog, tmp_path):
     data = load_dataset(catalog.root, min_count=2, split_path=trained / "split.json", progress=False)
     rows = data.rows["train"]
-    soft = teacher_probabilities((str(trained),), data, rows, torch.device("cpu"), bf16=False)
+    soft = teacher_probabilities((str(trained),), data, data.cache.pixels[rows], torch.device("cpu"), bf16=False)
     for t, p in soft.items():
         assert p.shape == (len(rows), len(data.vocabs[t]))
         torch.testing.assert_close(p.sum(1), torch.ones(len(rows)))

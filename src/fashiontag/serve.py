@@ -543,8 +543,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     (default: the CPUs this process may use); decode_threads: threads decoding uploads; engine: the Tagger's.
     """
     cpus = available_cpus()
-    tagger = tagger or Tagger(model_dir, engine=engine, threads=torch_threads or cpus)
     threads = torch_threads or cpus
+    tagger = tagger or Tagger(model_dir, engine=engine, threads=threads)
     batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
               "max_batch": max_batch, "max_top_k": MAX_TOP_K, "max_pixels": MAX_PIXELS}
@@ -690,5 +690,4 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = 
     app = create_app(model, **options)
     # uvicorn takes uvloop and httptools when installed (they are dependencies): C parsers, a faster event loop.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=5,
-                limit_concurrency=1024,
-                h11_max_incomplete_event_size=64 * 1024)
+                limit_concurrency=1024, h11_max_incomplete_event_size=64 * 1024)

@@ -79,13 +79,12 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, rows: np.ndarray, device: torch.device,
+def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, pixels: np.ndarray, device: torch.device,
                           bf16: bool) -> dict[str, torch.Tensor]:
-    """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
+    """The teachers' calibrated probabilities per task for these photos, averaged over teachers and flips.
 
     A teacher must have the same vocabularies, and must not have trained on this run's validation or test photos."""
     held_out = set(data.split["val"]) | set(data.split["test"])
-    pixels = data.cache.pixels[rows]
     total: dict[str, torch.Tensor] = {}
     for folder in teachers:
         model, meta = load_model(folder, device=str(device))
@@ -199,7 +198,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     val_pixels = data.cache.pixels[data.rows["val"]]
     val_y = {t: v[data.rows["val"]] for t, v in data.targets.items()}
 
-    soft = teacher_probabilities(cfg.teachers, data, train_rows, device, bf16) if cfg.teachers else None
+    soft = teacher_probabilities(cfg.teachers, data, train_pixels.numpy(), device, bf16) if cfg.teachers else None
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
     raw_model = create_model(cfg.model, heads, **cfg.model_args)
