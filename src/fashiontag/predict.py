@@ -204,9 +204,9 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
 
     Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
     check_options(top_k, min_confidence)
-    fmt = output_format(out, fmt)
     if out:
         check_out(out)
+    fmt = output_format(out, fmt)
     folder = model_folder(model)
     meta = load_meta(folder)  # a bad model folder fails now, before any photo is read
     infer_threads, decode_threads = thread_split()
