@@ -41,6 +41,7 @@ from fashiontag.checkpoint import load_model, save_model
 from fashiontag.config import TrainConfig
 from fashiontag.engines import TorchEngine
 from fashiontag.export import export_onnx
+from fashiontag.images import PhotoInput
 from fashiontag.models import create_model
 from fashiontag.predict import _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
 from fashiontag.tagger import Tagger
@@ -183,7 +184,7 @@ def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Pa
     with FlopCounterMode(display=False) as fc:
         model(torch.rand(1, 3, *INPUT_HW))
     flops = fc.get_total_flops()
-    pixels, _ = _load_batch(paths[:args.model_photos], tuple(meta["input_hw"]))
+    pixels, _ = _load_batch(paths[:args.model_photos], PhotoInput.of(meta))
     engines = [("torch fp32", "torch", False, "fp32"), ("torch bf16", "torch", True, "bf16"),
                ("onnx", "onnx", None, "fp32"), ("onnx-int8", "onnx-int8", None, None)]
 

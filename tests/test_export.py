@@ -16,6 +16,7 @@ from fashiontag.cli import app
 from fashiontag.engines import ONNX_VERSION_KEY, OnnxEngine
 from fashiontag.export import export_onnx
 from fashiontag.model_meta import model_version
+from fashiontag.images import PhotoInput
 from fashiontag.predict import _load_batch, iter_image_paths, predict, tag_paths
 from fashiontag.tagger import Tagger
 
@@ -29,7 +30,7 @@ def model_copy(trained, tmp_path):
 
 
 def _photos(catalog, n=64):
-    return _load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), (80, 60))[0]
+    return _load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), PhotoInput())[0]
 
 
 def _torch_probs(model, meta, x: np.ndarray) -> dict:

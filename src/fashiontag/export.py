@@ -24,7 +24,7 @@ from torch import nn
 
 from fashiontag.checkpoint import load_model
 from fashiontag.engines import INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_VERSION_KEY, nchw_float
-from fashiontag.images import ImageError, load_photo
+from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import model_folder, model_version
 from fashiontag.predict import iter_image_paths
 
@@ -81,7 +81,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
     if not quantize:
         return dest
     int8 = dest.with_name(INT8_NAME) if dest.name == ONNX_NAME else dest.with_name(f"{dest.stem}.int8.onnx")
-    return quantize_onnx(dest, int8, calibration_photos(meta, calibration, (h, w)))
+    return quantize_onnx(dest, int8, calibration_photos(meta, calibration))
 
 
 def _save_atomically(graph, dest: Path) -> None:
@@ -95,8 +95,7 @@ def _save_atomically(graph, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, hw: tuple[int, int],
-                       n: int = CALIBRATION_PHOTOS) -> np.ndarray:
+def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int = CALIBRATION_PHOTOS) -> np.ndarray:
     """Up to n decoded photos, uint8 (N, H, W, 3): from `sources`, else from the model's training catalog."""
     if sources is None:
         data = meta.get("config", {}).get("data", "")
@@ -105,10 +104,12 @@ def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, hw: tup
                                     f"({data or 'not recorded'}) is not here: pass some, as in "
                                     "`fashiontag export --int8 --calibration DIR`")
         sources = [Path(data) / "images"]
+    photo_input = PhotoInput.of(meta)
+
     def readable(paths):  # a few may be unreadable
         for p in paths:
             try:
-                yield load_photo(p, hw)
+                yield photo_input.load(p)
             except ImageError:
                 continue
 

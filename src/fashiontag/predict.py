@@ -22,7 +22,7 @@ from typing import IO, Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from fashiontag.images import ImageError, load_photo
+from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import load_meta, model_folder
 from fashiontag.tagger import Tagger, check_options, row_columns
 
@@ -94,19 +94,19 @@ def count_images(paths: list[str], budget_s: float = COUNT_BUDGET_S) -> int | No
     return n
 
 
-def _load(path: Path, hw) -> tuple[np.ndarray | None, str]:
+def _load(path: Path, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
     try:
-        return load_photo(path, hw), ""
+        return photo_input.load(path), ""
     except ImageError as e:
         return None, str(e)
 
 
-def _load_batch(paths: list[Path], hw) -> tuple[np.ndarray, list[str]]:
+def _load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray, list[str]]:
     """The readable photos of a batch stacked in order, and one error per path ('' for a readable one)."""
-    pixels = np.empty((len(paths), *hw, 3), np.uint8)
+    pixels = np.empty((len(paths), *photo_input.hw, 3), np.uint8)
     errors, n = [], 0
     for path in paths:
-        arr, err = _load(path, hw)
+        arr, err = _load(path, photo_input)
         errors.append(err)
         if arr is not None:
             pixels[n] = arr
@@ -116,22 +116,22 @@ def _load_batch(paths: list[Path], hw) -> tuple[np.ndarray, list[str]]:
 
 def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path], batch_size: int = 512,
               top_k: int = 1, min_confidence: float = 0.0, workers: int | None = None,
-              problems: Problems | None = None, input_hw: tuple[int, int] | None = None) -> Iterator[dict]:
+              problems: Problems | None = None, photo_input: PhotoInput | None = None) -> Iterator[dict]:
     """Stream tag rows for image files and folders, in constant memory. Unreadable files give a row with `error`.
 
     Decoding threads work on the next batches while the model tags this one and the caller writes its rows.
-    `tagger` may be a function that loads one: decoding then starts while the model loads (input_hw needed).
+    `tagger` may be a function that loads one: decoding then starts while the model loads (photo_input needed).
     """
     files = iter_image_paths(paths, problems)
     workers = workers or thread_split()[1]
-    hw = input_hw or tagger.input_hw
+    photo_input = photo_input or tagger.photo_input
     review = min_confidence > 0
     with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
         ahead: deque[tuple[list[Path], Future]] = deque()
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
             while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
-                ahead.append((batch, pool.submit(_load_batch, batch, hw)))
+                ahead.append((batch, pool.submit(_load_batch, batch, photo_input)))
 
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
@@ -216,7 +216,7 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_paths(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), paths,
                      batch_size, top_k, min_confidence, workers=decode_threads, problems=problems,
-                     input_hw=tuple(meta.get("input_hw", (80, 60))))
+                     photo_input=PhotoInput.of(meta))
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 

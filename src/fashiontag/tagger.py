@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fashiontag.engines import Engine, load_engine
-from fashiontag.images import ImageError, load_photo
+from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import hierarchy_of, load_meta, model_folder, model_version
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
@@ -134,7 +134,8 @@ class Tagger:
         self.vocabs: dict[str, list[str]] = meta["vocabs"]
         self.tasks = list(self.vocabs)
         self.temperatures = {t: float(meta.get("temperatures", {}).get(t, 1.0)) for t in self.tasks}
-        self.input_hw = tuple(meta.get("input_hw", (80, 60)))
+        self.photo_input = PhotoInput.of(meta)
+        self.input_hw = self.photo_input.hw
         self._labels = {t: np.array(v, dtype=object) for t, v in self.vocabs.items()}
         hierarchy = hierarchy_of(meta)
         self._combos = None
@@ -174,7 +175,7 @@ class Tagger:
 
     def prepare(self, image) -> np.ndarray:
         """The letterboxed (H, W, 3) uint8 model input for one photo; ImageError if it cannot be read."""
-        return load_photo(image, self.input_hw)
+        return self.photo_input.load(image)
 
     def _tag_items(self, items: Sequence, top_k: int, min_confidence: float) -> list[PhotoResult]:
         pixels, errors = [], []
