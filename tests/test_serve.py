@@ -183,10 +183,19 @@ def test_model_health_readiness_and_docs(client, direct):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
-    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
-    spec = client.get("/openapi.json").json()
-    assert "multipart/form-data" in spec["paths"]["/v1/tag"]["post"]["requestBody"]["content"]
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text and "https://" not in docs.text
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    op = client.get("/openapi.json").json()["paths"]["/v1/tag"]["post"]
+    body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"] == {"type": "array", "items": {"type": "string", "format": "binary"},
+                                           "title": "Files", "description": body["properties"]["files"]["description"]}
+    assert body["required"] == ["files"] and {"top_k", "min_confidence", "partial"} <= set(body["properties"])
+    query = {p["name"]: p["schema"] for p in op["parameters"] if p["in"] == "query"}
+    assert (query["top_k"]["minimum"], query["top_k"]["maximum"]) == (1, 20)
+    assert (query["min_confidence"]["minimum"], query["min_confidence"]["maximum"]) == (0, 1)
+    assert query["partial"]["type"] == "boolean"
+    assert {"413", "415", "422"} <= set(op["responses"])
 
 
 def test_readyz_is_503_while_the_model_is_not_serving(served):
