@@ -8,19 +8,17 @@ import builtins
 import csv
 import io
 import shutil
-import socket
 import struct
-import subprocess
 import threading
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from browser import chromium, chromium_missing, live_server, open_page, screenshot, shown_tags, upload_and_wait
 from PIL import Image
 
 from fashiontag.images import decode
@@ -31,10 +29,6 @@ with warnings.catch_warnings():  # starlette would rather its test client used h
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KiB, MiB = 1024, 1024 * 1024
 LIMITS = dict(max_files=6, max_file_bytes=3 * MiB, max_upload_bytes=5 * MiB)
 
@@ -89,28 +83,6 @@ def direct(served):
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
     return direct.tags(np.array(decode(data)[None]), top_k)[0]
-
-
-@contextmanager
-def live_server(app):
-    """The app under a real uvicorn on a free loopback port, in a thread."""
-    import uvicorn
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 # ---------------------------------------------------------------------------------------------------------- the API
@@ -449,63 +421,12 @@ def test_cli_serve_with_a_missing_model_fails_clearly(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------- the browser
 
-def ensure_chromium() -> str | None:
-    """Debian's chromium, installed with apt-get when missing; the reason it cannot be had, else None."""
-    if Path(CHROMIUM).exists():
-        return None
-    if not shutil.which("apt-get"):
-        return f"{CHROMIUM} is missing and there is no apt-get to install it"
-    cmd = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"
-    try:
-        proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        return "installing chromium with apt-get took over 15 minutes"
-    if proc.returncode or not Path(CHROMIUM).exists():
-        return f"could not install chromium with apt-get (exit {proc.returncode}): {proc.stderr[-500:]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = ensure_chromium()
-    if reason:
+    if reason := chromium_missing():
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-@contextmanager
-def open_page(browser, url: str):
-    """A page that may only talk to our server; anything else it asks for is refused and recorded."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    outside, problems = [], []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
-               else (outside.append(route.request.url), route.abort()))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    try:
-        page.goto(url + "/")
-        page.wait_for_selector("body[data-ready=true]", timeout=15000)
-        yield page
-    finally:
-        context.close()
-    assert outside == [] and problems == []
-
-
-def upload_and_wait(page, paths: list[Path]) -> None:
-    page.set_input_files("#file-input", [str(p) for p in paths])
-    page.wait_for_function(f"document.querySelectorAll('.card.done, .card.error').length === {len(paths)}",
-                           timeout=30000)
-
-
-def shown_tags(page, name: str) -> dict[str, str]:
-    card = page.locator(f'.card[data-file="{name}"]')
-    return {row.get_attribute("data-task"): row.locator("select").input_value()
-            for row in card.locator("tr[data-task]").all()}
 
 
 def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalog, direct, tmp_path):
@@ -547,34 +468,14 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
     assert (tmp_path / "web.png").stat().st_size > 10_000
 
 
-# Real catalog photos of different kinds, all from the test split of the model they were shot with.
-SCREENSHOT_IDS = ["20260", "11520", "49461", "29928", "42841", "24406", "13472", "51667", "41439"]
-
-
 @pytest.mark.real
-def test_browser_screenshot_with_the_real_model(browser, real_data):
-    """With the shipped (or $FASHIONTAG_MODEL) model and real photos: the page as a user sees it, one tag
-    corrected, saved as docs/screenshot-web.png."""
+def test_browser_with_the_real_model(browser, real_data, tmp_path):
+    """With the shipped (or $FASHIONTAG_MODEL) model and real photos the page tags every photo and takes a
+    correction: what `make screenshot` saves as docs/screenshot-web.png, here into a temporary folder."""
     from fashiontag.predict import default_model_dir
     try:
         model = default_model_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    header, *rows = list(csv.reader((real_data / "styles.csv").open(encoding="utf-8")))
-    paths = [real_data / "images" / f"{i}.jpg" for i in SCREENSHOT_IDS]
-    paths = [p for p in paths if p.exists()]
-    assert paths
-    with live_server(create_app(model)) as url, open_page(browser, url) as page:
-        upload_and_wait(page, paths)
-        assert page.locator(".card.done").count() == len(paths)
-        # correct, as a cataloguer would, the first tag where the model and the catalog disagree
-        truth = {r[0]: dict(zip(header, r)) for r in rows if r and r[0] in SCREENSHOT_IDS}
-        for path in paths:
-            shown = shown_tags(page, path.name)
-            wrong = [t for t, label in shown.items() if truth[path.stem].get(t) not in (None, "", label)]
-            if wrong:
-                page.locator(f'.card[data-file="{path.name}"] tr[data-task="{wrong[0]}"] select').select_option(
-                    truth[path.stem][wrong[0]])
-                break
-        page.mouse.move(0, 0)
-        page.screenshot(path=str(ROOT / "docs" / "screenshot-web.png"), full_page=True)
+    screenshot(browser, model, real_data, tmp_path / "web.png")
+    assert (tmp_path / "web.png").stat().st_size > 10_000

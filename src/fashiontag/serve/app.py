@@ -184,7 +184,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError):
-        headers = {"Retry-After": "1"} if e.status == 503 else None
+        # After a stalled upload the connection goes: the rest of that body is not worth waiting for.
+        headers = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}}.get(e.status)
         return error_response(e.status, e.code, e.message, e.files, headers)
 
     @app.exception_handler(RequestValidationError)
