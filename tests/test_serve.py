@@ -230,6 +230,16 @@ def test_each_bad_file_gets_a_4xx_naming_it(client, catalog, photos, case):
     assert client.post("/v1/tag", files=[file_part(*good)]).status_code == 200
 
 
+def test_too_many_pixels_names_the_limit_the_model_advertises(client):
+    """Issue 10 #11: the bomb error said 80,000,000 pixels while /v1/model advertised 40,000,000."""
+    limit = client.get("/v1/model").json()["limits"]["max_pixels"]
+    for name, data in (("bomb.png", bomb_png()), ("huge.png", png_header(100_000, 100_000, 1, 0))):
+        r = client.post("/v1/tag", files=[file_part(name, data, "image/png")])
+        reason = r.json()["files"][0]["reason"]
+        assert r.status_code == 422 and f"{limit:,} pixels" in reason, reason
+        assert f"{2 * limit:,}" not in reason and str(2 * limit) not in reason
+
+
 def test_whole_request_refusals(client, photos):
     name, data = next(iter(photos.items()))
     cases = [
