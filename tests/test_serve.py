@@ -22,7 +22,7 @@ from browser import chromium, chromium_missing, live_server, open_page, screensh
 from PIL import Image
 
 from fashiontag.images import decode
-from fashiontag.predict import Tagger
+from fashiontag.tagger import Tagger
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
@@ -78,11 +78,11 @@ def client(served):
 @pytest.fixture(scope="module")
 def direct(served):
     """The same model used directly, to check that the service returns what Tagger says."""
-    return Tagger(served, engine=SERVE_ENGINE)
+    return Tagger.load(served, engine=SERVE_ENGINE)
 
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
-    return direct.tags(np.array(decode(data)[None]), top_k)[0]
+    return direct.tag_pixels(np.array(decode(data)[None]), top_k)[0].to_row(top_k)
 
 
 # ---------------------------------------------------------------------------------------------------------- the API
@@ -128,21 +128,20 @@ def test_options_also_come_as_form_fields(client, photos):
     assert r.status_code == 200 and all(len(t["top"]) == 2 for t in r.json()["results"][0]["tags"].values())
 
 
-def test_below_min_confidence_the_label_is_unknown(client, photos):
+def test_below_min_confidence_the_guess_is_kept_and_flagged(client, photos):
     files = [file_part(n, d) for n, d in list(photos.items())[:LIMITS["max_files"]]]
     plain = client.post("/v1/tag", files=files).json()["results"]
-    for threshold in (0.6, 1.0):
-        strict = client.post("/v1/tag", params={"min_confidence": threshold}, files=files).json()["results"]
-        unknown = 0
-        for p, s in zip(plain, strict):
-            for task, tag in s["tags"].items():
-                assert tag["confidence"] == p["tags"][task]["confidence"]
-                if tag["confidence"] < threshold:
-                    assert tag["label"] == "unknown" and tag["best_guess"] == p["tags"][task]["label"]
-                    unknown += 1
-                else:
-                    assert tag["label"] == p["tags"][task]["label"] and "best_guess" not in tag
-        assert unknown > 0 or threshold < 1.0
+    assert not any(t["needs_review"] for p in plain for t in p["tags"].values())
+    confidences = sorted(t["confidence"] for p in plain for t in p["tags"].values())
+    threshold = confidences[len(confidences) // 2] + 0.00005  # between two rendered (4-decimal) confidences
+    strict = client.post("/v1/tag", params={"min_confidence": threshold}, files=files).json()["results"]
+    flagged = 0
+    for p, s in zip(plain, strict):
+        for task, tag in s["tags"].items():
+            assert (tag["label"], tag["confidence"]) == (p["tags"][task]["label"], p["tags"][task]["confidence"])
+            assert tag["needs_review"] == (tag["confidence"] < threshold)
+            flagged += tag["needs_review"]
+    assert 0 < flagged < len(confidences)
 
 
 def test_model_health_readiness_and_docs(client, direct):
@@ -309,10 +308,10 @@ class CountingTagger:
         self.inner, self.delay, self.batches = tagger, delay, []
         self.input_hw, self.tasks = tagger.input_hw, tagger.tasks
 
-    def tags(self, pixels, top_k=1, min_confidence=0.0):
+    def tag_pixels(self, pixels, top_k=1, min_confidence=0.0):
         self.batches.append(len(pixels))
         time.sleep(self.delay)
-        return self.inner.tags(pixels, top_k, min_confidence)
+        return self.inner.tag_pixels(pixels, top_k, min_confidence)
 
 
 def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photos):
@@ -329,11 +328,12 @@ def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photo
 
     results = asyncio.run(scenario())
     assert counting.batches == [10, 10, 4]  # 24 requests, 3 forward passes, none over max_batch
-    for i, (a, rows) in enumerate(zip(arrays, results)):  # each request got its own photo's tags back
-        want = direct.tags(a, 1 + i % 3)[0]
-        assert len(rows) == 1 and {k: rows[0][k] for k in want if "confidence" not in k} == \
+    for i, (a, results) in enumerate(zip(arrays, results)):  # each request got its own photo's tags back
+        want = direct.tag_pixels(a, 1 + i % 3)[0].to_row()
+        got = results[0].to_row()
+        assert len(results) == 1 and {k: got[k] for k in want if "confidence" not in k} == \
             {k: v for k, v in want.items() if "confidence" not in k}
-        assert [rows[0][k] for k in want if "confidence" in k] == pytest.approx(
+        assert [got[k] for k in want if "confidence" in k] == pytest.approx(
             [v for k, v in want.items() if "confidence" in k], abs=2e-4)
 
 
@@ -449,7 +449,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         error_card = page.locator('.card.error[data-file="9004.jpg"]')
         assert "not a readable image" in error_card.locator(".state").inner_text()
         for path in good:
-            want = direct.tags(np.array(decode(str(path))[None]))[0]
+            want = direct.tag_pixels(np.array(decode(str(path))[None]))[0].to_row()
             assert shown_tags(page, path.name) == {t: want[t] for t in direct.tasks}
             bar = page.locator(f'.card[data-file="{path.name}"] tr[data-task="gender"] .bar')
             assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(want["gender_confidence"], abs=1e-3)
@@ -465,6 +465,22 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         assert page.locator(f'.card[data-file="{first}"] .badge').is_visible()
         assert page.locator(f'.card[data-file="{first}"] tr.corrected').count() >= 1
 
+        # a review threshold with tags on both sides of it: the page shows the server's flags, asked again
+        results = {p.name: direct.tag_pixels(np.array(decode(str(p))[None]))[0] for p in good}
+        confidences = [tag.confidence for r in results.values() for tag in r.tags.values()]
+        percent = next(v for v in range(5, 100, 5) if 0 < sum(c < v / 100 for c in confidences) < len(confidences))
+        page.eval_on_selector("#threshold", "(el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }",
+                              percent)
+        page.wait_for_function(f"window.fashiontag.state.items.every((i) => i.status !== 'done' || "
+                               f"i.threshold === {percent / 100})", timeout=30000)
+        corrected = {t for t, label in after.items() if label != before[t]}
+        for name, result in results.items():
+            flagged = {row.get_attribute("data-task")
+                       for row in page.locator(f'.card[data-file="{name}"] tr.review').all()}
+            want = result.with_min_confidence(percent / 100).tags
+            assert flagged == {t for t, tag in want.items() if tag.needs_review
+                               and not (name == first and t in corrected)}, name
+
         with page.expect_download() as dl:
             page.click("#download")
         rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
@@ -474,6 +490,10 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
     assert by_file[first]["articleType"] == new_article and by_file[first]["articleType_corrected"] == "yes"
     assert by_file[first]["articleType_model"] == before["articleType"]
     assert by_file[good[1].name]["articleType_corrected"] == "" and by_file[good[1].name]["error"] == ""
+    for name, result in results.items():  # the model's guess stays, flagged when below the threshold
+        for t, tag in result.tags.items():
+            assert by_file[name][f"{t}_model"] == tag.label
+            assert by_file[name][f"{t}_needs_review"] == ("yes" if tag.confidence < percent / 100 else "")
     assert "not a readable image" in by_file["9004.jpg"]["error"] and by_file["9004.jpg"]["gender"] == ""
     assert (tmp_path / "web.png").stat().st_size > 10_000
 
@@ -482,7 +502,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
 def test_browser_with_the_real_model(browser, real_data, tmp_path):
     """With the shipped (or $FASHIONTAG_MODEL) model and real photos the page tags every photo and takes a
     correction: what `make screenshot` saves as docs/screenshot-web.png, here into a temporary folder."""
-    from fashiontag.predict import default_model_dir
+    from fashiontag.model_meta import default_model_dir
     try:
         model = default_model_dir()
     except FileNotFoundError as e:

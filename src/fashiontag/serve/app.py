@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import os
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,12 +23,12 @@ from starlette.requests import ClientDisconnect
 
 from fashiontag import __version__
 from fashiontag.images import MAX_PIXELS
-from fashiontag.predict import UNKNOWN_LABEL, Tagger
 from fashiontag.serve.batching import MicroBatcher
 from fashiontag.serve.errors import ErrorBody, ServeError, error_response
 from fashiontag.serve.protocol import timely_http
 from fashiontag.serve.schema import MAX_TOP_K, TagAnswer, TagForm, TagOptions
 from fashiontag.serve.uploads import MiB, decode_uploads, read_form
+from fashiontag.tagger import Tagger
 
 WEB_DIR = Path(__file__).parent.parent / "web"
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -53,52 +51,8 @@ def available_cpus() -> int:
         pass
     return max(1, n)
 
-def nest(row: dict, tasks: list[str], top_k: int, min_confidence: float) -> dict:
-    """A flat Tagger row as {task: {label, confidence[, best_guess][, top]}}; below min_confidence the label is
-    'unknown' and best_guess says what the model would have said."""
-    out = {}
-    for t in tasks:
-        label, conf = row[t], row[f"{t}_confidence"]
-        entry: dict = {"label": label, "confidence": conf}
-        if conf < min_confidence:
-            entry = {"label": UNKNOWN_LABEL, "confidence": conf, "best_guess": label}
-        if top_k > 1:
-            entry["top"] = [{"label": label, "confidence": conf}] + [
-                {"label": row[f"{t}_top{r}"], "confidence": row[f"{t}_top{r}_confidence"]}
-                for r in range(2, top_k + 1) if f"{t}_top{r}" in row]
-        out[t] = entry
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------- the app
-
-def _finite(obj):
-    """JSON has no NaN: metrics of a task without validation labels become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def model_info(tagger: Tagger, limits: dict) -> dict:
-    meta = tagger.meta
-    weights = tagger.model_dir / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "unknown"
-    hierarchy = meta.get("hierarchy", [])
-    calibration = meta.get("calibration_val", {})
-    return _finite({
-        "version": digest, "arch": meta.get("arch"), "created": meta.get("created"),
-        "fashiontag_version": meta.get("fashiontag_version"), "server_version": __version__,
-        "input_hw": list(tagger.input_hw), "tasks": tagger.tasks, "classes": tagger.vocabs,
-        "unknown_label": UNKNOWN_LABEL,
-        "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1:]} if len(hierarchy) > 1 else None,
-        "metrics": {"val_acc": meta.get("val_acc", {}),
-                    "calibration_ece_val": {t: v.get("after") for t, v in calibration.items() if isinstance(v, dict)}},
-        "limits": limits,
-    })
+    return tagger.info() | {"server_version": __version__, "limits": limits}
 
 
 def _web_files() -> dict[str, tuple[bytes, str]]:
@@ -154,8 +108,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     """
     cpus = available_cpus()
     threads = threads or cpus
-    tagger = tagger or Tagger(model_dir, engine=engine, threads=threads)
-    batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
+    tagger = tagger or Tagger.load(model_dir, engine=engine, threads=threads)
+    batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms)
     limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
               "max_batch": max_batch, "max_top_k": MAX_TOP_K, "max_pixels": MAX_PIXELS}
     info = model_info(tagger, limits)
@@ -165,7 +119,6 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(threads)
         decoder["pool"] = ThreadPoolExecutor(decode_threads or min(4, cpus), thread_name_prefix="fashiontag-decode")
         await batcher.start()
         try:
@@ -235,7 +188,7 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
 
     async def _tag(uploads, options: TagOptions) -> JSONResponse:
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(decoder["pool"], decode_uploads, uploads, tagger.input_hw)
+        pixels = await loop.run_in_executor(decoder["pool"], decode_uploads, uploads, tagger.prepare)
         bad = [u for u in uploads if u.status]
         if bad and (not options.partial or len(bad) == len(uploads)):
             status = next(s for s in (413, 415, 422) if any(u.status == s for u in bad))
@@ -244,15 +197,15 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                              + "; ".join(f"{u.name}: {u.reason}" for u in bad[:5]) + ("; ..." if len(bad) > 5 else ""),
                              [u.describe() for u in bad])
         good = [u for u in uploads if not u.status]
-        rows = await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k)
-        tagged = {u.index: row for u, row in zip(good, rows)}
+        tagged = dict(zip((u.index for u in good),
+                          await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k)))
         results = []
         for u in uploads:
             if u.status:
                 results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
             else:
-                results.append({"file": u.name, "index": u.index,
-                                "tags": nest(tagged[u.index], tagger.tasks, options.top_k, options.min_confidence)})
+                rendered = tagged[u.index].to_dict(options.top_k, options.min_confidence)
+                results.append({"file": u.name, "index": u.index, "tags": rendered["tags"]})
         # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
         return JSONResponse({"model": info["version"], "top_k": options.top_k,
                              "min_confidence": options.min_confidence, "tagged": len(good), "failed": len(bad),

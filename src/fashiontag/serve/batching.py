@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from fashiontag.predict import Tagger
 from fashiontag.serve.errors import ServeError
+from fashiontag.tagger import PhotoResult, Tagger
 
 
 @dataclass
@@ -29,11 +28,11 @@ class _Job:
 
 
 class MicroBatcher:
-    """Gathers photos from concurrent requests into one `tagger.tags` call, run in its own inference thread."""
+    """Gathers photos from concurrent requests into one `tagger.tag_pixels` call, run in its own inference thread;
+    each request renders its own results (top_k, min_confidence) from them."""
 
-    def __init__(self, tagger: Tagger, max_batch: int = 64, max_wait_ms: float = 0.0, threads: int | None = None):
+    def __init__(self, tagger: Tagger, max_batch: int = 64, max_wait_ms: float = 0.0):
         self.tagger, self.max_batch, self.max_wait = tagger, max_batch, max_wait_ms / 1000
-        self.threads = threads
         self.pending = 0  # photos queued or being tagged
         self.stats = {"requests": 0, "photos": 0, "batches": 0, "largest_batch": 0, "busy_seconds": 0.0}
         self._queue: asyncio.Queue[_Job] | None = None
@@ -42,16 +41,12 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self.ready = False
 
-    def _init_thread(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
     async def start(self, warm_up: bool = True) -> None:
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fashiontag-infer", initializer=self._init_thread)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fashiontag-infer")
         if warm_up:  # the first forward pass allocates and picks kernels: do it before the first customer
             blank = np.full((1, *self.tagger.input_hw, 3), 255, np.uint8)
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.tagger.tags, blank)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.tagger.tag_pixels, blank)
         self._task = asyncio.create_task(self._run(), name="fashiontag-batcher")
         self.ready = True
 
@@ -72,8 +67,8 @@ class MicroBatcher:
         if self._executor:
             self._executor.shutdown(wait=True)
 
-    async def tag(self, pixels: np.ndarray, top_k: int = 1) -> list[dict]:
-        """Flat tag rows (see Tagger.tags, min_confidence 0) for (N, H, W, 3) uint8 photos."""
+    async def tag(self, pixels: np.ndarray, top_k: int = 1) -> list[PhotoResult]:
+        """Results (see Tagger.tag_pixels) for (N, H, W, 3) uint8 photos, with up to top_k - 1 runners-up."""
         if not self.ready or self._queue is None:
             raise ServeError(503, "not_ready", "the model is still loading")
         future = asyncio.get_running_loop().create_future()
@@ -117,8 +112,8 @@ class MicroBatcher:
             pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([j.pixels for j in jobs])
             started = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self._executor, self.tagger.tags, pixels,
-                                                  max(j.top_k for j in jobs), 0.0)
+                results = await loop.run_in_executor(self._executor, self.tagger.tag_pixels, pixels,
+                                                     max(j.top_k for j in jobs))
             except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker lives on
                 for j in jobs:
                     if not j.future.done():
@@ -131,6 +126,6 @@ class MicroBatcher:
             i = 0
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_result(rows[i:i + len(j.pixels)])
+                    j.future.set_result(results[i:i + len(j.pixels)])
                 i += len(j.pixels)
 

@@ -13,7 +13,8 @@ class TagOptions(BaseModel):
 
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="also return the K-1 runners-up per task")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0,
-                                  description="below this confidence a task's label is 'unknown'")
+                                  description="a task's tag less sure than this is flagged needs_review (its "
+                                              "label is kept)")
     partial: bool = Field(False, description="tag the good photos and report the bad ones per file with 200, "
                                              "instead of refusing the whole request")
 
@@ -30,9 +31,9 @@ class Candidate(BaseModel):
 
 
 class TaskTag(BaseModel):
-    label: str = Field(description="the model's answer, or 'unknown' below min_confidence")
-    confidence: float = Field(description="calibrated probability of the model's answer")
-    best_guess: str | None = Field(None, description="the model's answer when the label is 'unknown'")
+    label: str = Field(description="the model's answer")
+    confidence: float = Field(description="its calibrated probability")
+    needs_review: bool = Field(description="confidence below min_confidence: a person should check it")
     top: list[Candidate] | None = Field(None, description="the answer and its runners-up, when top_k > 1")
 
 

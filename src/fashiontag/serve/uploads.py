@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -25,7 +25,7 @@ except ImportError:  # python-multipart before 0.0.13 named its module multipart
     from multipart.exceptions import FormParserError
     from multipart.multipart import MultipartParser, parse_options_header
 
-from fashiontag.images import ImageError, decode
+from fashiontag.images import ImageError
 from fashiontag.serve.errors import ServeError
 
 FILE_FIELD = "files"
@@ -254,14 +254,15 @@ def clean_reason(reason: str, data: bytes) -> str:
     return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", reason)
 
 
-def decode_uploads(uploads: list[Upload], hw) -> list[np.ndarray | None]:
-    """Each accepted upload as the model's letterboxed input; a photo that cannot be read is refused with 422."""
+def decode_uploads(uploads: list[Upload], prepare: Callable[[bytes], np.ndarray]) -> list[np.ndarray | None]:
+    """Each accepted upload as the model's input (`prepare`: Tagger.prepare); a photo that cannot be read is
+    refused with 422."""
     out = []
     for u in uploads:
         arr = None
         if not u.status:
             try:
-                arr = decode(bytes(u.data), hw)
+                arr = prepare(bytes(u.data))
             except ImageError as e:
                 u.refuse(422, clean_reason(str(e), bytes(u.data[:32])))
         u.data = bytearray()  # done with the bytes
