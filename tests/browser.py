@@ -95,9 +95,17 @@ def shown_tags(page, name: str) -> dict[str, str]:
             for row in card.locator("tr[data-task]").all()}
 
 
+def set_threshold(page, percent: int) -> None:
+    """Move the "review below" slider as a person would and wait until the server has judged every photo again."""
+    page.eval_on_selector("#threshold", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); "
+                                        "el.dispatchEvent(new Event('change')); }", percent)
+    page.wait_for_function(f"window.fashiontag.state.items.every((i) => i.status !== 'done' || "
+                           f"i.threshold === {percent / 100})", timeout=30000)
+
+
 def screenshot(browser, model: Path, data: Path, out: Path) -> None:
-    """The page as a user sees it: real photos tagged by `model`, the first tag where the model and the catalog
-    disagree corrected as a cataloguer would, saved as `out`."""
+    """The page as a user sees it: real photos tagged by `model`, tags under 60% flagged for review, the first tag
+    where the model and the catalog disagree corrected as a cataloguer would, saved as `out`."""
     from fashiontag.serve import create_app
     header, *rows = list(csv.reader((data / "styles.csv").open(encoding="utf-8")))
     truth = {r[0]: dict(zip(header, r)) for r in rows if r and r[0] in SCREENSHOT_IDS}
@@ -107,6 +115,7 @@ def screenshot(browser, model: Path, data: Path, out: Path) -> None:
     with live_server(create_app(model)) as url, open_page(browser, url) as page:
         upload_and_wait(page, paths)
         assert page.locator(".card.done").count() == len(paths)
+        set_threshold(page, 60)
         for path in paths:
             shown = shown_tags(page, path.name)
             wrong = [t for t, label in shown.items() if truth[path.stem].get(t) not in (None, "", label)]

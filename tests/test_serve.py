@@ -18,12 +18,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from browser import chromium, chromium_missing, live_server, open_page, screenshot, shown_tags, upload_and_wait
+from browser import (chromium, chromium_missing, live_server, open_page, screenshot, set_threshold, shown_tags,
+                     upload_and_wait)
 from PIL import Image
 
 from fashiontag.images import decode
-from fashiontag.tagger import Tagger
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
+from fashiontag.tagger import Tagger
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")
@@ -469,10 +470,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         results = {p.name: direct.tag_pixels(np.array(decode(str(p))[None]))[0] for p in good}
         confidences = [tag.confidence for r in results.values() for tag in r.tags.values()]
         percent = next(v for v in range(5, 100, 5) if 0 < sum(c < v / 100 for c in confidences) < len(confidences))
-        page.eval_on_selector("#threshold", "(el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }",
-                              percent)
-        page.wait_for_function(f"window.fashiontag.state.items.every((i) => i.status !== 'done' || "
-                               f"i.threshold === {percent / 100})", timeout=30000)
+        set_threshold(page, percent)
         corrected = {t for t, label in after.items() if label != before[t]}
         for name, result in results.items():
             flagged = {row.get_attribute("data-task")

@@ -5,7 +5,9 @@ concurrent requests through one forward pass, `app` holds the routes and runs th
 `protocol` of this package (a deadline for each request's headers).
 
 Uploads live in memory only (never spooled to disk, however large, within the limits) and nothing a request names
-is ever opened as a path: the web page's files are read once at start-up and served from memory by exact name.
+is ever opened as a path: the web page's files are read once at start-up and served from memory by exact name
+(Swagger UI's files under /static-offline-docs are fastapi-offline's, served by Starlette's StaticFiles from that
+package's folder).
 """
 
 from fashiontag.serve.app import SERVE_ENGINE, create_app, serve

@@ -51,6 +51,7 @@ def available_cpus() -> int:
         pass
     return max(1, n)
 
+
 def model_info(tagger: Tagger, limits: dict) -> dict:
     return tagger.info() | {"server_version": __version__, "limits": limits}
 
