@@ -34,7 +34,7 @@ DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
 
 
 def pad(img: Image.Image, factor: float) -> Image.Image:
-    """The product smaller in a larger white frame: the canvas `factor` times the photo's longer side, square."""
+    """The product smaller in a larger white frame: a square canvas `factor` times the photo's longer side."""
     side = round(max(img.size) * factor)
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
@@ -86,7 +86,7 @@ def phone_jpeg(img: Image.Image, quality: int) -> Image.Image:
 
 # name -> (change, mild strength, strong strength)
 CHANGES = {
-    "padded (product smaller)": (pad, 4 / 3, 2.0),
+    "padded (product smaller)": (pad, 1.0, 4 / 3),
     "cropped at the edges": (crop, 0.06, 0.12),
     "rotated": (rotate, 7, 14),
     "light grey background": (background, (215, 215, 215), (185, 185, 185)),
