@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.checkpoint import load_model
 from fashiontag.evaluate import evaluate
 from fashiontag.models import create_model, model_names

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.catalog import read_catalog
 
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.models import create_model
 from fashiontag.tune import RESCNN_DEPTHS, suggest, trial_config, tune
 
