@@ -22,7 +22,7 @@ from fashiontag import INPUT_HW, __version__
 from fashiontag.calibration import fit_temperatures
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
-from fashiontag.dataset import Dataset, load_dataset
+from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.models import create_model
 from fashiontag.split import load_split, save_split
 
@@ -79,7 +79,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, pixels: np.ndarray, device: torch.device,
+def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, pixels: np.ndarray, device: torch.device,
                           bf16: bool) -> dict[str, torch.Tensor]:
     """The teachers' calibrated probabilities per task for these photos, averaged over teachers and flips.
 
@@ -376,7 +376,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     return out / "best"
 
 
-def model_meta(cfg: TrainConfig, data: Dataset, history: list, val_acc: dict, seconds: float) -> dict:
+def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
     return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW),
             "vocabs": data.vocabs, "hierarchy": data.hierarchy(), "config": json.loads(json.dumps(cfg.__dict__)),
@@ -384,7 +384,7 @@ def model_meta(cfg: TrainConfig, data: Dataset, history: list, val_acc: dict, se
             "temperatures": {t: 1.0 for t in data.vocabs}}
 
 
-def finish_model(folder: Path, data: Dataset, device: torch.device, bf16: bool, channels_last: bool,
+def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
     """Calibrate the best model's confidences on the validation split and record the full history."""
     model, meta = load_model(folder, device=str(device))
