@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from helpers import tiny_config
 from synthetic import make_catalog
@@ -39,3 +40,44 @@ def test_notebook_protocol_keeps_its_three_tasks(no_usage_catalog):
     from fashiontag.dataset import SEED_TASKS, load_dataset
     data = load_dataset(no_usage_catalog.root, protocol="notebook", min_count=2, progress=False)
     assert set(data.vocabs) == set(SEED_TASKS)
+
+
+def _overconfident_logits(n=600, classes=4, scale=4.0, seed=0):
+    """Logits whose softmax is calibrated, multiplied by `scale` (overconfident), and labels drawn from them."""
+    gen = torch.Generator().manual_seed(seed)
+    calibrated = torch.randn(n, classes, generator=gen)
+    y = torch.multinomial(calibrated.softmax(1), 1, generator=gen).squeeze(1)
+    return calibrated * scale, y.numpy()
+
+
+def test_calibration_keeps_a_temperature_that_helps():
+    from fashiontag.calibration import fit_temperatures
+    logits, y = _overconfident_logits()
+    temps, record = fit_temperatures({"gender": logits}, {"gender": y})
+    assert 3 < temps["gender"] < 5.5 and record["gender"]["kept"] and record["gender"]["why"] is None
+    assert record["gender"]["after"] < record["gender"]["before"]
+    assert record["gender"]["nll_after"] < record["gender"]["nll_before"]
+
+
+def test_calibration_never_keeps_nan_temperature(capsys):
+    from fashiontag.calibration import fit_temperatures
+    logits, y = _overconfident_logits()
+    logits[5, 2] = float("nan")  # one diverged photo makes the whole fit NaN
+    temps, record = fit_temperatures({"season": logits, "gender": _overconfident_logits()[0]},
+                                     {"season": y, "gender": y})
+    assert temps["season"] == 1.0 and not record["season"]["kept"] and "not a positive number" in record["season"]["why"]
+    assert record["gender"]["kept"]
+    json.dumps(record, allow_nan=False)  # model.json stays valid JSON for the web page
+    err = capsys.readouterr().err
+    assert "warning: calibration of season" in err and "gender" not in err
+
+
+def test_calibration_drops_a_temperature_that_worsens_nll_and_ece(monkeypatch, capsys):
+    import fashiontag.calibration as calibration
+    logits, y = _overconfident_logits(scale=1.0)  # already calibrated: a temperature of 5 makes it worse
+    monkeypatch.setattr(calibration, "fit_temperature", lambda lg, y: 5.0)
+    temps, record = calibration.fit_temperatures({"usage": logits}, {"usage": y})
+    assert temps["usage"] == 1.0 and record["usage"]["fitted"] == 5.0 and not record["usage"]["kept"]
+    assert record["usage"]["after"] == record["usage"]["before"]
+    assert "lowers neither" in record["usage"]["why"]
+    assert "warning: calibration of usage" in capsys.readouterr().err

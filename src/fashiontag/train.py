@@ -393,5 +393,9 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
     meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
     save_model(folder, model, meta, data.split)
-    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {ece[t]['before']:.3f}->{ece[t]['after']:.3f}"
+    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}"
                                           for t in temps))
+
+
+def _ece(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
