@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, res
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.models import create_model
+from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
 
 
@@ -158,7 +160,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best).
 
     on_epoch(epoch, mean_val_score), if given, is called on rank 0 after each validation; an exception it raises
-    (e.g. optuna.TrialPruned) stops training and propagates."""
+    (e.g. optuna.TrialPruned) stops training and propagates. A second training on the same folder is refused
+    (RunFolderBusy)."""
+    # Under torchrun, rank 0 holds the lock for all ranks of its run.
+    with run_lock(cfg.out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        return _train(cfg, resume, on_epoch)
+
+
+def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     out = Path(cfg.out)
     if resume:
         if not (out / "config.json").exists():
