@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from helpers import tiny_config
+from helpers import tiny_config, train_interrupted
 from synthetic import make_catalog
 
 
@@ -81,3 +82,38 @@ def test_calibration_drops_a_temperature_that_worsens_nll_and_ece(monkeypatch, c
     assert record["usage"]["after"] == record["usage"]["before"]
     assert "lowers neither" in record["usage"]["why"]
     assert "warning: calibration of usage" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def resumed_run(catalog, tmp_path_factory):
+    """The same training twice: straight through, and interrupted in its second epoch then resumed."""
+    from fashiontag.train import train
+    tmp = tmp_path_factory.mktemp("resume")
+    cfg = dict(epochs=3, checkpoint_minutes=0.0, patience=99)
+    full = train(tiny_config(catalog.root, tmp / "full", **cfg))
+    train_interrupted(tiny_config(catalog.root, tmp / "cut", **cfg), at_batch=14)  # epoch 2 has 10 batches
+    return full, train(tiny_config(catalog.root, tmp / "cut"), resume=True)
+
+
+def test_resume_after_interruption_loses_nothing(resumed_run):
+    a, b = (load_file(str(folder / "model.safetensors")) for folder in resumed_run)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_mid_epoch_keeps_the_epochs_train_loss_and_accuracy(resumed_run):
+    full, resumed = (json.loads((folder / "model.json").read_text())["history"] for folder in resumed_run)
+    assert len(full) == len(resumed) == 3
+    for a, b in zip(full, resumed):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-3)
+
+
+def test_resume_without_resume_state_is_refused(catalog, tmp_path):
+    from fashiontag.train import train
+    cfg = tiny_config(catalog.root, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    cfg.save(tmp_path / "run" / "config.json")  # what a run writes before its first batch
+    with pytest.raises(FileNotFoundError, match="no resume state in .*last.*without --resume"):
+        train(cfg, resume=True)

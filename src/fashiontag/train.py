@@ -173,6 +173,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
+    state = load_state(out / "last") if resume else None
+    if resume and state is None:
+        raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
+                                "before saving any); train again without --resume")
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -253,8 +257,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
 
-    epoch, step_in_epoch, best_score, stale, history = 0, 0, -1.0, 0, []
-    state = load_state(out / "last") if resume else None
+    epoch, step_in_epoch, best_score, stale, history, partial_epoch = 0, 0, -1.0, 0, [], None
     if state is not None:
         tensors, info = state
         raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -265,6 +268,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         torch.set_rng_state(tensors["torch_rng"])
         epoch, step_in_epoch, best_score, stale, history = (info["epoch"], info["step_in_epoch"], info["best_score"],
                                                             info["stale"], info["history"])
+        partial_epoch = info.get("partial_epoch")
         if main:
             tqdm.write(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch}")
 
@@ -278,8 +282,11 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         tensors.update(opt_tensors)
         tensors["aug_rng"] = aug_gen.get_state()
         tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from it
+        # The interrupted epoch's running totals, so that its history entry counts every step.
+        partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": time.time() - t0}
         save_state(out / "last", tensors, {"epoch": ep, "step_in_epoch": st, "best_score": best_score,
-                                           "stale": stale, "history": history, "param_groups": param_groups})
+                                           "stale": stale, "history": history, "param_groups": param_groups,
+                                           "partial_epoch": partial})
 
     interrupted = {"flag": False}
 
@@ -296,6 +303,9 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
             correct = {t: 0 for t in heads}
             seen = {t: 0 for t in heads}
             loss_sum, last_save, t0 = 0.0, time.time(), time.time()
+            if step_in_epoch and partial_epoch:
+                loss_sum, correct, seen = partial_epoch["loss_sum"], partial_epoch["correct"], partial_epoch["seen"]
+                t0 -= partial_epoch["seconds"]
             bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
             for step in range(step_in_epoch, steps_per_epoch):
@@ -335,7 +345,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                     correct[t] += int((lg.argmax(1)[known] == y[t][known]).sum())
                     seen[t] += int(known.sum())
                 bar.update(1)
-                bar.set_postfix({"loss": f"{loss_sum / (step - step_in_epoch + 1):.3f}",
+                bar.set_postfix({"loss": f"{loss_sum / (step + 1):.3f}",
                                  **{t[:6]: f"{correct[t] / max(seen[t], 1):.3f}" for t in heads}})
                 if interrupted["flag"] or time.time() - last_save > cfg.checkpoint_minutes * 60:
                     save_resume_state(epoch, step + 1)
