@@ -2,17 +2,27 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import tiny_config
 from synthetic import make_catalog
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-small"
+TORCH_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Tests never write to the user's cache; the real catalog's cache is shared across tests in one session."""
     os.environ["FASHIONTAG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Trainings set torch's thread count for the whole process (tiny_config: one), session fixtures included;
+    every test ends with the count the session started with."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")
