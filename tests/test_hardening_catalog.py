@@ -1,5 +1,9 @@
-"""The catalog reader loses no row quietly (issue 10): stray quotes, byte-order marks, huge fields, Latin-1."""
+"""Nothing about a catalog breaks quietly (issue 10): the reader loses no row to stray quotes, byte-order marks, huge
+fields or Latin-1, and a damaged image cache is rebuilt, never trained on."""
 
+import json
+
+import numpy as np
 import pytest
 
 from fashiontag.catalog import CatalogError, read_catalog
@@ -59,3 +63,51 @@ def test_a_file_in_no_known_encoding_is_refused_with_the_line(tmp_path):
     write(tmp_path, [row(1), row(2, "Caf\x81 Shirt")], encoding="latin-1")  # 0x81: no character in cp1252
     with pytest.raises(CatalogError, match=r"neither UTF-8 \(at line 3 \(byte 0x81\)\) nor cp1252"):
         read_catalog(tmp_path)
+
+
+@pytest.fixture
+def cached(catalog, tmp_path):
+    """A fresh image cache of the synthetic catalog in its own folder: (catalog, folder, pixels file, pixels)."""
+    from fashiontag.cache import build_cache
+    c = read_catalog(catalog.root)
+    pixels = np.array(build_cache(c, tmp_path, progress=False).pixels)
+    return c, tmp_path, next(tmp_path.glob("*.npy")), pixels
+
+
+def reopen(c, folder, capsys):
+    from fashiontag.cache import build_cache
+    cache = build_cache(c, folder, progress=False)
+    return cache, capsys.readouterr().err
+
+
+def test_a_cache_written_over_is_rebuilt_not_trained_on(cached, capsys):
+    c, folder, npy, pixels = cached
+    size = npy.stat().st_size
+    with open(npy, "r+b") as f:  # same size, other contents
+        f.seek(size // 2)
+        f.write(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    assert npy.stat().st_size == size
+    cache, err = reopen(c, folder, capsys)
+    assert "checksum mismatch in photos 0-" in err and "rebuilding" in err
+    assert np.array_equal(cache.pixels, pixels)
+    assert reopen(c, folder, capsys)[1] == ""  # the rebuilt cache passes
+
+
+def test_a_truncated_cache_is_rebuilt(cached, capsys):
+    c, folder, npy, pixels = cached
+    with open(npy, "r+b") as f:
+        f.truncate(npy.stat().st_size // 3)
+    cache, err = reopen(c, folder, capsys)
+    assert "cannot be read" in err and "mmap length is greater than file size" in err and "rebuilding" in err
+    assert np.array_equal(cache.pixels, pixels)
+
+
+def test_a_cache_without_checksums_is_rebuilt(cached, capsys):
+    c, folder, npy, pixels = cached
+    meta_path = npy.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    del meta["checksums"]
+    meta_path.write_text(json.dumps(meta))
+    cache, err = reopen(c, folder, capsys)
+    assert "has no checksums" in err
+    assert "checksums" in json.loads(meta_path.read_text()) and np.array_equal(cache.pixels, pixels)
