@@ -88,3 +88,20 @@ def test_the_refusal_names_the_other_process(catalog, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_run_resume_without_resume_state_says_it_starts_from_scratch(catalog, tmp_path, monkeypatch):
+    import fashiontag.evaluate
+    import fashiontag.train
+    calls = []
+
+    def fake_train(cfg, resume):
+        calls.append(resume)
+        return tmp_path / "run" / "best"
+
+    monkeypatch.setattr(fashiontag.train, "train", fake_train)
+    monkeypatch.setattr(fashiontag.evaluate, "evaluate", lambda data, best, report: {"tasks": {}})
+    result = invoke("run", "--data", catalog.root, "--out", tmp_path / "run", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"nothing to resume: {tmp_path / 'run' / 'last'} does not exist; training from scratch" in result.output
+    assert calls == [False]
