@@ -59,11 +59,11 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
             meta = json.loads(meta_path.read_text())
             pixels = np.load(pix_path, mmap_mode="r")
             damage = _damage(pixels, meta, (n, *hw, 3))
+            if damage is None:
+                return ImageCache(pixels, np.array(meta["ok"], bool), np.array(meta["hashes"], np.uint64),
+                                  {int(k): v for k, v in meta["errors"].items()})
         except (OSError, EOFError, ValueError, KeyError) as e:  # cut short: "mmap length is greater than file size"
             damage = f"cannot be read, truncated? ({e})"
-        if damage is None:
-            return ImageCache(pixels, np.array(meta["ok"], bool), np.array(meta["hashes"], np.uint64),
-                              {int(k): v for k, v in meta["errors"].items()})
         print(f"image cache {pix_path}: {damage}; rebuilding it", file=sys.stderr)
 
     tmp = pix_path.with_suffix(f".tmp{os.getpid()}.npy")

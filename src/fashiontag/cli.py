@@ -94,19 +94,20 @@ PROGRESS_HELP = "progress bars (default: on)"
 @app.command()
 def train(
     data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
-    out: Optional[str] = typer.Option(None, metavar="DIR", help="run folder (default: runs/default)"),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help=f"run folder (default: {TrainConfig.out})"),
     model: Optional[str] = typer.Option(None, metavar="NAME",
                                         help="model family: rescnn (default), seed-cnn, mlp, efficientnet-lite0"),
     epochs: Optional[int] = typer.Option(None, metavar="N", help="epochs at most; early stopping may end sooner "
-                                         "(default: 30)"),
-    batch_size: Optional[int] = typer.Option(None, metavar="N", help="photos per training step (default: 128)"),
-    lr: Optional[float] = typer.Option(None, metavar="RATE", help="peak learning rate (default: 0.003)"),
+                                         f"(default: {TrainConfig.epochs})"),
+    batch_size: Optional[int] = typer.Option(None, metavar="N",
+                                             help=f"photos per training step (default: {TrainConfig.batch_size})"),
+    lr: Optional[float] = typer.Option(None, metavar="RATE", help=f"peak learning rate (default: {TrainConfig.lr})"),
     protocol: Optional[str] = typer.Option(None, metavar="all|notebook",
                                            help="all (default): every task and class; notebook: the original "
                                            "notebook's three tasks and classes (formerly 'seed')"),
     max_train: Optional[int] = typer.Option(None, metavar="N", help="train on at most this many photos (quick runs)"),
     seed: Optional[int] = typer.Option(None, metavar="N", help="random seed of the split, the initial weights and "
-                                       "augmentation (default: 0)"),
+                                       f"augmentation (default: {TrainConfig.seed})"),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="a config.json to start from"),
     set_: List[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help=SET_HELP),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
@@ -255,7 +256,7 @@ def tune(
     model: Optional[str] = typer.Option(None, metavar="NAME", help="search space: seed-cnn (default; the notebook's "
                                         "dimensions) or rescnn"),
     trials: int = typer.Option(20, min=1, metavar="N", help="trials to add to the study", show_default=True),
-    epochs: Optional[int] = typer.Option(None, metavar="N", help="epochs per trial (default: 30)"),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help=f"epochs per trial (default: {TrainConfig.epochs})"),
     max_train: Optional[int] = typer.Option(None, metavar="N", help="train each trial on at most this many photos"),
     out: Optional[str] = typer.Option(None, metavar="DIR", help="folder: trial-N/ runs, study.db, best.json, plots "
                                       "(default: runs/tune)"),
