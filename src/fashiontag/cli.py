@@ -182,8 +182,9 @@ def explore(
         s = run_explore(_data(data), out)
     except CatalogError as e:
         _fail(str(e))
-    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} malformed, {len(s['unusable_photos'])} unusable photos, "
-               f"{s['duplicate_groups']:,} duplicate groups; report: {Path(out) / 'explore.md'}")
+    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in styles.csv, "
+               f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups; "
+               f"report: {Path(out) / 'explore.md'}")
 
 
 @app.command()

@@ -381,8 +381,12 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 stale = int(flag)
             save_resume_state(epoch, 0)
     except KeyboardInterrupt:
-        if main:
-            tqdm.write(f"interrupted: state saved in {out / 'last'}; continue with `fashiontag train --resume --out {out}`")
+        # Ctrl-C stops mid-step: what resumes is the last state saved (each epoch, each checkpoint_minutes, SIGTERM).
+        if main and (out / "last").exists():
+            tqdm.write(f"interrupted: continue from the state last saved in {out / 'last'} with "
+                       f"`fashiontag train --resume --out {out}`")
+        elif main:
+            tqdm.write("interrupted before any resume state was saved: train again without --resume")
         raise
     finally:
         if previous is not None:
