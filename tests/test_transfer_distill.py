@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.dataset import load_dataset
 from fashiontag.models import create_model
 from fashiontag.train import teacher_probabilities, train
