@@ -24,11 +24,11 @@ def train_interrupted(cfg: TrainConfig, at_batch: int) -> None:
     import fashiontag.train as train_mod
     real_augment, calls = train_mod.augment, {"n": 0}
 
-    def flaky_augment(x, gen):
+    def flaky_augment(*args):
         calls["n"] += 1
         if calls["n"] == at_batch:
             raise KeyboardInterrupt
-        return real_augment(x, gen)
+        return real_augment(*args)
 
     train_mod.augment = flaky_augment
     try:

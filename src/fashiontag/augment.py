@@ -21,6 +21,9 @@ from scipy import ndimage
 
 # Photometric factors within these bounds (as |log factor|) keep colours true enough for the colour head.
 MILD = math.log(1.15)
+COLOUR_TASKS = {"baseColour"}  # tasks whose loss skips strongly relit photos
+NEAR_WHITE = 243                # the studio background, JPEG noise included
+MAX_BACKGROUND_SHARE = 0.7
 
 
 def studio_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -47,7 +50,7 @@ def background_mask(pixels: np.ndarray) -> np.ndarray:
     (a white shirt's inside is not connected, so it stays)."""
     masks = np.zeros(pixels.shape[:3], np.float32)
     for i, photo in enumerate(pixels):
-        labels, _ = ndimage.label((photo >= 235).all(2))
+        labels, _ = ndimage.label((photo >= NEAR_WHITE).all(2))
         border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         masks[i] = np.isin(labels, border[border > 0])
     return masks
@@ -58,9 +61,9 @@ def _backgrounds(n: int, h: int, w: int, gen: torch.Generator, device) -> torch.
     r = torch.rand(n, 8, generator=gen)
     base = 0.35 + 0.6 * r[:, :1] + 0.15 * (r[:, 1:4] - 0.5)        # a muted colour, light more often than dark
     other = base + 0.3 * (r[:, 4:7] - 0.5)
-    ramp = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
-    ramp = torch.where((r[:, 7] < 0.5).view(n, 1, 1, 1), ramp, ramp.transpose(2, 3)[:, :, :h, :w]
-                       if h == w else torch.linspace(0, 1, w).view(1, 1, 1, w).expand(n, 1, h, w))
+    vertical = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
+    horizontal = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+    ramp = torch.where((r[:, 7] < 0.5).view(n, 1, 1, 1), vertical, horizontal)
     kind = torch.randint(0, 3, (n,), generator=gen)
     flat = base.view(n, 3, 1, 1).expand(n, 3, h, w)
     gradient = base.view(n, 3, 1, 1) + (other - base).view(n, 3, 1, 1) * ramp
@@ -77,7 +80,11 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
     r = torch.rand(n, 12, generator=gen)
     # Geometry: flip, zoom out to 0.6 or in to 1.15, shift up to 10% of the side, tilt up to 15 degrees. The
     # background mask travels with the photo, so what the warp brings in is background too.
-    mask = torch.from_numpy(background_mask(pixels)).to(device).unsqueeze(1)
+    replace = r[:, 7] < 0.5  # these photos get another background (masks are only needed for them)
+    mask = torch.zeros(n, 1, h, w)
+    if replace.any():
+        mask[replace] = torch.from_numpy(background_mask(pixels[replace.numpy()])).unsqueeze(1)
+    mask = mask.to(device)
     flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
     scale = torch.where(r[:, 1] < 0.5, 0.6 + 0.4 * r[:, 2], 1 + 0.15 * r[:, 2])
     angle = (r[:, 3] - 0.5) * 2 * math.radians(15) * (r[:, 4] < 0.6)
@@ -88,22 +95,25 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
     theta[:, :, 2] = (r[:, 5:7] - 0.5) * 0.2
     warped = _warp(torch.cat([x, mask], 1), theta.to(device))
     x, mask = warped[:, :3], warped[:, 3:]
-    # Another background for half the photos.
-    replace = (r[:, 7] < 0.5).to(device).view(n, 1, 1, 1)
+    # Not where the "background" is most of the photo: that is a white product merging with the studio white,
+    # and replacing it would paint the product over.
+    replace = (replace.to(device) & (mask.mean((1, 2, 3)) < MAX_BACKGROUND_SHARE)).view(n, 1, 1, 1)
     x = torch.where(replace, x * (1 - mask) + _backgrounds(n, h, w, gen, device) * mask, x)
-    # Light: exposure, contrast, gamma, white balance, each drawn log-uniformly; three photos in four.
+    # Light: exposure, contrast, gamma and white balance, each drawn log-uniformly: mild for half the photos
+    # (colours stay true), strong for a third (their colour label is dropped), unchanged for the rest.
     p = torch.rand(n, 6, generator=gen) * 2 - 1
-    logs = torch.stack([p[:, 0] * math.log(1.4), p[:, 1] * math.log(1.25), p[:, 2] * math.log(1.3),
-                        p[:, 3] * math.log(1.12), p[:, 4] * math.log(1.12), p[:, 5] * math.log(1.12)], 1)
-    logs = logs * (r[:, 8] < 0.75).view(n, 1)
+    strong_range = torch.tensor([math.log(1.45), math.log(1.25), math.log(1.3)] + [math.log(1.12)] * 3)
+    strong = r[:, 8] < 0.35
+    mild = (r[:, 8] >= 0.35) & (r[:, 8] < 0.85)
+    logs = p * torch.where(strong.view(n, 1), strong_range, torch.full((6,), MILD)) * (strong | mild).view(n, 1)
     f = logs.exp().to(device)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x * f[:, 0].view(n, 1, 1, 1) - mean) * f[:, 1].view(n, 1, 1, 1) + mean
     x = x.clamp(1e-4, 1) ** f[:, 2].view(n, 1, 1, 1)
     x = x * f[:, 3:6].view(n, 3, 1, 1)
-    colour_ok = (logs.abs().max(1).values <= MILD).to(device)
-    # Softness: a slight blur, or the detail lost to a low-resolution camera, for one photo in four.
-    soft = (r[:, 9] < 0.25).to(device).view(n, 1, 1, 1)
-    small = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
+    colour_ok = (~strong).to(device)
+    # Softness: the detail lost to a low-resolution or shaky camera, for one photo in ten.
+    soft = (r[:, 9] < 0.1).to(device).view(n, 1, 1, 1)
+    small = F.interpolate(x, scale_factor=0.65, mode="bilinear", align_corners=False, antialias=True)
     x = torch.where(soft, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
     return x.clamp(0, 1).contiguous(memory_format=torch.channels_last), colour_ok

@@ -46,12 +46,13 @@ class ImageCache:
 
 
 def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple[int, int] = INPUT_HW,
-                progress: bool = True, workers: int | None = None) -> ImageCache:
+                progress: bool = True, workers: int | None = None, framing: bool = False) -> ImageCache:
+    """The catalog's photos decoded as the model takes them (letterboxed to hw, framed with `framing`)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if cache_dir.resolve().is_relative_to(catalog.root.resolve()):
         raise ValueError(f"cache dir {cache_dir} is inside the catalog folder; caches go outside it")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = f"{catalog.content_key()}-{hw[0]}x{hw[1]}-h{HASH_VERSION}"
+    key = f"{catalog.content_key()}-{hw[0]}x{hw[1]}-h{HASH_VERSION}{'-framed' if framing else ''}"
     pix_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     n = len(catalog)
     if pix_path.exists() and meta_path.exists():
@@ -74,7 +75,7 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
 
     def load(i: int):
         try:
-            return i, decode(str(catalog.image_path(catalog.ids[i])), hw), None
+            return i, decode(str(catalog.image_path(catalog.ids[i])), hw, framing), None
         except ImageError as e:
             return i, None, str(e)
 

@@ -46,7 +46,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
     class_weighting: bool = False      # weight rare classes up by 1/sqrt(frequency)
-    augment: bool = True               # horizontal flips and small shifts/scales; never colour changes
+    augment: bool = True               # flips and small shifts/scales (and with seller_augment, much more)
+    seller_augment: bool = True        # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
+    framing: bool = True               # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill

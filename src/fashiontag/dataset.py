@@ -58,12 +58,13 @@ def notebook_rows(catalog: Catalog) -> np.ndarray:
 
 def load_dataset(data: str | Path, tasks=TASKS, protocol: str = "all", split_path: str | Path | None = None,
                  vocabs: dict[str, list[str]] | None = None, min_count: int = 10, seed: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True) -> TrainingData:
-    """Read and cache the catalog; load the split from split_path or make one; build or reuse vocabularies.
+                 cache_dir: str | Path | None = None, progress: bool = True, framing: bool = False) -> TrainingData:
+    """Read and cache the catalog (photos framed with `framing`); load the split from split_path or make one;
+    build or reuse vocabularies.
 
     A task with fewer than two classes of min_count training photos is left out, with a warning."""
     catalog = read_catalog(data)
-    cache = build_cache(catalog, cache_dir or None, progress=progress)
+    cache = build_cache(catalog, cache_dir or None, progress=progress, framing=framing)
     usable = np.flatnonzero(cache.ok)
     if split_path and Path(split_path).exists():
         split = load_split(split_path)

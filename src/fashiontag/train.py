@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from fashiontag import INPUT_HW, __version__
+from fashiontag.augment import COLOUR_TASKS, seller_augment, studio_augment
 from fashiontag.calibration import fit_temperatures
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
@@ -41,19 +42,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a small random scale and shift. No colour change: baseColour is a task."""
-    n = x.shape[0]
-    r = torch.rand(n, 4, generator=gen).to(x.device)
-    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-    scale = 1 + (r[:, 1] - 0.5) * 0.2             # 0.9 .. 1.1
-    theta = torch.zeros(n, 2, 3, device=x.device)
-    theta[:, 0, 0] = flip / scale
-    theta[:, 1, 1] = 1 / scale
-    theta[:, :, 2] = (r[:, 2:] - 0.5) * 0.16       # up to 4% of the side either way
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Shift towards 0 so out-of-frame pixels come in as the white catalog background.
-    return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: bool
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's augmentation of a batch (see augment.py); with seller, also which photos keep true colours."""
+    if seller:
+        return seller_augment(x, pixels, gen)
+    return studio_augment(x, gen), None
 
 
 def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
@@ -165,7 +159,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     split_file = out / "split.json"
     data = load_dataset(cfg.data, cfg.tasks, cfg.protocol, split_path=cfg.split or split_file,
                         min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None,
-                        progress=cfg.progress and main)
+                        progress=cfg.progress and main, framing=cfg.framing)
     if main:
         cfg.save(out / "config.json")
         save_split(data.split, split_file)
@@ -287,7 +281,9 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 x = torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
                 if cfg.augment:
-                    x = augment(x, aug_gen)
+                    x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
+                    for t in COLOUR_TASKS & y.keys() if colour_ok is not None else ():
+                        y[t] = torch.where(colour_ok, y[t], -1)  # strongly relit: its colour is not the label
                 lam, partner = 1.0, None
                 if cfg.mixup > 0:
                     lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
@@ -377,6 +373,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
     return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW),
+            "preprocess": {"framing": cfg.framing},
             "vocabs": data.vocabs, "hierarchy": data.hierarchy(), "config": json.loads(json.dumps(cfg.__dict__)),
             "val_acc": val_acc, "history": history, "train_seconds": round(seconds, 1),
             "temperatures": {t: 1.0 for t in data.vocabs}}
