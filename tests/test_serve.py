@@ -16,13 +16,11 @@ import zlib
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from browser import (chromium, chromium_missing, live_server, open_page, screenshot, set_threshold, shown_tags,
                      upload_and_wait)
 from PIL import Image
 
-from fashiontag.images import decode
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
 from fashiontag.tagger import Tagger
 
@@ -83,7 +81,7 @@ def direct(served):
 
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
-    return direct.tag_pixels(np.array(decode(data)[None]), top_k)[0].to_row(top_k)
+    return direct.tag_pixels(direct.prepare(data)[None], top_k)[0].to_row(top_k)
 
 
 # ---------------------------------------------------------------------------------------------------------- the API
@@ -316,7 +314,7 @@ class CountingTagger:
 
 
 def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photos):
-    arrays = [np.array(decode(d)[None]) for d in photos.values()] * 3  # 24 single-photo requests
+    arrays = [direct.prepare(d)[None] for d in photos.values()] * 3  # 24 single-photo requests
     counting = CountingTagger(direct)
 
     async def scenario():
@@ -450,7 +448,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         error_card = page.locator('.card.error[data-file="9004.jpg"]')
         assert "not a readable image" in error_card.locator(".state").inner_text()
         for path in good:
-            want = direct.tag_pixels(np.array(decode(str(path))[None]))[0].to_row()
+            want = direct.tag_pixels(direct.prepare(str(path))[None])[0].to_row()
             assert shown_tags(page, path.name) == {t: want[t] for t in direct.tasks}
             bar = page.locator(f'.card[data-file="{path.name}"] tr[data-task="gender"] .bar')
             assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(want["gender_confidence"], abs=1e-3)
@@ -467,7 +465,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         assert page.locator(f'.card[data-file="{first}"] tr.corrected').count() >= 1
 
         # a review threshold with tags on both sides of it: the page shows the server's flags, asked again
-        results = {p.name: direct.tag_pixels(np.array(decode(str(p))[None]))[0] for p in good}
+        results = {p.name: direct.tag_pixels(direct.prepare(str(p))[None])[0] for p in good}
         confidences = [tag.confidence for r in results.values() for tag in r.tags.values()]
         percent = next(v for v in range(5, 100, 5) if 0 < sum(c < v / 100 for c in confidences) < len(confidences))
         set_threshold(page, percent)
