@@ -31,7 +31,8 @@ from fashiontag import TASKS
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import SEED_TASKS, load_dataset
 from fashiontag.evaluate import evaluate
-from fashiontag.predict import Tagger
+from fashiontag.model_meta import load_meta
+from fashiontag.tagger import Tagger
 from fashiontag.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +67,10 @@ def restricted_argmax(scores: np.ndarray, vocab: list[str], classes: list[str]) 
 def seed_protocol_accuracy(model_dir: Path, data: str, seed_vocabs: dict[str, list[str]], split: Path,
                            notes: list[str]) -> tuple[dict[str, float], int]:
     """A model's accuracy per seed task on the seed protocol's test photos and classes; and how many photos."""
-    tagger = Tagger(model_dir)
+    tagger = Tagger.load(model_dir)
     ds = load_dataset(data, SEED_TASKS, "seed", split_path=split, vocabs=seed_vocabs, progress=False)
     rows = ds.rows["test"]
-    logits = tagger.logits(np.asarray(ds.cache.pixels[rows]))
+    logits = tagger.engine.logits(np.asarray(ds.cache.pixels[rows]))
     acc = {}
     for t in SEED_TASKS:
         pred, missing = restricted_argmax(logits[t], tagger.vocabs[t], seed_vocabs[t])
@@ -147,7 +148,7 @@ def main() -> None:
     reports = {name: out / "reports" / name for name in ("seed", "ours")}
     evals = {name: evaluate(data, best, reports[name], progress=False, plot=not args.quick)
              for name, best in (("seed", seed_best), ("ours", ours_best))}
-    seed_vocabs = Tagger(seed_best).vocabs
+    seed_vocabs = load_meta(seed_best)["vocabs"]
     seed_acc, n_seed = seed_protocol_accuracy(seed_best, data, seed_vocabs, split, notes)
     ours_acc, n_seed_ours = seed_protocol_accuracy(ours_best, data, seed_vocabs, split, notes)
     assert n_seed == n_seed_ours

@@ -6,10 +6,13 @@ Run by hand (not a test):
     .venv/bin/python benchmarks/speed.py --model runs/NAME/best --photos 5000     # also accuracy per engine
     .venv/bin/python benchmarks/speed.py --no-compile --skip-training
 
-Training: photos/s of the real training step (augment, forward, masked losses, backward, AdamW, EMA) in fp32
-eager, the baseline; in channels_last with bf16 autocast; and torch.compiled, with what compiling costs.
+Training: photos/s of `fashiontag.train.train` itself on --train-photos photos of the catalog (its second epoch,
+validation pass included) in fp32 eager, the baseline; in channels_last with bf16 autocast; and torch.compiled,
+with what compiling costs (the first epoch's extra time).
 Tagging, model only: uint8 photos in memory to calibrated probabilities, per engine. Tagging end to end: JPEG files
-in, CSV out (`fashiontag predict`'s pipeline: read-ahead decoding threads, inference threads, vectorised rows).
+in, CSV out (`fashiontag predict`'s pipeline: read-ahead decoding threads, inference threads, vectorised rows), in
+this process once warm (the steady state), and as a whole `fashiontag predict` process (start-up included), with
+the time from starting the process to the first photo's row.
 The forward pass's FLOPs come from torch.utils.flop_counter; the peaks from large matmuls timed in the same run,
 on the same threads. Peak RSS is the process's high-water mark after each part. Everything runs in one process.
 """
@@ -21,6 +24,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,16 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fashiontag import INPUT_HW
 from fashiontag.checkpoint import load_model, save_model
 from fashiontag.config import TrainConfig
+from fashiontag.engines import TorchEngine
 from fashiontag.export import export_onnx
+from fashiontag.images import PhotoInput
 from fashiontag.models import create_model
-from fashiontag.predict import Tagger, _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
-from fashiontag.train import augment, ema_update, predict_logits, task_losses, to_input
+from fashiontag.predict import _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
+from fashiontag.tagger import Tagger
+from fashiontag.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = ROOT / ".." / "shared" / "data" / "fashion-small" / "images"
@@ -112,61 +118,55 @@ def row(label: str, rate: float, base: float | None, flops: float | None = None,
 
 
 def bench_training(model_dir: Path, args, peaks: dict, tmp: Path) -> None:
-    cfg = TrainConfig()
+    """The real training loop, a short run per recipe: photos/s of its second epoch, and the first epoch's extra
+    time (compiling, for the compiled run)."""
+    if not (Path(args.data) / "styles.csv").exists():
+        print(f"\n(training timings skipped: no catalog at --data {args.data})")
+        return
     _, meta = load_model(model_dir)
     heads = {t: len(v) for t, v in meta["vocabs"].items()}
-    bs, device = cfg.batch_size, torch.device("cpu")
-    rng = np.random.default_rng(0)
-    pixels = torch.from_numpy(rng.integers(0, 256, (bs, *INPUT_HW, 3), dtype=np.uint8))
-    y = {t: torch.from_numpy(rng.integers(-1, n, bs)) for t, n in heads.items()}
-    weights = {t: None for t in heads}
-
-    def trainer(fast: bool, compiled: bool = False):
-        """fast: our recipe's channels_last and bf16 autocast; else the plain fp32 eager loop."""
-        torch.manual_seed(0)
-        model = create_model(meta["arch"], heads, **meta.get("arch_args", {}))
-        if fast:
-            model = model.to(memory_format=torch.channels_last)
-        ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
-        run = torch.compile(model) if compiled else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        gen = torch.Generator().manual_seed(0)
-
-        def step():
-            x = augment(to_input(pixels, device, fast), gen)
-            with torch.autocast("cpu", torch.bfloat16, enabled=fast):
-                out = run(x)
-            loss = sum(task_losses(out, y, cfg, weights).values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update_parameters(model)
-        return model, step
-
-    model, step = trainer(fast=False)
+    model = create_model(meta["arch"], heads, **meta.get("arch_args", {}))
     with FlopCounterMode(display=False) as fc:
-        step()
-    flops = fc.get_total_flops() / bs
-    print(f"\ntraining: batch {bs}, AdamW, augment, EMA; {flops / 1e6:.0f} MFLOP/photo (forward + backward); "
+        sum(v.sum() for v in model(torch.rand(2, 3, *INPUT_HW)).values()).backward()
+    flops = fc.get_total_flops() / 2
+    n = args.train_photos
+    print(f"\ntraining (fashiontag.train.train, {n:,} photos of {args.data}, 2 epochs; the second timed, its "
+          f"validation pass included): {flops / 1e6:.0f} MFLOP/photo (forward + backward); "
           f"{torch.get_num_threads()} threads\n{HEADER}")
-    base = bs / timed(step, args.seconds)
-    row("fp32 eager (baseline)", base, None, flops, peaks["fp32"])
-    _, step = trainer(fast=True)
-    fast = bs / timed(step, args.seconds)
-    row("channels_last + bf16 autocast", fast, base, flops, peaks["bf16"])
+    base = None
+    recipes = [("fp32 eager (baseline)", dict(bf16=False, channels_last=False, compile=False), "fp32"),
+               ("channels_last + bf16 autocast", dict(compile=False), "bf16")]
     if args.compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")  # a cold cache: the first compile's cost
-        _, step = trainer(fast=True, compiled=True)
-        t = time.perf_counter()
-        step()
-        compile_s = time.perf_counter() - t
-        rate = bs / timed(step, args.seconds)
-        epoch = 31_730  # the real catalog's training split
-        saved = epoch / fast - epoch / rate
-        pays = f"pays back after {compile_s / saved:.1f} epochs" if saved > 0 else "never pays back"
-        row("the same, torch.compiled (default, long runs)", rate, base, flops, peaks["bf16"],
-            f"compiling took {compile_s:.0f} s; {pays} ({epoch:,} photos each)")
+        recipes.append(("the same, torch.compiled (long runs)", dict(compile=True), "bf16"))
+    for i, (label, changes, peak) in enumerate(recipes):
+        cfg = TrainConfig(data=args.data, out=str(tmp / f"train{i}"), max_train=n, epochs=2, patience=99,
+                          progress=False, **changes)
+        best = train(cfg)
+        first, second = json.loads((best / "model.json").read_text())["history"][:2]
+        rate = n / second["seconds"]
+        base = base or rate
+        row(label, rate, None if i == 0 else base, flops, peaks[peak],
+            f"first epoch {first['seconds'] - second['seconds']:+.0f} s" if changes.get("compile") else "")
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def whole_process(model_dir: Path, paths: list[Path], engine: str, tmp: Path) -> tuple[float, float]:
+    """Seconds for a whole `fashiontag predict` process tagging one photo (the time to the first tag), and
+    photos/s of a whole process tagging `paths` into a CSV file."""
+    cmd = [sys.executable, "-m", "fashiontag", "predict", "--model", str(model_dir), "--engine", engine]
+    t = time.perf_counter()
+    subprocess.run(cmd + [str(paths[0])], check=True, capture_output=True)
+    first = time.perf_counter() - t
+    listing = tmp / "paths"
+    listing.mkdir(exist_ok=True)
+    for i, p in enumerate(paths):  # one folder of links: the command line of a shell user, not 4,000 arguments
+        (listing / f"{i}{p.suffix}").symlink_to(p.resolve())
+    t = time.perf_counter()
+    subprocess.run(cmd + [str(listing), "--out", str(tmp / "whole.csv")], check=True, stderr=subprocess.DEVNULL)
+    rate = len(paths) / (time.perf_counter() - t)
+    shutil.rmtree(listing)
+    return first, rate
 
 
 def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Path) -> None:
@@ -184,35 +184,39 @@ def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Pa
     with FlopCounterMode(display=False) as fc:
         model(torch.rand(1, 3, *INPUT_HW))
     flops = fc.get_total_flops()
-    pixels, _ = _load_batch(paths[:args.model_photos], tuple(meta["input_hw"]))
+    pixels, _ = _load_batch(paths[:args.model_photos], PhotoInput.of(meta))
     engines = [("torch fp32", "torch", False, "fp32"), ("torch bf16", "torch", True, "bf16"),
                ("onnx", "onnx", None, "fp32"), ("onnx-int8", "onnx-int8", None, None)]
 
     torch.set_num_threads(cores)
     print(f"\ntagging, model only: {len(pixels)} photos in memory -> probabilities; {flops / 1e6:.0f} MFLOP/photo "
           f"forward; {cores} threads\n{HEADER}")
-    eager = model.to(memory_format=torch.channels_last)
-    base = len(pixels) / timed(lambda: predict_logits(eager, pixels, torch.device("cpu"), 512), args.seconds)
+    eager = TorchEngine(model.to(memory_format=torch.channels_last), list(meta["vocabs"]), batch_size=512)
+    base = len(pixels) / timed(lambda: eager.logits(pixels), args.seconds)
     row("torch fp32 eager, batch 512 (baseline)", base, None, flops, peaks["fp32"])
     for label, engine, bf16, peak in engines:
-        tagger = Tagger(model_dir, engine=engine, bf16=bf16, threads=cores)
+        tagger = Tagger.load(model_dir, engine=engine, bf16=bf16, threads=cores)
         rate = len(pixels) / timed(lambda: tagger.probabilities(pixels), args.seconds)
         row(label + (" (BatchNorm folded)" if engine == "torch" else ""), rate, base, flops,
             peaks[peak] if peak else None, "int8: approximate; no int8 peak measured" if peak is None else "")
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
 
     print(f"\ntagging end to end: {len(paths)} JPEG files -> CSV; {infer_threads} inference + {decode_threads} "
-          f"decoding threads (as `fashiontag predict`)\n  {'':44s} {'photos/s':>9s} {'ratio':>6s}")
-    base_e2e = None
-    for i, (label, engine, bf16, _) in enumerate(engines):
-        tagger = Tagger(model_dir, engine=engine, bf16=bf16, threads=infer_threads)
+          f"decoding threads (as `fashiontag predict`). steady: in this process, warm; whole process: "
+          f"`fashiontag predict` from start to exit, and the seconds to its first row\n"
+          f"  {'':24s} {'steady photos/s':>16s} {'whole process':>14s} {'of steady':>10s} {'first row':>10s}")
+    for label, engine, bf16, _ in engines:
+        tagger = Tagger.load(model_dir, engine=engine, bf16=bf16, threads=infer_threads)
         list(tag_paths(tagger, paths[:64], workers=decode_threads))  # warm up
         t = time.perf_counter()
         with open(tmp / "tags.csv", "w", newline="") as f:
             n = write_rows(tag_paths(tagger, paths, workers=decode_threads), tagger.columns(), f)
-        rate = n / (time.perf_counter() - t)
-        base_e2e = base_e2e or rate
-        row(label + (" (baseline)" if i == 0 else ""), rate, None if i == 0 else base_e2e)
+        steady = n / (time.perf_counter() - t)
+        if bf16 is False:  # the CLI has no fp32 switch for torch: its whole-process figure is the bf16 row's
+            print(f"  {label:24s} {steady:16.0f}", flush=True)
+            continue
+        first, whole = whole_process(model_dir, paths, engine, tmp)
+        print(f"  {label:24s} {steady:16.0f} {whole:14.0f} {whole / steady:9.0%} {first:9.2f}s", flush=True)
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
 
 
@@ -241,7 +245,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="a model folder (default: a random-init model of the default architecture)")
     ap.add_argument("--images", default=str(DEFAULT_PHOTOS), help="photos to tag [../shared/data/fashion-small/images]")
-    ap.add_argument("--photos", type=int, default=3000, help="how many files to tag end to end")
+    ap.add_argument("--photos", type=int, default=4408, help="how many files to tag end to end")
+    ap.add_argument("--train-photos", type=int, default=4096, help="photos per epoch of the training timings")
     ap.add_argument("--model-photos", type=int, default=1024, help="photos for the model-only timings")
     ap.add_argument("--seconds", type=float, default=3.0, help="time each training / model-only figure this long")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

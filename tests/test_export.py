@@ -13,8 +13,12 @@ from typer.testing import CliRunner
 
 from fashiontag.checkpoint import load_model
 from fashiontag.cli import app
-from fashiontag.export import current_onnx, export_onnx, onnx_digest, weights_digest
-from fashiontag.predict import Tagger, _load_batch, iter_image_paths, predict, tag_paths
+from fashiontag.engines import ONNX_VERSION_KEY, OnnxEngine
+from fashiontag.export import export_onnx
+from fashiontag.model_meta import model_version
+from fashiontag.images import PhotoInput
+from fashiontag.predict import _load_batch, iter_image_paths, predict, tag_paths
+from fashiontag.tagger import Tagger
 
 
 @pytest.fixture()
@@ -26,7 +30,7 @@ def model_copy(trained, tmp_path):
 
 
 def _photos(catalog, n=64):
-    return _load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), (80, 60))[0]
+    return _load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), PhotoInput())[0]
 
 
 def _torch_probs(model, meta, x: np.ndarray) -> dict:
@@ -49,8 +53,8 @@ def test_onnx_export_matches_pytorch_on_every_head(trained, catalog, tmp_path):
     assert [i.name for i in proto.graph.input] == ["image"]
     assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
-    assert onnx_digest(path) == weights_digest(trained)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map[ONNX_VERSION_KEY] == model_version(trained)
     photos = _photos(catalog).transpose(0, 3, 1, 2).astype(np.float32) / 255
     rng = np.random.default_rng(0)
     for x in (rng.random((1, 3, 80, 60), dtype=np.float32), rng.random((7, 3, 80, 60), dtype=np.float32), photos):
@@ -62,7 +66,7 @@ def test_onnx_export_matches_pytorch_on_every_head(trained, catalog, tmp_path):
 
 
 def test_predict_with_onnx_engine_gives_the_torch_labels(model_copy, catalog, tmp_path, monkeypatch):
-    monkeypatch.setattr("fashiontag.predict.bf16_supported", lambda device: False)  # compare with fp32 torch
+    monkeypatch.setattr("fashiontag.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
     images = str(catalog.root / "images")
     predict([images], str(tmp_path / "torch.csv"), str(model_copy), top_k=2, progress=False)
     result = CliRunner().invoke(app, ["predict", images, "--model", str(model_copy), "--engine", "onnx",
@@ -72,7 +76,7 @@ def test_predict_with_onnx_engine_gives_the_torch_labels(model_copy, catalog, tm
     a = {r["path"]: r for r in csv.DictReader((tmp_path / "torch.csv").open())}
     b = {r["path"]: r for r in csv.DictReader((tmp_path / "onnx.csv").open())}
     assert a.keys() == b.keys() and len(a) > 300
-    tasks = Tagger(model_copy).tasks
+    tasks = Tagger.load(model_copy).tasks
     for path, row in a.items():
         assert row["error"] == b[path]["error"]
         for t in tasks:
@@ -86,31 +90,40 @@ def test_int8_export_loads_and_runs(model_copy, catalog):
     assert result.exit_code == 0, result.output
     assert (model_copy / "model.onnx").exists() and (model_copy / "model.int8.onnx").exists()
     photos = _photos(catalog)
-    int8, fp32 = Tagger(model_copy, engine="onnx-int8"), Tagger(model_copy, engine="onnx")
+    int8, fp32 = Tagger.load(model_copy, engine="onnx-int8"), Tagger.load(model_copy, engine="onnx")
     probs = int8.probabilities(photos)
     for t, p in probs.items():
         assert p.shape == (len(photos), len(int8.vocabs[t])) and np.allclose(p.sum(1), 1, atol=1e-4)
     # quantization is approximate, but on these easy photos it must mostly agree with full precision
     a, b = int8.choose(probs), fp32.choose(fp32.probabilities(photos))
     assert np.mean([np.mean(a[t] == b[t]) for t in a]) > 0.8
-    assert len(int8.tags(photos[:3], top_k=2)) == 3
+    assert [len(r["gender"].runners_up) for r in int8.tag_pixels(photos[:3], top_k=2)] == [1, 1, 1]
 
 
-def test_stale_or_unwritable_exports_are_redone(model_copy, monkeypatch):
-    path = current_onnx(model_copy)
-    assert path == model_copy / "model.onnx"
+def _version_of(path) -> str:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map[
+        ONNX_VERSION_KEY]
+
+
+def test_stale_or_unwritable_exports_are_redone(model_copy, monkeypatch, tmp_path):
+    OnnxEngine.from_folder(model_copy)
+    path = model_copy / "model.onnx"
     graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {"fashiontag_weights_sha256": "other weights"})
+    onnx.helper.set_model_props(graph, {ONNX_VERSION_KEY: "other weights"})
     onnx.save(graph, str(path))
-    monkeypatch.setattr("fashiontag.export.os.access", lambda p, mode: False)  # a read-only model folder
-    fresh = current_onnx(model_copy)
-    assert fresh != path and onnx_digest(fresh) == weights_digest(model_copy)
-    assert current_onnx(model_copy) == fresh  # found again, not exported again
+    monkeypatch.setenv("FASHIONTAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("fashiontag.engines.os.access", lambda p, mode: False)  # a read-only model folder
+    OnnxEngine.from_folder(model_copy)
+    fresh = next((tmp_path / "cache").rglob("model.onnx"))
+    assert _version_of(fresh) == model_version(model_copy) and _version_of(path) == "other weights"
+    mtime = fresh.stat().st_mtime_ns
+    OnnxEngine.from_folder(model_copy)
+    assert fresh.stat().st_mtime_ns == mtime  # found again, not exported again
 
 
 def test_tagging_streams_in_constant_memory(trained, catalog):
     """An endless stream of paths: rows come out as photos go in, so a million files never sit in memory."""
-    tagger = Tagger(trained)
+    tagger = Tagger.load(trained)
     photo, missing = catalog.root / "images" / "1000.jpg", catalog.root / "images" / "nope.jpg"
     paths = (p for pair in repeat((photo, missing)) for p in pair)
     rows = list(islice(tag_paths(tagger, paths, batch_size=64, workers=2), 1000))

@@ -16,7 +16,8 @@ from conftest import tiny_config
 from fashiontag.checkpoint import load_model
 from fashiontag.evaluate import evaluate
 from fashiontag.models import create_model, model_names
-from fashiontag.predict import Tagger, predict
+from fashiontag.predict import predict
+from fashiontag.tagger import Tagger
 
 
 @pytest.mark.parametrize("name", ["rescnn", "seed-cnn", "mlp", "efficientnet-lite0"])
@@ -74,19 +75,28 @@ def test_predict_writes_csv_with_errors_as_rows(trained, catalog, tmp_path):
 
 
 def test_predict_respects_hierarchy_and_min_confidence(trained, catalog):
-    tagger = Tagger(trained)
+    tagger = Tagger.load(trained)
     pixels = np.stack([np.asarray(__import__("synthetic").draw(a, "Red", "Men")) for a in
                        ("Tshirts", "Jeans", "Casual Shoes", "Watches")])
     combos = {tuple(r) for r in tagger.meta["hierarchy"][1:]}
     cols = tagger.meta["hierarchy"][0]
-    for row in tagger.tags(pixels):
-        assert tuple(row[t] for t in cols) in combos
-    assert all(r[t] == "unknown" for r in tagger.tags(pixels, min_confidence=1.01) for t in tagger.tasks)
+    results = tagger.tag_pixels(pixels)
+    for r in results:
+        assert tuple(r[t].label for t in cols) in combos
+    # Below the threshold the best guess is kept and flagged, never replaced.
+    confidences = sorted(r[t].confidence for r in results for t in tagger.tasks)
+    middle = confidences[len(confidences) // 2]
+    for r, flagged in zip(results, tagger.tag_pixels(pixels, min_confidence=middle)):
+        for t in tagger.tasks:
+            assert flagged[t].label == r[t].label
+            assert flagged[t].needs_review == (r[t].confidence < middle)
+    assert 0 < sum(f[t].needs_review for f in tagger.tag_pixels(pixels, min_confidence=middle)
+                   for t in tagger.tasks) < len(confidences)
 
 
 def test_flip_averages_each_photo_with_its_mirror_image(trained):
     pixels = np.random.default_rng(0).integers(0, 256, (6, 80, 60, 3), dtype=np.uint8)
-    plain, flipped = Tagger(trained), Tagger(trained, flip=True)
+    plain, flipped = Tagger.load(trained), Tagger.load(trained, flip=True)
     a, b = plain.probabilities(pixels), plain.probabilities(np.ascontiguousarray(pixels[:, :, ::-1]))
     both = flipped.probabilities(pixels)
     for t in plain.tasks:

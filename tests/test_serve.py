@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from fashiontag.images import decode
-from fashiontag.predict import Tagger
+from fashiontag.tagger import Tagger
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
@@ -84,11 +84,11 @@ def client(served):
 @pytest.fixture(scope="module")
 def direct(served):
     """The same model used directly, to check that the service returns what Tagger says."""
-    return Tagger(served, engine=SERVE_ENGINE)
+    return Tagger.load(served, engine=SERVE_ENGINE)
 
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
-    return direct.tags(np.array(decode(data)[None]), top_k)[0]
+    return direct.tag_pixels(np.array(decode(data)[None]), top_k)[0].to_row(top_k)
 
 
 @contextmanager
@@ -156,21 +156,20 @@ def test_options_also_come_as_form_fields(client, photos):
     assert r.status_code == 200 and all(len(t["top"]) == 2 for t in r.json()["results"][0]["tags"].values())
 
 
-def test_below_min_confidence_the_label_is_unknown(client, photos):
+def test_below_min_confidence_the_guess_is_kept_and_flagged(client, photos):
     files = [file_part(n, d) for n, d in list(photos.items())[:LIMITS["max_files"]]]
     plain = client.post("/v1/tag", files=files).json()["results"]
-    for threshold in (0.6, 1.0):
-        strict = client.post("/v1/tag", params={"min_confidence": threshold}, files=files).json()["results"]
-        unknown = 0
-        for p, s in zip(plain, strict):
-            for task, tag in s["tags"].items():
-                assert tag["confidence"] == p["tags"][task]["confidence"]
-                if tag["confidence"] < threshold:
-                    assert tag["label"] == "unknown" and tag["best_guess"] == p["tags"][task]["label"]
-                    unknown += 1
-                else:
-                    assert tag["label"] == p["tags"][task]["label"] and "best_guess" not in tag
-        assert unknown > 0 or threshold < 1.0
+    assert not any(t["needs_review"] for p in plain for t in p["tags"].values())
+    confidences = sorted(t["confidence"] for p in plain for t in p["tags"].values())
+    threshold = confidences[len(confidences) // 2] + 0.00005  # between two rendered (4-decimal) confidences
+    strict = client.post("/v1/tag", params={"min_confidence": threshold}, files=files).json()["results"]
+    flagged = 0
+    for p, s in zip(plain, strict):
+        for task, tag in s["tags"].items():
+            assert (tag["label"], tag["confidence"]) == (p["tags"][task]["label"], p["tags"][task]["confidence"])
+            assert tag["needs_review"] == (tag["confidence"] < threshold)
+            flagged += tag["needs_review"]
+    assert 0 < flagged < len(confidences)
 
 
 def test_model_health_readiness_and_docs(client, direct):
@@ -318,10 +317,10 @@ class CountingTagger:
         self.inner, self.delay, self.batches = tagger, delay, []
         self.input_hw, self.tasks = tagger.input_hw, tagger.tasks
 
-    def tags(self, pixels, top_k=1, min_confidence=0.0):
+    def tag_pixels(self, pixels, top_k=1, min_confidence=0.0):
         self.batches.append(len(pixels))
         time.sleep(self.delay)
-        return self.inner.tags(pixels, top_k, min_confidence)
+        return self.inner.tag_pixels(pixels, top_k, min_confidence)
 
 
 def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photos):
@@ -338,11 +337,12 @@ def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photo
 
     results = asyncio.run(scenario())
     assert counting.batches == [10, 10, 4]  # 24 requests, 3 forward passes, none over max_batch
-    for i, (a, rows) in enumerate(zip(arrays, results)):  # each request got its own photo's tags back
-        want = direct.tags(a, 1 + i % 3)[0]
-        assert len(rows) == 1 and {k: rows[0][k] for k in want if "confidence" not in k} == \
+    for i, (a, results) in enumerate(zip(arrays, results)):  # each request got its own photo's tags back
+        want = direct.tag_pixels(a, 1 + i % 3)[0].to_row()
+        got = results[0].to_row()
+        assert len(results) == 1 and {k: got[k] for k in want if "confidence" not in k} == \
             {k: v for k, v in want.items() if "confidence" not in k}
-        assert [rows[0][k] for k in want if "confidence" in k] == pytest.approx(
+        assert [got[k] for k in want if "confidence" in k] == pytest.approx(
             [v for k, v in want.items() if "confidence" in k], abs=2e-4)
 
 
@@ -509,7 +509,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         error_card = page.locator('.card.error[data-file="9004.jpg"]')
         assert "not a readable image" in error_card.locator(".state").inner_text()
         for path in good:
-            want = direct.tags(np.array(decode(str(path))[None]))[0]
+            want = direct.tag_pixels(np.array(decode(str(path))[None]))[0].to_row()
             assert shown_tags(page, path.name) == {t: want[t] for t in direct.tasks}
             bar = page.locator(f'.card[data-file="{path.name}"] tr[data-task="gender"] .bar')
             assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(want["gender_confidence"], abs=1e-3)
@@ -546,7 +546,7 @@ SCREENSHOT_IDS = ["20260", "11520", "49461", "29928", "42841", "24406", "13472",
 def test_browser_screenshot_with_the_real_model(browser, real_data):
     """With the shipped (or $FASHIONTAG_MODEL) model and real photos: the page as a user sees it, one tag
     corrected, saved as docs/screenshot-web.png."""
-    from fashiontag.predict import default_model_dir
+    from fashiontag.model_meta import default_model_dir
     try:
         model = default_model_dir()
     except FileNotFoundError as e:

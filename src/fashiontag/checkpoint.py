@@ -15,20 +15,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fashiontag.model_meta import META, VOCABS_KEY, WEIGHTS, load_meta, model_folder, readable_folder
 from fashiontag.models import create_model
 
-WEIGHTS, META = "model.safetensors", "model.json"
 
-
-def write_folder_atomically(dest: Path, files: dict[str, bytes | dict[str, torch.Tensor]]) -> None:
-    """files: name -> bytes, or a tensor dict saved as safetensors."""
+def write_folder_atomically(dest: Path, files: dict[str, bytes | dict[str, torch.Tensor]],
+                            metadata: dict[str, str] | None = None) -> None:
+    """files: name -> bytes, or a tensor dict saved as safetensors (with `metadata` in its header)."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, content in files.items():
         if isinstance(content, dict):
-            save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(tmp / name))
+            save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(tmp / name), metadata)
         else:
             (tmp / name).write_bytes(content)
     old = dest.with_name(f".{dest.name}.old")
@@ -39,34 +39,16 @@ def write_folder_atomically(dest: Path, files: dict[str, bytes | dict[str, torch
     shutil.rmtree(old, ignore_errors=True)
 
 
-def readable_folder(path: Path) -> Path:
-    """The folder itself, or its previous version if a crash interrupted the swap."""
-    old = path.with_name(f".{path.name}.old")
-    return path if path.exists() or not old.exists() else old
-
-
 def save_model(dest: str | Path, model: nn.Module, meta: dict, split: dict | None = None) -> None:
     files: dict = {WEIGHTS: model.state_dict(), META: json.dumps(meta, indent=1).encode()}
     if split is not None:
         files["split.json"] = json.dumps(split).encode()
-    write_folder_atomically(Path(dest), files)
+    write_folder_atomically(Path(dest), files, {VOCABS_KEY: json.dumps(meta["vocabs"])})
 
 
-def model_folder(path: str | Path) -> Path:
-    """The readable version of a model folder; a clear error where it is not one."""
-    path = readable_folder(Path(path))
-    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (needs {WEIGHTS} and {META})")
-    return path
-
-
-def load_meta(path: str | Path) -> dict:
-    """A model folder's model.json: architecture, vocabularies, temperatures, history."""
-    return json.loads((model_folder(path) / META).read_text())
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from its folder: the architecture from model.json, weights from safetensors."""
+def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from its folder (default: the shipped one): the architecture from model.json, weights
+    from safetensors, after model.json has been checked against them."""
     path = model_folder(path)
     meta = load_meta(path)
     heads = {t: len(classes) for t, classes in meta["vocabs"].items()}

@@ -86,7 +86,8 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
     model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
     out: str = typer.Option("reports/latest", help="report folder"),
-    side: str = typer.Option("test", help="train, val or test"),
+    side: str = typer.Option("unseen", help="unseen: every photo the model did not train on (on its own catalog "
+                             "the validation and test sides; another catalog: every photo); test, val, train or all"),
     flip: bool = typer.Option(False, help="test-time flip: average each photo with its mirror image"),
     engine: str = typer.Option("torch", help="torch, onnx or onnx-int8: score the exported model as it will run"),
 ):
@@ -97,32 +98,44 @@ def evaluate(
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for t, m in summary["tasks"].items():
-        typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  top-3 {m['top3_accuracy']:.2%}")
+        typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  "
+                   f"top-{m['top_k']} {m['top_k_accuracy']:.2%}")
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or catalog folders"),
-    out: Optional[str] = typer.Option(None, help="output file (default: stdout)"),
+    paths: List[str] = typer.Argument(..., help="image files and folders (searched recursively)"),
+    out: Optional[str] = typer.Option(None, help="output file: .csv, .tsv or .jsonl (default: CSV on stdout)"),
     model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
-    format: Optional[str] = typer.Option(None, help="csv or jsonl (default: from --out's suffix, else csv)"),
+    format: Optional[str] = typer.Option(None, help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
     top_k: int = typer.Option(1, min=1, help="also write the K-1 runners-up per task"),
-    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, help="below this, write 'unknown'"),
-    batch_size: int = typer.Option(512, min=1),
-    progress: bool = typer.Option(True),
-    engine: str = typer.Option("torch", help="torch, onnx (onnxruntime) or onnx-int8 (quantized; approximate)"),
+    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0,
+                                         help="flag tags less sure than this in <task>_needs_review columns "
+                                              "(the label is kept)"),
+    batch_size: int = typer.Option(512, min=1, help="photos per batch"),
+    progress: bool = typer.Option(True, help="progress bar on stderr, when stderr is a terminal"),
+    engine: str = typer.Option("torch", help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
     flip: bool = typer.Option(False, help="test-time flip: a little more accurate, half the speed"),
 ):
-    """Tag photos into CSV or JSON lines: path, id, then <task> and <task>_confidence per task."""
+    """Tag photos into CSV, TSV or JSON lines: path, id, then <task> and <task>_confidence per task, and error.
+
+    Exits 1 when a path does not exist, a folder cannot be read, or nothing could be tagged (the rows of the
+    photos that could be read are written all the same)."""
     from fashiontag.predict import predict as run_predict
     try:
-        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size, progress and bool(out),
-                             engine=engine, flip=flip)
+        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size,
+                             progress and sys.stderr.isatty(), engine=engine, flip=flip)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"tagged {counts['rows'] - counts['errors']:,} photos; {counts['errors']:,} could not be read"
+    tagged = counts["rows"] - counts["errors"]
+    typer.echo(f"tagged {tagged:,} photos; {counts['errors']:,} could not be read"
                + (f"; wrote {out}" if out else ""), err=True)
+    if counts["missing"] or counts["unreadable_folders"] or not tagged:
+        typer.secho("error: " + ("nothing to tag" if not counts["rows"] else "not every photo could be tagged")
+                    + f" ({counts['missing']} missing paths, {counts['unreadable_folders']} unreadable folders, "
+                    f"{counts['errors']} unreadable photos)", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -156,7 +169,7 @@ def run(
         typer.secho(str(e.message), fg="yellow", err=True)
         raise typer.Exit(2)
     best = run_training(TrainConfig(data=d, out=out), resume=resume and (Path(out) / "last").exists())
-    summary = run_evaluation(d, best, report)
+    summary = run_evaluation(d, best, report, side="test")
     for t, m in summary["tasks"].items():
         typer.echo(f"{t:15s} test accuracy {m['accuracy']:.2%}")
     typer.echo(f"model: {best}\nreport: {Path(report) / 'report.md'}")
@@ -184,13 +197,14 @@ def export(
     out: Optional[str] = typer.Option(None, help="output file (default: MODEL/model.onnx)"),
     format: str = typer.Option("onnx", help="onnx (the only format so far)"),
     int8: bool = typer.Option(False, "--int8", help="also write an int8-quantized model beside it (*.int8.onnx)"),
-    calibration: List[str] = typer.Option([], help="photos or folders to calibrate int8 on [the training catalog]"),
+    calibration: List[str] = typer.Option([], help="photos or folders to calibrate int8 on (default: the training "
+                                                   "catalog)"),
 ):
     """Export a model to ONNX (dynamic batch, input 'image' float (N,3,80,60) in [0,1], logits per task)."""
     if format != "onnx":
         _fail(f"unknown format {format!r}: only onnx")
     from fashiontag.export import export_onnx
-    from fashiontag.predict import default_model_dir
+    from fashiontag.model_meta import default_model_dir
     try:
         path = export_onnx(model or default_model_dir(), out, quantize=int8, calibration=calibration or None)
     except (FileNotFoundError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""Evaluation: per-task metrics on the model's own test split, written as a report folder (markdown, JSON, plots)."""
+"""Evaluation: per-task metrics on photos the model did not train on, written as a report folder (markdown, JSON,
+plots). The model is run through the same Tagger as `predict` and `serve`, so what is scored is what users get."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classifica
 from fashiontag import plots
 from fashiontag.calibration import expected_calibration_error
 from fashiontag.dataset import load_dataset
-from fashiontag.predict import Tagger
+from fashiontag.tagger import Tagger
+
+# unseen: every photo the model did not train on; all: every photo; or one side of the model's split.
+SIDES = ("unseen", "test", "val", "train", "all")
+# A catalog is the model's own when this share of its photos' ids are in the model's split; a shop's catalog whose
+# ids merely collide with a few of the training ids is another catalog, and all its photos are unseen.
+OWN_CATALOG_SHARE = 0.9
 
 
 def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
@@ -21,14 +28,16 @@ def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: li
     known = y >= 0
     y, probs, pred = y[known], probs[known], pred[known]
     labels = list(range(len(classes)))
-    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
+    k = min(3, len(classes) - 1)  # top-3 where a task has more than 3 classes; top-k of k+1 classes is trivial
     report = classification_report(y, pred, labels=labels, target_names=classes, output_dict=True, zero_division=0)
     return {
         "n": int(len(y)),
         "accuracy": accuracy_score(y, pred),
         "macro_f1": f1_score(y, pred, labels=labels, average="macro", zero_division=0),
         "balanced_accuracy": balanced_accuracy_score(y, pred),
-        "top3_accuracy": top_k_accuracy_score(y, probs, k=max(k, 1), labels=labels) if len(classes) > 2 else accuracy_score(y, pred),
+        "top_k": max(k, 1),
+        "top_k_accuracy": (top_k_accuracy_score(y, probs, k=k, labels=labels) if k > 1
+                           else accuracy_score(y, pred)),
         "ece": expected_calibration_error(torch.from_numpy(probs), torch.from_numpy(y)),
         "majority_baseline": float(np.bincount(y, minlength=len(classes)).max() / max(len(y), 1)),
         "per_class": {c: report[c] for c in classes},
@@ -36,33 +45,48 @@ def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: li
     }
 
 
-def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
-             side: str = "test", cache_dir: str | None = None, progress: bool = True, plot: bool = True,
-             flip: bool = False, engine: str = "torch", bf16: bool | None = None) -> dict:
-    """Score a model on one side of its saved split; writes report.md, metrics.json and PNG plots into `out`.
+def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
+    """Catalog rows to score for `side` (see SIDES), and a description of them for the report."""
+    if side not in SIDES:
+        raise ValueError(f"unknown side {side!r}: use {', '.join(SIDES)}")
+    usable = np.flatnonzero(ds.cache.ok)
+    split_ids = set().union(*(ds.split[s] for s in ("train", "val", "test")))
+    if sum(ds.catalog.ids[i] in split_ids for i in usable) < OWN_CATALOG_SHARE * len(usable):
+        return usable, "whole catalog (not the catalog the model was trained on, so none of it was seen)"
+    if side == "unseen":
+        return np.union1d(ds.rows["val"], ds.rows["test"]), "unseen (the validation and test sides of its split)"
+    if side == "all":
+        return np.concatenate([ds.rows[s] for s in ("train", "val", "test")]), "all (training photos included)"
+    return ds.rows[side], side
 
+
+def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
+             side: str = "unseen", cache_dir: str | None = None, progress: bool = True, plot: bool = True,
+             flip: bool = False, engine: str = "torch", bf16: bool | None = None) -> dict:
+    """Score a model; writes report.md, metrics.json and PNG plots into `out`.
+
+    side: see SIDES; on another catalog than the model's own every photo is scored whatever the side.
     engine, bf16 and flip are the Tagger's: which runtime computes the logits, in which precision, and test-time
     flipping."""
-    tagger = Tagger(model, engine=engine, bf16=bf16, flip=flip)
+    if side not in SIDES:
+        raise ValueError(f"unknown side {side!r}: use {', '.join(SIDES)}")
+    tagger = Tagger.load(model, engine=engine, bf16=bf16, flip=flip)
     split_path = tagger.model_dir / "split.json"
     cfg = tagger.meta.get("config", {})
     ds = load_dataset(data, protocol=cfg.get("protocol", "all"), split_path=split_path, vocabs=tagger.vocabs,
                       cache_dir=cache_dir, progress=progress)
     if not split_path.exists():
         print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
-    rows = ds.rows[side]
-    if len(rows) == 0:
-        # Another catalog than the model was trained on: none of its photos were seen, so all are fair to score.
-        rows = np.flatnonzero(ds.cache.ok)
-        side = "whole catalog (none of its photos are in the model's split)"
-        print(f"note: scoring all {len(rows):,} usable photos: none are in the model's split")
+    rows, side = rows_to_score(ds, side)
     if len(rows) == 0:
         raise ValueError(f"{data}: no usable photos to score")
+    print(f"scoring {len(rows):,} photos: {side}")
     pixels = np.asarray(ds.cache.pixels[rows])
     probs = tagger.probabilities(pixels)
     chosen = tagger.choose(probs)
     metrics = {t: task_metrics(ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
-    summary = {"model": str(tagger.model_dir), "data": str(data), "side": side, "engine": engine, "flip": flip,
+    summary = {"model": str(tagger.model_dir), "model_version": tagger.info()["version"], "data": str(data),
+               "side": side, "engine": engine, "flip": flip,
                "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
                "tasks": metrics}
 
@@ -80,16 +104,17 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
     m = summary["tasks"]
     lines = ["# fashiontag evaluation", "",
              f"Model `{summary['model']}` ({meta.get('arch')}, {meta.get('arch_args')}), "
-             f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on the **{summary['side']}** split of "
+             f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on **{summary['side']}** of "
              f"`{summary['data']}`: {summary['n']:,} photos"
              f"{' (each averaged with its mirror image)' if summary.get('flip') else ''}; "
              f"engine {summary.get('engine', 'torch')}. "
              f"Catalog rows skipped as malformed: {summary['catalog_problems']}; photos unusable: {summary['unusable_photos']}.",
-             "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-3 acc. | majority baseline | ECE |",
+             "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-k acc. (k) | majority baseline | ECE |",
              "|---|---|---|---|---|---|---|---|"]
     for t, v in m.items():
         lines.append(f"| {t} | {len(v['per_class'])} | {v['accuracy']:.2%} | {v['macro_f1']:.3f} | "
-                     f"{v['balanced_accuracy']:.2%} | {v['top3_accuracy']:.2%} | {v['majority_baseline']:.2%} | {v['ece']:.3f} |")
+                     f"{v['balanced_accuracy']:.2%} | {v['top_k_accuracy']:.2%} ({v['top_k']}) | {v['majority_baseline']:.2%} | "
+                     f"{v['ece']:.3f} |")
     for key in ("distributions", "curves"):
         if key in figures:
             lines += ["", f"![{key}]({figures[key]})"]

@@ -1,19 +1,24 @@
-"""Decoding product photos into the model's fixed-size RGB input, and a perceptual hash to find re-listed photos."""
+"""Product photos of any kind (file, bytes, PIL image, array) into the model's fixed-size RGB input, and a
+perceptual hash to find re-listed photos."""
 
 from __future__ import annotations
 
 import io
 import os
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from fashiontag import INPUT_HW
+from fashiontag.framing import frame
 
 # Decompression bombs: no product photo needs more than this many pixels.
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+TOO_LARGE = "too large: {} is over the limit of " + f"{MAX_PIXELS:,} pixels"
 BACKGROUND = (255, 255, 255)  # catalog photos sit on white, so padding and transparency become white
 
 
@@ -37,24 +42,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def fit(img: Image.Image, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
-    """Scale to fit inside hw keeping the aspect ratio, centre on white: (H, W, 3) uint8.
+def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+    """Scale to fit inside hw keeping the aspect ratio, centre on the background: (H, W, 3) uint8.
 
-    Letterboxing rather than stretching keeps shapes true, so a 60x60 photo of a watch is not squashed.
+    Letterboxing rather than stretching keeps shapes true, so a 60x60 photo of a watch is not squashed. With
+    framing, the photo is first cropped to its product (framing.py) and padded with its own background colour.
     """
     h, w = hw
     img = to_rgb(ImageOps.exif_transpose(img) or img)
+    background = BACKGROUND
+    if framing:
+        img, found = frame(img)
+        background = found or BACKGROUND
     if img.size != (w, h):
         scale = min(w / img.width, h / img.height)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         resized = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
-        img = Image.new("RGB", (w, h), BACKGROUND)
+        img = Image.new("RGB", (w, h), background)
         img.paste(resized, ((w - size[0]) // 2, (h - size[1]) // 2))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch warns about read-only arrays
 
 
-def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
-    """Bytes or a file path to a fitted (H, W, 3) uint8 array; raises ImageError with the reason."""
+def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+    """Bytes or a file path to a letterboxed (H, W, 3) uint8 array; raises ImageError with the reason."""
     try:
         if isinstance(data, (bytes, bytearray)):
             src = io.BytesIO(data)
@@ -70,18 +80,58 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
                 if img.width < 1 or img.height < 1:
                     raise ImageError("zero-pixel image")
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{img.width}x{img.height} pixels is too large (limit {MAX_PIXELS:,})")
+                    raise ImageError(TOO_LARGE.format(f"{img.width}x{img.height}"))
                 img.draft("RGB", (hw[1] * 2, hw[0] * 2))  # JPEG: decode at reduced scale when the photo is big
                 img.load()
-                return fit(img, hw)
+                return letterbox(img, hw, framing)
     except ImageError:
         raise
     except FileNotFoundError:
         raise ImageError("file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image too large: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(TOO_LARGE.format("the photo")) from None
     except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
         raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
+
+
+def load_photo(source, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+    """A path, bytes, PIL image or (H, W, 3) uint8 array of any size to the letterboxed (H, W, 3) model input.
+
+    Raises ImageError for a photo that cannot be read (the message says why) and ValueError for an argument that is
+    not a photo at all (wrong type, dtype or shape): a wrong array must never be tagged silently."""
+    if isinstance(source, (str, Path)):
+        return decode(str(source), hw, framing)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode(bytes(source), hw, framing)
+    if isinstance(source, Image.Image):
+        if source.width < 1 or source.height < 1:
+            raise ImageError("zero-pixel image")
+        return letterbox(source, hw, framing)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8:
+            raise ValueError(f"a photo array must be uint8 (0-255), got {source.dtype}: convert it, e.g. "
+                             "(x * 255).round().astype(np.uint8) for floats in [0, 1]")
+        if source.ndim != 3 or source.shape[2] != 3 or 0 in source.shape:
+            raise ValueError(f"a photo array must be (height, width, 3) RGB, got shape {source.shape}")
+        return letterbox(Image.fromarray(source), hw, framing)
+    raise ValueError(f"cannot read a photo from {type(source).__name__}: give a path, bytes, a PIL image or an "
+                     "(H, W, 3) uint8 array")
+
+
+@dataclass(frozen=True)
+class PhotoInput:
+    """What a model takes: the letterbox size and whether photos are framed first. Derived from the model's own
+    description (model.json), so every path into a model (CLI, API, service, evaluation) prepares photos alike."""
+    hw: tuple[int, int] = INPUT_HW
+    framing: bool = False
+
+    @classmethod
+    def of(cls, meta: dict) -> "PhotoInput":
+        return cls(tuple(meta.get("input_hw", INPUT_HW)), bool(meta.get("preprocess", {}).get("framing", False)))
+
+    def load(self, source) -> np.ndarray:
+        """See load_photo."""
+        return load_photo(source, self.hw, self.framing)
 
 
 HASH_VERSION = 2  # part of the cache key: a changed hash must not reuse old caches

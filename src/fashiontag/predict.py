@@ -1,4 +1,9 @@
-"""Tagging: photos in, one row of labels and confidences per photo out, with a consistent category hierarchy."""
+"""`fashiontag predict`: photo files and folders in, one row of tags per photo out (CSV, TSV or JSON Lines).
+
+Streams in constant memory: folders are walked lazily, decoding threads read the next batches while the model
+tags this one, and rows are written as they come. Nothing is lost quietly: an unreadable photo gets a row with its
+error, a missing path or unreadable folder is reported, and the output file appears whole or not at all.
+"""
 
 from __future__ import annotations
 
@@ -6,216 +11,102 @@ import csv
 import json
 import os
 import sys
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from fashiontag.checkpoint import load_meta, load_model
-from fashiontag.images import ImageError, decode
-from fashiontag.train import bf16_supported, predict_logits
+from fashiontag.images import ImageError, PhotoInput
+from fashiontag.model_meta import load_meta, model_folder
+from fashiontag.tagger import Tagger, check_options, row_columns
 
-UNKNOWN_LABEL = "unknown"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-# torch: the PyTorch model (bf16 where the CPU or GPU supports it); onnx: onnxruntime on the exported fp32 graph;
-# onnx-int8: onnxruntime on the int8-quantized graph. All share the calibration and decoding below.
-ENGINES = ("torch", "onnx", "onnx-int8")
-DEFAULT_ENGINE = "torch"  # measured faster end to end than onnx on CPUs with bf16 (see benchmarks/speed.py)
-INFER_BATCH = 128  # photos per forward pass: activations stay in cache; larger batches are slower on CPU
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+# torch measured faster than onnx on large batches with bf16 (benchmarks/speed.py); serve picks onnx.
+DEFAULT_ENGINE = "torch"
+COUNT_BUDGET_S = 2.0  # counting a folder's photos for the progress bar's total, if it takes no longer than this
 
 
-def default_model_dir() -> Path:
-    env = os.environ.get("FASHIONTAG_MODEL")
-    path = Path(env) if env else DEFAULT_MODEL_DIR
-    if not (path / "model.json").exists():
-        raise FileNotFoundError(f"no model at {path}: train one with `fashiontag train` and pass --model DIR")
-    return path
+@dataclass
+class Problems:
+    """What predict reports besides rows: paths that do not exist and folders that could not be read."""
+    missing: list[str] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
+    duplicate_ids: int = 0
+    quiet: bool = False
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in numpy: on a service's small batches torch's per-call cost (and its OpenMP threads
-    spinning afterwards, stealing the cores from onnxruntime) was a tenth of the serving time."""
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-class Tagger:
-    """A loaded model plus everything needed to turn its logits into catalog tags.
-
-    engine picks where the logits come from (see ENGINES; the onnx ones run on the CPU); everything after the logits
-    is shared. threads, when given, is the number of inference threads: onnxruntime's for this session, torch's for
-    the whole process. flip averages each photo's probabilities with its mirror image's (test-time augmentation):
-    a few tenths of a point more accuracy for half the speed.
-    """
-
-    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", bf16: bool | None = None,
-                 engine: str = DEFAULT_ENGINE, threads: int | None = None, flip: bool = False):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
-        self.model_dir = Path(model_dir) if model_dir else default_model_dir()
-        self.engine = engine
-        self.flip = flip
-        self.device = torch.device(device)
-        self.bf16 = False
-        self.model: nn.Module | None = None
-        self.session = None
-        if engine == "torch":
-            if threads:
-                torch.set_num_threads(threads)
-            model, self.meta = load_model(self.model_dir, device=device)
-            self.model = inference_model(model)
-            self.bf16 = bf16_supported(self.device) if bf16 is None else bf16
-        else:
-            self.meta = load_meta(self.model_dir)
-            self.session = onnx_session(self.model_dir, int8=engine == "onnx-int8", threads=threads)
-        self.vocabs: dict[str, list[str]] = self.meta["vocabs"]
-        self.tasks = list(self.vocabs)
-        self.temperatures = self.meta.get("temperatures", {})
-        self.input_hw = tuple(self.meta.get("input_hw", (80, 60)))
-        self._combos = self._hierarchy_index(self.meta.get("hierarchy", []))
-        self._labels = {t: np.array([*v, UNKNOWN_LABEL], dtype=object) for t, v in self.vocabs.items()}
-
-    def _hierarchy_index(self, hierarchy: list) -> tuple[list[str], np.ndarray] | None:
-        if len(hierarchy) < 2:
-            return None
-        tasks, rows = hierarchy[0], hierarchy[1:]
-        index = {t: {c: i for i, c in enumerate(self.vocabs[t])} for t in tasks}
-        return tasks, np.array([[index[t][label] for t, label in zip(tasks, row)] for row in rows])
-
-    def logits(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw logits per task for uint8 (N, H, W, 3) photos, from this tagger's engine."""
-        if self.session is None:
-            out = predict_logits(self.model, pixels, self.device, INFER_BATCH, bf16=self.bf16)
-            return {t: v.numpy() for t, v in out.items()}
-        chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
-        for s in range(0, len(pixels), INFER_BATCH):
-            x = pixels[s:s + INFER_BATCH].transpose(0, 3, 1, 2).astype(np.float32) / 255
-            for t, v in zip(self.tasks, self.session.run(self.tasks, {"image": x})):
-                chunks[t].append(v)
-        return {t: np.concatenate(v) for t, v in chunks.items()}
-
-    def probabilities(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Calibrated class probabilities per task for uint8 (N, H, W, 3) photos."""
-        views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
-        probs = [{t: softmax(lg / self.temperatures.get(t, 1.0)) for t, lg in self.logits(view).items()}
-                 for view in views]
-        return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
-
-    def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Class index per task; the hierarchy tasks take the most probable combination seen in training."""
-        chosen = {t: p.argmax(1) for t, p in probs.items()}
-        if self._combos is not None:
-            tasks, combos = self._combos
-            joint = sum(np.log(probs[t][:, combos[:, j]] + 1e-12) for j, t in enumerate(tasks))
-            best = combos[joint.argmax(1)]
-            for j, t in enumerate(tasks):
-                chosen[t] = best[:, j]
-        return chosen
-
-    def tags(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float = 0.0) -> list[dict]:
-        """One flat dict per photo: <task>, <task>_confidence and, for top_k > 1, the runners-up."""
-        probs = self.probabilities(pixels)
-        chosen = self.choose(probs)
-        idx = np.arange(len(pixels))
-        keys: list[str] = []
-        columns: list[list] = []  # a column at a time, in numpy: per-photo Python work adds up at thousands a second
-        for t in self.tasks:
-            p, c, labels = probs[t], chosen[t], self._labels[t]
-            conf = p[idx, c]
-            keys += [t, f"{t}_confidence"]
-            columns += [labels[np.where(conf >= min_confidence, c, len(labels) - 1)].tolist(),
-                        [round(x, 4) for x in conf.tolist()]]
-            if top_k > 1:
-                top = np.argsort(-p, axis=1)[:, :top_k]
-                keep = top != c[:, None]
-                keep[keep.all(1), -1] = False  # the chosen class is not among the top: drop the last instead
-                runners = top[keep].reshape(len(top), top.shape[1] - 1)
-                for r in range(runners.shape[1]):
-                    keys += [f"{t}_top{r + 2}", f"{t}_top{r + 2}_confidence"]
-                    columns += [labels[runners[:, r]].tolist(), [round(x, 4) for x in p[idx, runners[:, r]].tolist()]]
-        return [dict(zip(keys, values)) for values in zip(*columns)]
-
-    def columns(self, top_k: int = 1) -> list[str]:
-        cols = ["path", "id"]
-        for t in self.tasks:
-            cols += [t, f"{t}_confidence"]
-            for r in range(2, top_k + 1):
-                cols += [f"{t}_top{r}", f"{t}_top{r}_confidence"]
-        return cols + ["error"]
-
-
-def inference_model(model: nn.Module) -> nn.Module:
-    """The model, in place, in eval mode and channels-last, each BatchNorm that directly follows a convolution
-    folded into it: the same function, a fifth faster on CPU."""
-    model.eval()
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(1, len(seq)):
-            if isinstance(seq[i - 1], nn.Conv2d) and isinstance(seq[i], nn.BatchNorm2d):
-                seq[i - 1], seq[i] = fuse_conv_bn_eval(seq[i - 1], seq[i]), nn.Identity()
-    return model.to(memory_format=torch.channels_last)
-
-
-def onnx_session(model_dir: str | Path, int8: bool = False, threads: int | None = None):
-    """An onnxruntime session on the folder's ONNX export, exporting it first if it is missing or stale."""
-    import onnxruntime as ort
-
-    from fashiontag.export import current_onnx
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    # Waiting threads sleep rather than spin, leaving the cores to the threads decoding the next photos.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(current_onnx(model_dir, int8)), opts, providers=["CPUExecutionProvider"])
-
-
-def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
+def iter_image_paths(paths: Iterable[str | Path], problems: Problems | None = None) -> Iterator[Path]:
     """Files as given; folders walked recursively for image files. A missing path is yielded as is, so its row
     reports the error. Streams: a folder's files come in directory order, then its subfolders by name, so a
     folder of a million photos is never listed into memory."""
+    problems = problems or Problems()
     for p in map(Path, paths):
         if p.is_dir():
-            yield from _walk(p)
+            yield from _walk(p, problems)
         else:
+            if not p.exists():
+                problems.missing.append(str(p))
+                problems.warn(f"{p}: no such file or folder")
             yield p
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    subfolders = []
+def _walk(folder: Path, problems: Problems) -> Iterator[Path]:
+    subfolders, stems = [], {}
     try:
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
                     subfolders.append(e.name)
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    stem = os.path.splitext(e.name)[0]
+                    if stem in stems:  # x.png and x.webp: two rows with one id
+                        problems.duplicate_ids += 1
+                        problems.warn(f"{e.path} and {stems[stem]} share the id {stem!r}")
+                    stems[stem] = e.path
                     yield Path(e.path)
-    except OSError:  # an unreadable folder is skipped, as os.walk does
+    except OSError as e:
+        problems.unreadable_folders.append(str(folder))
+        problems.warn(f"{folder}: folder cannot be read ({e.strerror or e}); its photos are not tagged")
         return
     for name in sorted(subfolders):
-        yield from _walk(folder / name)
+        yield from _walk(folder / name, problems)
 
 
-def _load(path: Path, hw) -> tuple[np.ndarray | None, str]:
+def count_images(paths: list[str], budget_s: float = COUNT_BUDGET_S) -> int | None:
+    """How many photos iter_image_paths will yield, or None if counting takes longer than budget_s."""
+    deadline = time.monotonic() + budget_s
+    n = 0
+    for _ in iter_image_paths(paths, Problems(quiet=True)):
+        n += 1
+        if n % 1000 == 0 and time.monotonic() > deadline:
+            return None
+    return n
+
+
+def _load(path: Path, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
     try:
-        return decode(str(path), hw), ""
+        return photo_input.load(path), ""
     except ImageError as e:
         return None, str(e)
-    except OSError as e:
-        return None, f"cannot read file ({e.strerror or e})"
 
 
-def _load_batch(paths: list[Path], hw) -> tuple[np.ndarray, list[str]]:
+def _load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray, list[str]]:
     """The readable photos of a batch stacked in order, and one error per path ('' for a readable one)."""
-    pixels = np.empty((len(paths), *hw, 3), np.uint8)
+    pixels = np.empty((len(paths), *photo_input.hw, 3), np.uint8)
     errors, n = [], 0
     for path in paths:
-        arr, err = _load(path, hw)
+        arr, err = _load(path, photo_input)
         errors.append(err)
         if arr is not None:
             pixels[n] = arr
@@ -223,32 +114,36 @@ def _load_batch(paths: list[Path], hw) -> tuple[np.ndarray, list[str]]:
     return pixels[:n], errors
 
 
-def tag_paths(tagger: Tagger, paths: Iterable[str | Path], batch_size: int = 512, top_k: int = 1,
-              min_confidence: float = 0.0, progress: bool = False, workers: int | None = None) -> Iterator[dict]:
+def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path], batch_size: int = 512,
+              top_k: int = 1, min_confidence: float = 0.0, workers: int | None = None,
+              problems: Problems | None = None, photo_input: PhotoInput | None = None) -> Iterator[dict]:
     """Stream tag rows for image files and folders, in constant memory. Unreadable files give a row with `error`.
 
     Decoding threads work on the next batches while the model tags this one and the caller writes its rows.
+    `tagger` may be a function that loads one: decoding then starts while the model loads (photo_input needed).
     """
-    files = iter_image_paths(paths)
+    files = iter_image_paths(paths, problems)
     workers = workers or thread_split()[1]
-    bar = tqdm(desc="tagging", unit="img", disable=not progress, file=sys.stderr)
+    photo_input = photo_input or tagger.photo_input
+    review = min_confidence > 0
     with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
-        ahead: deque = deque()
+        ahead: deque[tuple[list[Path], Future]] = deque()
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
             while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
-                ahead.append((batch, pool.submit(_load_batch, batch, tagger.input_hw)))
+                ahead.append((batch, pool.submit(_load_batch, batch, photo_input)))
 
         read_ahead()
+        if callable(tagger) and not isinstance(tagger, Tagger):
+            tagger = tagger()
         while ahead:
             batch, job = ahead.popleft()
             read_ahead()
             pixels, errors = job.result()
-            tags = iter(tagger.tags(pixels, top_k, min_confidence) if len(pixels) else ())
+            results = iter(tagger.tag_pixels(pixels, top_k, min_confidence))
             for path, error in zip(batch, errors):
-                yield {"path": str(path), "id": path.stem, **({} if error else next(tags)), "error": error}
-            bar.update(len(batch))
-    bar.close()
+                tags = {} if error else next(results).to_row(top_k, review)
+                yield {"path": str(path), "id": path.stem, **tags, "error": error}
 
 
 def thread_split(cores: int | None = None) -> tuple[int, int]:
@@ -259,46 +154,94 @@ def thread_split(cores: int | None = None) -> tuple[int, int]:
     return max(1, cores // 2), max(1, cores - cores // 2)
 
 
+def output_format(out: str | None, fmt: str | None) -> str:
+    """csv, tsv or jsonl: as asked, else from out's extension; an extension that says otherwise is refused."""
+    if fmt is not None and fmt not in FORMATS.values():
+        raise ValueError(f"unknown format {fmt!r}: use {', '.join(FORMATS.values())}")
+    if not out:
+        return fmt or "csv"
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"--out {out}: unknown extension {suffix or '(none)'!r}; use "
+                         f"{', '.join(FORMATS)} (or --format with one of those names)")
+    if fmt is not None and fmt != FORMATS[suffix]:
+        raise ValueError(f"--format {fmt} does not match --out {out}: name the file .{fmt}")
+    return FORMATS[suffix]
+
+
+def check_out(out: str) -> None:
+    """Refuse an output target that cannot be written, before any photo is tagged."""
+    target = Path(out)
+    if target.is_dir():
+        raise ValueError(f"--out {out} is a folder: name a file, e.g. {target / 'tags.csv'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+
+
 def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str = "csv") -> int:
     n = 0
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    if fmt in ("csv", "tsv"):
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore",
+                                delimiter="\t" if fmt == "tsv" else ",")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
             n += 1
-    elif fmt == "jsonl":
+    else:
         for row in rows:
             out.write(json.dumps(row) + "\n")
             n += 1
-    else:
-        raise ValueError(f"unknown format {fmt!r}: use csv or jsonl")
     return n
 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
-            top_k: int = 1, min_confidence: float = 0.0, batch_size: int = 512, progress: bool = True,
+            top_k: int = 1, min_confidence: float = 0.0, batch_size: int = 512, progress: bool = False,
             engine: str = DEFAULT_ENGINE, flip: bool = False) -> dict:
-    """The `fashiontag predict` command: tag files and folders into CSV or JSON lines (stdout without `out`)."""
-    if fmt is None:
-        fmt = "jsonl" if out and Path(out).suffix in (".jsonl", ".json") else "csv"
+    """The `fashiontag predict` command: tag files and folders into CSV, TSV or JSON lines (stdout without `out`).
+
+    Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
+    check_options(top_k, min_confidence)
+    if out:
+        check_out(out)
+    fmt = output_format(out, fmt)
+    folder = model_folder(model)
+    meta = load_meta(folder)  # a bad model folder fails now, before any photo is read
     infer_threads, decode_threads = thread_split()
-    tagger = Tagger(model, engine=engine, threads=infer_threads, flip=flip)
-    rows = tag_paths(tagger, paths, batch_size, top_k, min_confidence, progress, workers=decode_threads)
+    problems = Problems()
+    columns = row_columns(list(meta["vocabs"]), top_k, review=min_confidence > 0)
+    total = count_images(paths) if progress else None
+    # The model loads (torch: seconds) while the decoding threads already read the first photos.
+    rows = tag_paths(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), paths,
+                     batch_size, top_k, min_confidence, workers=decode_threads, problems=problems,
+                     photo_input=PhotoInput.of(meta))
     counts = {"rows": 0, "errors": 0}
+    bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
     def counted(rs):
         for r in rs:
-            counts["errors"] += bool(r["error"])
             if r["error"]:
-                print(f"warning: {r['path']}: {r['error']}", file=sys.stderr)
+                counts["errors"] += 1
+                if Path(r["path"]).exists():  # missing paths were reported already
+                    problems.warn(f"{r['path']}: {r['error']}")
+            bar.update()
             yield r
 
-    if out:
-        tmp = Path(out).with_name(f".{Path(out).name}.partial")
-        with open(tmp, "w", newline="") as f:
-            counts["rows"] = write_rows(counted(rows), tagger.columns(top_k), f, fmt)
-        os.replace(tmp, out)
-    else:
-        counts["rows"] = write_rows(counted(rows), tagger.columns(top_k), sys.stdout, fmt)
-    return counts
+    try:
+        if out:
+            tmp = Path(out).with_name(f".{Path(out).name}.partial")
+            try:
+                with open(tmp, "w", newline="") as f:
+                    counts["rows"] = write_rows(counted(rows), columns, f, fmt)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            counts["rows"] = write_rows(counted(rows), columns, sys.stdout, fmt)
+    finally:
+        bar.close()
+    return counts | {"missing": len(problems.missing), "unreadable_folders": len(problems.unreadable_folders),
+                     "duplicate_ids": problems.duplicate_ids}
+

@@ -13,7 +13,6 @@ is ever opened as a path: the web page's files are read once at start-up and ser
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import re
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -40,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashiontag import __version__
 from fashiontag.images import MAX_PIXELS, ImageError, decode
-from fashiontag.predict import UNKNOWN_LABEL, Tagger
+from fashiontag.tagger import PhotoResult, Tagger
 
 WEB_DIR = Path(__file__).parent / "web"
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -351,16 +349,12 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self.ready = False
 
-    def _init_thread(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
     async def start(self, warm_up: bool = True) -> None:
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fashiontag-infer", initializer=self._init_thread)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fashiontag-infer")
         if warm_up:  # the first forward pass allocates and picks kernels: do it before the first customer
             blank = np.full((1, *self.tagger.input_hw, 3), 255, np.uint8)
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.tagger.tags, blank)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.tagger.tag_pixels, blank)
         self._task = asyncio.create_task(self._run(), name="fashiontag-batcher")
         self.ready = True
 
@@ -381,8 +375,8 @@ class MicroBatcher:
         if self._executor:
             self._executor.shutdown(wait=True)
 
-    async def tag(self, pixels: np.ndarray, top_k: int = 1) -> list[dict]:
-        """Flat tag rows (see Tagger.tags, min_confidence 0) for (N, H, W, 3) uint8 photos."""
+    async def tag(self, pixels: np.ndarray, top_k: int = 1) -> list[PhotoResult]:
+        """Results (see Tagger.tag_pixels) for (N, H, W, 3) uint8 photos, with up to top_k - 1 runners-up."""
         if not self.ready or self._queue is None:
             raise ServeError(503, "not_ready", "the model is still loading")
         future = asyncio.get_running_loop().create_future()
@@ -426,8 +420,8 @@ class MicroBatcher:
             pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([j.pixels for j in jobs])
             started = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self._executor, self.tagger.tags, pixels,
-                                                  max(j.top_k for j in jobs), 0.0)
+                rows = await loop.run_in_executor(self._executor, self.tagger.tag_pixels, pixels,
+                                                  max(j.top_k for j in jobs))
             except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker lives on
                 for j in jobs:
                     if not j.future.done():
@@ -444,52 +438,10 @@ class MicroBatcher:
                 i += len(j.pixels)
 
 
-def nest(row: dict, tasks: list[str], top_k: int, min_confidence: float) -> dict:
-    """A flat Tagger row as {task: {label, confidence[, best_guess][, top]}}; below min_confidence the label is
-    'unknown' and best_guess says what the model would have said."""
-    out = {}
-    for t in tasks:
-        label, conf = row[t], row[f"{t}_confidence"]
-        entry: dict = {"label": label, "confidence": conf}
-        if conf < min_confidence:
-            entry = {"label": UNKNOWN_LABEL, "confidence": conf, "best_guess": label}
-        if top_k > 1:
-            entry["top"] = [{"label": label, "confidence": conf}] + [
-                {"label": row[f"{t}_top{r}"], "confidence": row[f"{t}_top{r}_confidence"]}
-                for r in range(2, top_k + 1) if f"{t}_top{r}" in row]
-        out[t] = entry
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------- the app
 
-def _finite(obj):
-    """JSON has no NaN: metrics of a task without validation labels become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def model_info(tagger: Tagger, limits: dict) -> dict:
-    meta = tagger.meta
-    weights = tagger.model_dir / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "unknown"
-    hierarchy = meta.get("hierarchy", [])
-    calibration = meta.get("calibration_val", {})
-    return _finite({
-        "version": digest, "arch": meta.get("arch"), "created": meta.get("created"),
-        "fashiontag_version": meta.get("fashiontag_version"), "server_version": __version__,
-        "input_hw": list(tagger.input_hw), "tasks": tagger.tasks, "classes": tagger.vocabs,
-        "unknown_label": UNKNOWN_LABEL,
-        "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1:]} if len(hierarchy) > 1 else None,
-        "metrics": {"val_acc": meta.get("val_acc", {}),
-                    "calibration_ece_val": {t: v.get("after") for t, v in calibration.items() if isinstance(v, dict)}},
-        "limits": limits,
-    })
+    return tagger.info() | {"server_version": __version__, "limits": limits}
 
 
 def _web_files() -> dict[str, tuple[bytes, str]]:
@@ -544,7 +496,7 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     """
     cpus = available_cpus()
     threads = torch_threads or cpus
-    tagger = tagger or Tagger(model_dir, engine=engine, threads=threads)
+    tagger = tagger or Tagger.load(model_dir, engine=engine, threads=threads)
     batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
               "max_batch": max_batch, "max_top_k": MAX_TOP_K, "max_pixels": MAX_PIXELS}
@@ -554,7 +506,6 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(threads)
         decoder["pool"] = ThreadPoolExecutor(decode_threads or min(4, cpus), thread_name_prefix="fashiontag-decode")
         await batcher.start()
         try:
@@ -611,7 +562,7 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                 results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
             else:
                 results.append({"file": u.name, "index": u.index,
-                                "tags": nest(tagged[u.index], tagger.tasks, top_k, min_conf)})
+                                "tags": tagged[u.index].to_dict(top_k, min_conf)["tags"]})
         # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
         return JSONResponse({"model": info["version"], "top_k": top_k, "min_confidence": min_conf,
                              "tagged": len(good), "failed": len(bad), "results": results})

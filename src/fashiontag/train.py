@@ -23,8 +23,11 @@ from fashiontag.calibration import fit_temperatures
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import Dataset, load_dataset
+from fashiontag.engines import TorchEngine, bf16_supported, torch_input
+from fashiontag.model_meta import load_meta
 from fashiontag.models import create_model
 from fashiontag.split import load_split, save_split
+from fashiontag.tagger import Tagger
 
 
 COMPILE_MIN_STEPS = 2000
@@ -34,18 +37,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def to_input(pixels: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (N, H, W, 3) to the float (N, 3, H, W) in [0, 1] that every model takes."""
-    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -87,17 +78,15 @@ def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, pixels: np.n
     held_out = set(data.split["val"]) | set(data.split["test"])
     total: dict[str, torch.Tensor] = {}
     for folder in teachers:
-        model, meta = load_model(folder, device=str(device))
-        if meta["vocabs"] != data.vocabs:
+        if load_meta(folder)["vocabs"] != data.vocabs:
             raise ValueError(f"teacher {folder} has other class vocabularies than this run: train it on the same split")
         split_file = Path(folder) / "split.json"
         if split_file.exists() and held_out & set(load_split(split_file)["train"]):
             raise ValueError(f"teacher {folder} trained on photos of this run's validation or test split")
-        for view in (pixels, pixels[:, :, ::-1]):  # the photo and its mirror image
-            logits = predict_logits(model, np.ascontiguousarray(view), device, bf16=bf16)
-            for t, lg in logits.items():
-                p = (lg / meta["temperatures"][t]).softmax(1) / (2 * len(teachers))
-                total[t] = total[t] + p if t in total else p
+        teacher = Tagger.load(folder, engine="torch", flip=True, bf16=bf16, device=str(device))
+        for t, p in teacher.probabilities(pixels).items():
+            p = torch.from_numpy(p) / len(teachers)
+            total[t] = total[t] + p if t in total else p
     return total
 
 
@@ -108,21 +97,6 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = (step - warmup) / max(1, total - warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, pixels: np.ndarray, device: torch.device, batch_size: int = 512,
-                   bf16: bool = False, channels_last: bool = True) -> dict[str, torch.Tensor]:
-    """Logits per task for uint8 (N, H, W, 3) photos, in batches."""
-    model.eval()
-    chunks: dict[str, list[torch.Tensor]] = {}
-    for s in range(0, len(pixels), batch_size):
-        x = to_input(torch.from_numpy(np.ascontiguousarray(pixels[s:s + batch_size])), device, channels_last)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            out = model(x)
-        for t, v in out.items():
-            chunks.setdefault(t, []).append(v.float().cpu())
-    return {t: torch.cat(v) for t, v in chunks.items()}
 
 
 def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -291,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
                        unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
             for step in range(step_in_epoch, steps_per_epoch):
                 idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                x = to_input(train_pixels[idx], device, cfg.channels_last)
+                x = torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
                 if cfg.augment:
                     x = augment(x, aug_gen)
@@ -339,7 +313,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
 
             if main:
                 eval_model = ema.module if ema is not None else raw_model
-                val_logits = predict_logits(eval_model, val_pixels, device, bf16=bf16, channels_last=cfg.channels_last)
+                val_logits = TorchEngine(eval_model, list(heads), str(device), bf16,
+                                         cfg.channels_last).logits_tensors(val_pixels)
                 val_acc = accuracies(val_logits, val_y)
                 score = float(np.nanmean(list(val_acc.values())))
                 history.append({"epoch": epoch, "seconds": round(time.time() - t0, 1),
@@ -389,7 +364,8 @@ def finish_model(folder: Path, data: Dataset, device: torch.device, bf16: bool, 
     """Calibrate the best model's confidences on the validation split and record the full history."""
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
-    logits = predict_logits(model, data.cache.pixels[rows], device, bf16=bf16, channels_last=channels_last)
+    logits = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last).logits_tensors(
+        data.cache.pixels[rows])
     temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
     meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
     save_model(folder, model, meta, data.split)

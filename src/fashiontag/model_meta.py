@@ -1,0 +1,139 @@
+"""Model folders without torch: where they are, their model.json checked against their weights, their version.
+
+A model folder holds model.safetensors (weights), model.json (architecture, vocabularies, hierarchy, temperatures,
+history) and split.json. Inference reads it through this module only, so a tampered or half-written folder fails
+here with one clear sentence instead of giving wrong labels later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import platformdirs
+
+WEIGHTS, META = "model.safetensors", "model.json"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+# Written into the safetensors header at save time: a vocabulary permuted in model.json alone is then noticed.
+VOCABS_KEY = "fashiontag_vocabs"
+_HEAD_WEIGHT = re.compile(r"(?:^|\.)heads\.(?P<task>[^.]+)\.weight$")
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used as it is: missing files, or model.json disagreeing with the weights."""
+
+
+def default_cache_dir() -> Path:
+    """Where fashiontag keeps what it can rebuild (photo caches, ONNX exports of read-only models)."""
+    return Path(os.environ.get("FASHIONTAG_CACHE") or platformdirs.user_cache_dir("fashiontag"))
+
+
+def default_model_dir() -> Path:
+    """$FASHIONTAG_MODEL, else the model shipped inside the package."""
+    return Path(os.environ.get("FASHIONTAG_MODEL") or DEFAULT_MODEL_DIR)
+
+
+def readable_folder(path: Path) -> Path:
+    """The folder itself, or its previous version if a crash interrupted the swap (see checkpoint.py)."""
+    old = path.with_name(f".{path.name}.old")
+    return path if path.exists() or not old.exists() else old
+
+
+def model_folder(path: str | Path | None = None) -> Path:
+    """The readable version of a model folder (default: default_model_dir()); a clear error where it is not one."""
+    path = readable_folder(Path(path) if path else default_model_dir())
+    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+        raise ModelError(f"{path} is not a model folder (needs {WEIGHTS} and {META}): train one with "
+                         "`fashiontag train` and pass its best/ folder")
+    return path
+
+
+def weight_header(path: str | Path) -> dict:
+    """The safetensors header (tensor names, dtypes, shapes, and __metadata__), read without loading weights."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ModelError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 * 1024 * 1024:
+            raise ModelError(f"{path}: not a safetensors file (header of {n:,} bytes)")
+        try:
+            return json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelError(f"{path}: not a safetensors file (unreadable header)") from None
+
+
+def load_meta(path: str | Path | None = None) -> dict:
+    """A model folder's model.json, checked against its weights (see validate_meta)."""
+    folder = model_folder(path)
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{folder / META}: unreadable ({e})") from None
+    validate_meta(meta, weight_header(folder / WEIGHTS), folder)
+    return meta
+
+
+def validate_meta(meta: dict, header: dict, folder: Path) -> None:
+    """Tasks, class counts and order, temperatures, input size and hierarchy must agree with the weights."""
+    where = folder / META
+    vocabs = meta.get("vocabs")
+    if not isinstance(vocabs, dict) or not vocabs or not all(
+            isinstance(v, list) and v and all(isinstance(c, str) for c in v) for v in vocabs.values()):
+        raise ModelError(f"{where}: 'vocabs' must map each task to a non-empty list of class names")
+    for task, classes in vocabs.items():
+        if len(set(classes)) != len(classes):
+            raise ModelError(f"{where}: task {task!r} lists a class twice")
+    heads = {m["task"]: shape[0] for name, spec in header.items() if name != "__metadata__"
+             and (m := _HEAD_WEIGHT.search(name)) and (shape := spec.get("shape"))}
+    if heads:  # every family in fashiontag.models names its heads heads.<task>
+        if set(heads) != set(vocabs):
+            raise ModelError(f"{where}: tasks {sorted(vocabs)} do not match the weights' heads {sorted(heads)}")
+        for task, n in heads.items():
+            if len(vocabs[task]) != n:
+                raise ModelError(f"{where}: task {task!r} lists {len(vocabs[task])} classes but its head in "
+                                 f"{WEIGHTS} has {n} outputs")
+    recorded = header.get("__metadata__", {}).get(VOCABS_KEY)
+    if recorded is not None and json.loads(recorded) != vocabs:
+        raise ModelError(f"{where}: the class vocabularies differ from those the weights were saved with "
+                         "(reordered or edited)")
+    temps = meta.get("temperatures", {})
+    for task in vocabs:
+        t = temps.get(task, 1.0)
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+            raise ModelError(f"{where}: temperature of task {task!r} is {t!r}; it must be a positive number")
+    hw = meta.get("input_hw", [80, 60])
+    if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(x, int) and 8 <= x <= 4096 for x in hw)):
+        raise ModelError(f"{where}: input_hw must be [height, width] in pixels (8 to 4096), got {hw!r}")
+    hierarchy = meta.get("hierarchy", [])
+    if hierarchy:
+        tasks = hierarchy[0]
+        if not isinstance(tasks, list) or len(tasks) < 2 or not set(tasks) <= set(vocabs):
+            raise ModelError(f"{where}: the hierarchy's first row must name two or more of the tasks, got {tasks!r}")
+        known = [set(vocabs[t]) for t in tasks]
+        for row in hierarchy[1:]:
+            if len(row) != len(tasks) or not all(label in k for label, k in zip(row, known)):
+                raise ModelError(f"{where}: hierarchy row {row!r} names a class the vocabularies do not have")
+
+
+def hierarchy_of(meta: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The hierarchy's tasks (finest first) and the label combinations seen in training; None without one.
+
+    model.json stores it as a header row of task names followed by one row per combination; this is the only
+    place that reads that format."""
+    rows = meta.get("hierarchy", [])
+    return (list(rows[0]), [list(r) for r in rows[1:]]) if len(rows) > 1 else None
+
+
+def model_version(folder: str | Path) -> str:
+    """SHA-256 of the weights and model.json: the model's identity, for exports, the API and reports."""
+    folder = model_folder(folder)
+    h = hashlib.sha256()
+    for name in (WEIGHTS, META):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,136 @@
+"""The Python API (`from fashiontag import Tagger`) and the inference core's boundaries: what it imports, what it
+accepts, and how it refuses what is not a photo."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashiontag import PhotoResult, Tagger
+from fashiontag.images import ImageError
+from fashiontag.model_meta import DEFAULT_MODEL_DIR, model_version
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_inference_never_imports_training():
+    proc = _run("import sys, fashiontag.serve, fashiontag.tagger, fashiontag.predict, fashiontag.engines\n"
+                "print(sorted(m for m in sys.modules if m.startswith(('fashiontag.train', 'fashiontag.dataset', "
+                "'fashiontag.split', 'fashiontag.cache', 'sklearn'))))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_tagging_with_onnx_from_the_cli_does_not_import_torch(catalog):
+    photo = catalog.root / "images" / "1000.jpg"
+    proc = _run("import sys\nfrom fashiontag.cli import app\n"
+                f"app(['predict', {str(photo)!r}, '--engine', 'onnx'], standalone_mode=False)\n"
+                "print('torch' in sys.modules, file=sys.stderr)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].startswith(f"{photo},1000,")
+    assert proc.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_the_shipped_onnx_export_is_current():
+    """The package ships model.onnx beside the shipped weights so that onnx starts fast; it must be their export."""
+    import onnxruntime as ort
+
+    from fashiontag.engines import ONNX_VERSION_KEY
+    session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map[ONNX_VERSION_KEY] == model_version(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def tagger():
+    return Tagger.load()  # the shipped model
+
+
+@pytest.fixture(scope="module")
+def shirt_png():
+    """A large lossless photo, so that every way of handing it over gives the same pixels to letterbox."""
+    rng = np.random.default_rng(3)
+    img = np.full((2400, 1800, 3), 255, np.uint8)
+    img[300:2100, 400:1400] = (200, 30, 40)  # a red block on white, with some texture
+    img[300:2100, 400:1400] += rng.integers(0, 20, (1800, 1000, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return img, buf.getvalue()
+
+
+def test_path_bytes_pil_and_full_size_array_get_the_same_tags(tagger, shirt_png, tmp_path):
+    array, data = shirt_png
+    path = tmp_path / "shirt.png"
+    path.write_bytes(data)
+    results = [tagger(path), tagger(str(path)), tagger(data), tagger(Image.open(io.BytesIO(data))), tagger(array)]
+    assert all(isinstance(r, PhotoResult) and r.ok for r in results)
+    first = results[0]
+    assert set(first.tags) == set(tagger.tasks) and first.source == str(path)
+    for r in results[1:]:
+        assert r.labels() == first.labels()
+        for t in tagger.tasks:
+            assert r[t].confidence == pytest.approx(first[t].confidence, abs=1e-6)
+
+
+def test_a_list_tags_in_order_and_a_bad_photo_does_not_stop_the_rest(tagger, shirt_png, tmp_path, catalog):
+    array, data = shirt_png
+    results = tagger([data, tmp_path / "missing.jpg", catalog.root / "images" / "9002.jpg", array], top_k=3)
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert results[1].error == "file not found" and results[2].error == "empty file"
+    assert results[0].labels() == results[3].labels()
+    tag = results[0]["articleType"]
+    assert len(tag.runners_up) == 2 and tag.runners_up[0][0] != tag.label
+    assert tag.runners_up[0][1] >= tag.runners_up[1][1]
+    as_dict = results[0].to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict  # plain JSON types
+    assert as_dict["tags"]["articleType"]["top"][0]["label"] == tag.label
+    with pytest.raises(KeyError, match="file not found"):
+        results[1]["gender"]
+
+
+def test_one_unreadable_photo_raises(tagger, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageError, match="unreadable"):
+        tagger(tmp_path / "broken.jpg")
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((80, 60, 3), np.float32), "uint8"),
+    (np.zeros((80, 60), np.uint8), r"\(height, width, 3\)"),
+    (np.zeros((80, 60, 4), np.uint8), r"\(height, width, 3\)"),
+    (np.zeros((0, 60, 3), np.uint8), r"\(height, width, 3\)"),
+    (12345, "cannot read a photo from int"),
+])
+def test_what_is_not_a_photo_is_a_clear_value_error(tagger, bad, words):
+    with pytest.raises(ValueError, match=words):
+        tagger(bad)
+
+
+def test_tag_pixels_refuses_photos_that_are_not_letterboxed(tagger):
+    with pytest.raises(ValueError, match="letterboxed"):
+        tagger.tag_pixels(np.zeros((1, 3200, 2400, 3), np.uint8))
+    assert len(tagger(np.zeros((2, 3200, 2400, 3), np.uint8))) == 2  # a batch array of any size is fine
+
+
+def test_needs_review_keeps_the_guess(tagger, shirt_png):
+    _, data = shirt_png
+    plain, strict = tagger(data), tagger(data, min_confidence=1.0)
+    assert strict.labels() == plain.labels()
+    assert all(strict[t].needs_review for t in tagger.tasks) and not any(plain[t].needs_review for t in tagger.tasks)
+    row = strict.to_row(review=True)
+    assert row["gender_needs_review"] is True and row["gender"] == plain["gender"].label
+    with pytest.raises(ValueError, match="min_confidence"):
+        tagger(data, min_confidence=1.5)
+
+
+def test_info_describes_the_model(tagger):
+    info = tagger.info()
+    assert info["version"] == model_version(DEFAULT_MODEL_DIR)[:12]
+    assert info["tasks"] == tagger.tasks and info["hierarchy"]["tasks"] == ["articleType", "subCategory",
+                                                                            "masterCategory"]
+    json.dumps(info, allow_nan=False)
