@@ -21,7 +21,8 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'fash
 pq = pytest.importorskip("pyarrow.parquet")
 
 from fashiontag.batch import SHARD_PREFIX, filesystem, shard_paths, tag_on_ray  # noqa: E402
-from fashiontag.predict import Tagger, tag_paths  # noqa: E402
+from fashiontag.predict import tag_paths  # noqa: E402
+from fashiontag.tagger import Tagger  # noqa: E402
 
 ENGINE = "onnx"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -34,7 +35,7 @@ HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 def expected(catalog):
     """The single-process predict rows for the synthetic catalog, plus a missing file, keyed by path."""
     sources = [str(catalog.root / "images"), str(catalog.root / "images" / "missing.jpg")]
-    rows = tag_paths(Tagger(None, engine=ENGINE), sources, batch_size=64)
+    rows = tag_paths(Tagger.load(engine=ENGINE), sources, batch_size=64)
     return sources, {r["path"]: r for r in rows}
 
 
@@ -89,7 +90,7 @@ class TestLocalInstance:
 
         with open(summary["csv"], newline="") as f:
             merged = list(csv.DictReader(f))
-        columns = Tagger(None, engine=ENGINE).columns()
+        columns = Tagger.load(engine=ENGINE).columns()
         assert list(merged[0]) == columns and [r["path"] for r in merged] == sorted(want)
         assert {r["path"]: r["articleType"] for r in merged} == {p: w.get("articleType", "") for p, w in want.items()}
 
@@ -214,31 +215,39 @@ def cluster():
     shutil.rmtree(root, ignore_errors=True)
 
 
+def start_driver(cluster: TwoNodeCluster, args: list[str], log: Path) -> subprocess.Popen:
+    """A driver process of its own, as a user's job runs; its output goes to log (Ray's progress lines would fill
+    a pipe that nobody reads while the test waits)."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, env=cluster.env)
+
+
 def run_job(cluster: TwoNodeCluster, sources: list[str], out: str, address: str, log: Path, **options):
-    """tag_on_ray in a driver process of its own, as a user's job runs; its output goes to log (Ray's progress
-    lines would fill a pipe nobody reads while the test waits)."""
+    """tag_on_ray in a driver process; its summary is the last line of log."""
     code = ("import json, sys; from fashiontag.batch import tag_on_ray; "
             "print(json.dumps(tag_on_ray(json.loads(sys.argv[1]), sys.argv[2], address=sys.argv[3], "
             "**json.loads(sys.argv[4]))))")
-    with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-c", code, json.dumps(sources), out, address,
-                                 json.dumps({"engine": ENGINE, **options})],
-                                stdout=f, stderr=subprocess.STDOUT, text=True, env=cluster.env)
+    return start_driver(cluster, ["-c", code, json.dumps(sources), out, address,
+                                  json.dumps({"engine": ENGINE, **options})], log)
 
 
-def finish(job: subprocess.Popen, log: Path) -> dict:
+def finish(job: subprocess.Popen, log: Path) -> list[str]:
+    """The driver's output lines, once it has succeeded."""
     job.wait(timeout=300)
     assert job.returncode == 0, log.read_text()[-3000:]
-    return json.loads(log.read_text().strip().splitlines()[-1])
+    return log.read_text().splitlines()
 
 
 def test_two_node_cluster_through_ray_client(cluster, expected, tmp_path):
     sources, want = expected
-    out = str(tmp_path / "tags")
-    log = tmp_path / "job.log"
-    summary = finish(run_job(cluster, sources, out, f"ray://{HEAD_IP}:{cluster.client}", log), log)
-    assert summary["tagged"] + summary["errors"] == len(want)
-    assert_same_rows(shard_rows(out), want)
+    out, log = tmp_path / "tags", tmp_path / "job.log"
+    job = start_driver(cluster, ["-m", "fashiontag", "predict", *sources, "--out", str(out), "--engine", ENGINE,
+                                 "--on", f"ray://{HEAD_IP}:{cluster.client}", "--csv"], log)
+    errors = sum(bool(r["error"]) for r in want.values())
+    said = f"tagged {len(want) - errors:,} photos, {errors} could not be read, 0 were tagged before"
+    assert any(line.startswith(said) for line in finish(job, log))
+    assert_same_rows(shard_rows(str(out)), want)
+    assert (out / "tags.csv").is_file()
 
 
 def test_killed_job_resumes_without_losing_or_repeating_a_photo(cluster, catalog, tmp_path):
@@ -264,7 +273,8 @@ def test_killed_job_resumes_without_losing_or_repeating_a_photo(cluster, catalog
     assert 0 < len(before) < len(originals) * 4, "the job was not killed halfway"
 
     log = tmp_path / "resumed.log"
-    summary = finish(run_job(cluster, [str(photos)], str(out), f"ray://{HEAD_IP}:{cluster.client}", log), log)
+    lines = finish(run_job(cluster, [str(photos)], str(out), f"ray://{HEAD_IP}:{cluster.client}", log), log)
+    summary = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
     assert summary["skipped"] == len(before)
     rows = shard_rows(str(out))
     paths = [r["path"] for r in rows]

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from fashiontag.images import ImageError, decode
-from fashiontag.predict import IMAGE_SUFFIXES, Tagger, iter_image_paths, write_rows
+from fashiontag.images import ImageError, PhotoInput
+from fashiontag.predict import IMAGE_SUFFIXES, iter_image_paths, write_rows
+from fashiontag.tagger import Tagger
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]
@@ -36,15 +37,17 @@ SHARD_ROWS = 4096  # rows per shard: what a killed job can lose per write in fli
 
 
 def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, engine: str = "onnx",
-               model: str | None = None, top_k: int = 1, csv: bool = False, actors: int | None = None,
-               batch_size: int = BATCH_SIZE, shard_rows: int = SHARD_ROWS, progress: bool = False) -> dict:
+               model: str | None = None, top_k: int = 1, min_confidence: float = 0.0, flip: bool = False,
+               csv: bool = False, actors: int | None = None, batch_size: int = BATCH_SIZE,
+               shard_rows: int = SHARD_ROWS, progress: bool = False) -> dict:
     """Tag every photo under `sources` (local files and folders, or URIs such as s3://bucket/prefix/) into Parquet
     shards in `out` (a local folder or URI), skipping photos that earlier runs into the same `out` tagged.
 
     address: a Ray cluster (`ray://host:10001` through Ray Client, or `host:6379`); None uses RAY_ADDRESS, a
     cluster started on this machine, or a new local instance. Ray already initialised in this process is used as
-    it is. actors: tagging actors (default: half the cluster's CPUs; the read tasks take the other half, since
-    decoding a photo costs about as much as tagging it). csv: also write one merged `tags.csv` in `out`.
+    it is. engine, model, top_k, min_confidence and flip are predict's. actors: tagging actors (default: half the
+    cluster's CPUs; the read tasks take the other half, since decoding a photo costs about as much as tagging
+    it). csv: also write one merged `tags.csv` in `out`.
     Returns a summary: tagged, errors, skipped, photos_per_s, shards, seconds, first_shard_s, out, csv.
     """
     import ray
@@ -52,17 +55,18 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     started = time.time()
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
-    tagger = Tagger(model, engine=engine, threads=1)
-    schema = shard_schema(tagger.columns(top_k))
+    tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
+    schema = shard_schema(tagger.columns(top_k, review=min_confidence > 0))
     out_fs, out_dir = filesystem(out)
     out_fs.create_dir(out_dir, recursive=True)
     remove_partial_shards(out_fs, out_dir)
     sources = list(sources)
     listing = list_photos(sources)
     todo = listing.join(tagged_versions(out_fs, out_dir), keys=VERSION_KEY, join_type="left anti")
-    job = {"sources": sources, "hw": tagger.input_hw, "model": str(tagger.model_dir.resolve()), "engine": engine,
-           "top_k": top_k, "schema": schema, "out_fs": out_fs, "out_dir": out_dir, "actors": actors,
-           "batch_size": batch_size, "shard_rows": shard_rows, "progress": progress}
+    job = {"sources": sources, "photo_input": tagger.photo_input, "schema": schema, "out_fs": out_fs,
+           "out_dir": out_dir, "actors": actors, "batch_size": batch_size, "shard_rows": shard_rows,
+           "progress": progress, "tagging": {"model": str(tagger.model_dir.resolve()), "engine": engine,
+                                             "flip": flip, "top_k": top_k, "min_confidence": min_confidence}}
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
@@ -86,9 +90,9 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     return summary
 
 
-def _run_pipeline(todo: pa.Table, started: float, sources: list[str], hw, model: str, engine: str, top_k: int,
-                  schema: pa.Schema, out_fs: pafs.FileSystem, out_dir: str, actors: int | None, batch_size: int,
-                  shard_rows: int, progress: bool) -> dict:
+def _run_pipeline(todo: pa.Table, started: float, sources: list[str], photo_input: PhotoInput, schema: pa.Schema,
+                  out_fs: pafs.FileSystem, out_dir: str, actors: int | None, batch_size: int, shard_rows: int,
+                  progress: bool, tagging: dict) -> dict:
     """Runs the pipeline over the photos in todo; counts rows, errors and shards as the shards are written.
     first_shard_s is counted from `started` (time.time() where the job began: this machine's clock, or under Ray
     Client the client's, which is close enough for a figure in seconds)."""
@@ -106,14 +110,14 @@ def _run_pipeline(todo: pa.Table, started: float, sources: list[str], hw, model:
     # Half a CPU per read task: two reads share a core, hiding object-storage latency. Being unlike the actors'
     # one CPU also keeps Ray Data from fusing the reads into the actors, which would leave decoding to them alone.
     ds = ds.map_batches(_read_photos, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
-                        fn_kwargs={"filesystems": [filesystem(s)[0] for s in sources], "hw": hw})
+                        fn_kwargs={"filesystems": [filesystem(s)[0] for s in sources], "photo_input": photo_input})
     ds = ds.map_batches(_TagActor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=actors),
-                        fn_constructor_kwargs={"model": model, "engine": engine, "top_k": top_k, "schema": schema})
+                        fn_constructor_kwargs={"schema": schema, **tagging})
     # Writing a shard is mostly waiting on storage: it reserves no CPU, so it never queues behind the others.
     ds = ds.map_batches(_write_shard, batch_size=shard_rows, batch_format="pyarrow", num_cpus=0,
                         fn_kwargs={"fs": out_fs, "folder": out_dir})
-    bar = tqdm(total=len(todo), desc="tagging", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="tagging", unit="photo", disable=not progress, file=sys.stderr)
     for shard in ds.iter_rows():
         counts["first_shard_s"] = counts["first_shard_s"] or time.time() - started
         counts["rows"] += shard["rows"]
@@ -175,7 +179,8 @@ def list_photos(sources: list[str]) -> pa.Table:
 
 def shard_schema(columns: list[str]) -> pa.Schema:
     """predict's columns, then the source version that a re-run compares."""
-    fields = [(c, pa.float64() if c.endswith("_confidence") else pa.string()) for c in columns]
+    kinds = {"_confidence": pa.float64(), "_needs_review": pa.bool_()}
+    fields = [(c, next((k for end, k in kinds.items() if c.endswith(end)), pa.string())) for c in columns]
     return pa.schema(fields + [("size", pa.int64()), ("mtime_ns", pa.int64())])
 
 
@@ -202,13 +207,13 @@ def tagged_versions(fs: pafs.FileSystem, folder: str) -> pa.Table:
     return pads.dataset(shards, filesystem=fs, format="parquet").to_table(columns=VERSION_KEY)
 
 
-def _read(fs: pafs.FileSystem, key: str, hw) -> tuple[np.ndarray | None, str]:
+def _read(fs: pafs.FileSystem, key: str, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
     """A letterboxed photo, or None and why it cannot be read, in predict's words."""
     try:
         if fs.type_name == "local":
-            return decode(key, hw), ""  # by path, exactly as predict reads it
+            return photo_input.load(key), ""  # by path, exactly as predict reads it
         with fs.open_input_file(key) as f:
-            return decode(f.read(), hw), ""
+            return photo_input.load(f.read()), ""
     except ImageError as e:
         return None, str(e)
     except FileNotFoundError:
@@ -217,11 +222,12 @@ def _read(fs: pafs.FileSystem, key: str, hw) -> tuple[np.ndarray | None, str]:
         return None, f"cannot read file ({e.strerror or e})"
 
 
-def _read_photos(batch: dict[str, np.ndarray], filesystems: list[pafs.FileSystem], hw) -> dict[str, np.ndarray]:
-    pixels = np.zeros((len(batch["key"]), *hw, 3), np.uint8)
+def _read_photos(batch: dict[str, np.ndarray], filesystems: list[pafs.FileSystem],
+                 photo_input: PhotoInput) -> dict[str, np.ndarray]:
+    pixels = np.zeros((len(batch["key"]), *photo_input.hw, 3), np.uint8)
     errors = []
     for i, (key, source) in enumerate(zip(batch["key"], batch["source"])):
-        arr, error = _read(filesystems[source], key, hw)
+        arr, error = _read(filesystems[source], key, photo_input)
         errors.append(error)
         if arr is not None:
             pixels[i] = arr
@@ -232,15 +238,16 @@ def _read_photos(batch: dict[str, np.ndarray], filesystems: list[pafs.FileSystem
 class _TagActor:
     """One model per actor, loaded when Ray starts the actor and reused for every batch it is sent."""
 
-    def __init__(self, model: str, engine: str, top_k: int, schema: pa.Schema):
-        self.tagger = Tagger(model, engine=engine, threads=1)
-        self.top_k = top_k
-        self.schema = schema
+    def __init__(self, schema: pa.Schema, model: str, engine: str, flip: bool, top_k: int, min_confidence: float):
+        self.tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
+        self.schema, self.top_k, self.min_confidence = schema, top_k, min_confidence
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         readable = batch["error"] == ""
-        tags = iter(self.tagger.tags(batch["pixels"][readable], self.top_k) if readable.any() else ())
-        rows = [{"path": path, "id": PurePosixPath(path).stem, **(next(tags) if ok else {}), "error": error,
+        results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
+        review = self.min_confidence > 0
+        rows = [{"path": path, "id": PurePosixPath(path).stem,
+                 **(next(results).to_row(self.top_k, review) if ok else {}), "error": error,
                  "size": size, "mtime_ns": mtime_ns}
                 for path, ok, error, size, mtime_ns
                 in zip(batch["path"], readable, batch["error"], batch["size"], batch["mtime_ns"])]
