@@ -116,13 +116,14 @@ class TestLocalInstance:
             summary = tag_on_ray([f"s3://key:secret@shop/photos/{options}"], f"s3://key:secret@shop/tags/{options}",
                                  engine=ENGINE, csv=True)
             rows = shard_rows(f"s3://key:secret@shop/tags/{options}")
+            merged = s3.get_file_info("shop/tags/tags.csv")
         finally:
             server.stop()
         _, want = expected
         local = {p: w for p, w in want.items() if not p.endswith("missing.jpg")}
         assert all(r["path"].startswith("s3://shop/photos/") for r in rows)
         assert_same_rows(rows, local, key=lambda path: Path(path).name, same_errors=False)
-        assert summary["csv"].startswith("s3://") and summary["shards"] >= 1
+        assert summary["csv"] == "s3://shop/tags/tags.csv" and merged.size > 1000 and summary["shards"] >= 1
 
 
 class TwoNodeCluster:

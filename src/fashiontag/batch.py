@@ -7,14 +7,14 @@ A Ray Data pipeline in three stages, streamed so that no stage holds the catalog
 
 Resumable: a shard holds predict's columns plus each photo's source size and modification time, so a re-run with
 the same --out tags only the photos that no shard holds in their current version. A job killed halfway loses only
-the shards in flight. Ray is imported here only, so `import fashiontag` never needs it.
+the shards in flight. Ray is imported by this module only, and the CLI imports it only for --on: `import
+fashiontag` never needs Ray.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 import uuid
 from pathlib import Path, PurePosixPath
@@ -22,7 +22,13 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from fashiontag.images import ImageError, PhotoInput
 from fashiontag.predict import IMAGE_SUFFIXES, iter_image_paths, write_rows
@@ -33,7 +39,7 @@ VERSION_KEY = ["path", "size", "mtime_ns"]
 SHARD_PREFIX = "tags-"
 CSV_NAME = "tags.csv"
 BATCH_SIZE = 256  # photos per read task and per forward pass of an actor
-SHARD_ROWS = 4096  # rows per shard: what a killed job can lose per write in flight
+SHARD_ROWS = 4096  # rows per shard at least (the last may have fewer): what a killed job loses per write in flight
 
 
 def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, engine: str = "onnx",
@@ -48,11 +54,9 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     it is. engine, model, top_k, min_confidence and flip are predict's. actors: tagging actors (default: half the
     cluster's CPUs; the read tasks take the other half, since decoding a photo costs about as much as tagging
     it). csv: also write one merged `tags.csv` in `out`.
-    Returns a summary: tagged, errors, skipped, photos_per_s, shards, seconds, first_shard_s, out, csv.
+    Returns a summary: tagged, errors, skipped, photos_per_s, shards, seconds, out, csv.
     """
-    import ray
-
-    started = time.time()
+    started = time.perf_counter()
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
     tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
@@ -74,34 +78,29 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     try:
         if ray.util.client.ray.is_connected():
             # Ray Data's executor needs a full driver, which a Ray Client is not: it runs in a task on the cluster.
-            counts = ray.get(ray.remote(num_cpus=0)(_run_pipeline).remote(todo, started, **job))
+            counts = ray.get(ray.remote(num_cpus=0)(_run_pipeline).remote(todo, **job))
         else:
-            counts = _run_pipeline(todo, started, **job)
+            counts = _run_pipeline(todo, **job)
     finally:
         if owns_ray:
             ray.shutdown()
-    seconds = time.time() - started
+    seconds = time.perf_counter() - started
     summary = {"tagged": counts["rows"] - counts["errors"], "errors": counts["errors"],
                "skipped": len(listing) - len(todo), "photos_per_s": counts["rows"] / seconds,
-               "shards": counts["shards"], "seconds": seconds, "first_shard_s": counts["first_shard_s"],
-               "out": out, "csv": None}
+               "shards": counts["shards"], "seconds": seconds, "out": out, "csv": None}
     if csv:
-        summary["csv"] = merge_csv(out_fs, out_dir, listing, schema, out)
+        merge_csv(out_fs, out_dir, listing, schema)
+        summary["csv"] = uri(out, f"{out_dir}/{CSV_NAME}") if "://" in out else str(Path(out) / CSV_NAME)
     return summary
 
 
-def _run_pipeline(todo: pa.Table, started: float, sources: list[str], photo_input: PhotoInput, schema: pa.Schema,
+def _run_pipeline(todo: pa.Table, sources: list[str], photo_input: PhotoInput, schema: pa.Schema,
                   out_fs: pafs.FileSystem, out_dir: str, actors: int | None, batch_size: int, shard_rows: int,
                   progress: bool, tagging: dict) -> dict:
-    """Runs the pipeline over the photos in todo; counts rows, errors and shards as the shards are written.
-    first_shard_s is counted from `started` (time.time() where the job began: this machine's clock, or under Ray
-    Client the client's, which is close enough for a figure in seconds)."""
-    import ray
-    from tqdm import tqdm
-
-    counts = {"rows": 0, "errors": 0, "shards": 0, "first_shard_s": None}
+    """Runs the pipeline over the photos in todo; returns the rows, errors and shards written."""
+    sink = _ShardSink(out_fs, out_dir, shard_rows)
     if not len(todo):
-        return counts
+        return sink.counts
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
     ray.data.DataContext.get_current().enable_progress_bars = progress
@@ -115,17 +114,8 @@ def _run_pipeline(todo: pa.Table, started: float, sources: list[str], photo_inpu
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         fn_constructor_kwargs={"schema": schema, **tagging})
     # Writing a shard is mostly waiting on storage: it reserves no CPU, so it never queues behind the others.
-    ds = ds.map_batches(_write_shard, batch_size=shard_rows, batch_format="pyarrow", num_cpus=0,
-                        fn_kwargs={"fs": out_fs, "folder": out_dir})
-    bar = tqdm(total=len(todo), desc="tagging", unit="photo", disable=not progress, file=sys.stderr)
-    for shard in ds.iter_rows():
-        counts["first_shard_s"] = counts["first_shard_s"] or time.time() - started
-        counts["rows"] += shard["rows"]
-        counts["errors"] += shard["errors"]
-        counts["shards"] += 1
-        bar.update(shard["rows"])
-    bar.close()
-    return counts
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    return sink.counts
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -139,6 +129,12 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         import fsspec
         fs, path = fsspec.core.url_to_fs(location)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def uri(location: str, path: str) -> str:
+    """A path inside the filesystem of the URI location, as a URI of the same scheme: without the location's
+    credentials and options, which must not end up in rows and messages."""
+    return f"{location.split('://', 1)[0]}://{path}"
 
 
 def list_photos(sources: list[str]) -> pa.Table:
@@ -161,7 +157,6 @@ def list_photos(sources: list[str]) -> pa.Table:
                 except OSError:
                     add(str(path), str(path.absolute()), i, -1, -1)
             continue
-        scheme = source.split("://", 1)[0]
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.Directory:
             infos = [f for f in fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -170,9 +165,9 @@ def list_photos(sources: list[str]) -> pa.Table:
             infos = [info]
         for f in infos:
             if f.type == pafs.FileType.File:
-                add(f"{scheme}://{f.path}", f.path, i, f.size, f.mtime_ns)
+                add(uri(source, f.path), f.path, i, f.size, f.mtime_ns)
             else:
-                add(f"{scheme}://{f.path}", f.path, i, -1, -1)
+                add(uri(source, f.path), f.path, i, -1, -1)
     return pa.table(rows, schema=pa.schema([("path", pa.string()), ("key", pa.string()), ("source", pa.int32()),
                                             ("size", pa.int64()), ("mtime_ns", pa.int64())]))
 
@@ -190,7 +185,7 @@ def shard_paths(fs: pafs.FileSystem, folder: str) -> list[str]:
 
 
 def remove_partial_shards(fs: pafs.FileSystem, folder: str) -> None:
-    """Deletes the temporary files of shards whose writers were killed (see _write_shard)."""
+    """Deletes the temporary files of shards whose writers were killed (see _ShardSink)."""
     for f in fs.get_file_info(pafs.FileSelector(folder)):
         name = PurePosixPath(f.path).name
         if name.startswith(f".{SHARD_PREFIX}") and name.endswith(".tmp"):
@@ -199,7 +194,6 @@ def remove_partial_shards(fs: pafs.FileSystem, folder: str) -> None:
 
 def tagged_versions(fs: pafs.FileSystem, folder: str) -> pa.Table:
     """The (path, size, mtime_ns) of every photo that a shard in folder holds."""
-    import pyarrow.dataset as pads
     shards = shard_paths(fs, folder)
     if not shards:
         return pa.table({"path": pa.array([], pa.string()), "size": pa.array([], pa.int64()),
@@ -254,24 +248,41 @@ class _TagActor:
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
-def _write_shard(rows: pa.Table, fs: pafs.FileSystem, folder: str) -> dict[str, list]:
-    """Writes rows as one new shard. Locally through a hidden temporary file renamed into place, so a killed
-    writer never leaves half a shard; an object store publishes an upload only when it completes."""
-    import pyarrow.parquet as pq
-    name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
-    final = f"{folder}/{name}"
-    tmp = f"{folder}/.{name}.tmp" if fs.type_name == "local" else final
-    pq.write_table(rows, tmp, filesystem=fs)
-    if tmp != final:
-        fs.move(tmp, final)
-    errors = pa.compute.sum(pa.compute.not_equal(rows["error"], "")).as_py() or 0
-    return {"shard": [name], "rows": [rows.num_rows], "errors": [errors]}
+class _ShardSink(Datasink):
+    """Writes each shard_rows rows or so (the rows of one write task) as one new shard, and counts them.
+
+    Locally a shard is written to a hidden temporary file and renamed into place, so a killed writer never leaves
+    half a shard (a re-run deletes the temporary file); an object store publishes an upload only when it
+    completes."""
+
+    def __init__(self, fs: pafs.FileSystem, folder: str, shard_rows: int):
+        self.fs, self.folder, self.shard_rows = fs, folder, shard_rows
+        self.counts = {"rows": 0, "errors": 0, "shards": 0}
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.shard_rows
+
+    def write(self, blocks, ctx) -> dict:
+        rows = pa.concat_tables([BlockAccessor.for_block(b).to_arrow() for b in blocks])
+        name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
+        final = f"{self.folder}/{name}"
+        tmp = f"{self.folder}/.{name}.tmp" if self.fs.type_name == "local" else final
+        pq.write_table(rows, tmp, filesystem=self.fs)
+        if tmp != final:
+            self.fs.move(tmp, final)
+        return {"rows": rows.num_rows, "errors": pc.sum(pc.not_equal(rows["error"], "")).as_py() or 0}
+
+    def on_write_complete(self, write_result) -> None:
+        for shard in write_result.write_returns:
+            self.counts["rows"] += shard["rows"]
+            self.counts["errors"] += shard["errors"]
+            self.counts["shards"] += 1
 
 
-def merge_csv(fs: pafs.FileSystem, folder: str, listing: pa.Table, schema: pa.Schema, out: str) -> str:
+def merge_csv(fs: pafs.FileSystem, folder: str, listing: pa.Table, schema: pa.Schema) -> None:
     """One CSV of predict's columns, sorted by path, for the photos of this run's sources in their current
     version: a photo that changed since an earlier run was tagged again, and only its new row is kept."""
-    import pyarrow.dataset as pads
     rows = pads.dataset(shard_paths(fs, folder), filesystem=fs, format="parquet", schema=schema).to_table()
     rows = rows.join(listing.select(VERSION_KEY), keys=VERSION_KEY, join_type="left semi").sort_by("path")
     columns = [c for c in schema.names if c not in VERSION_KEY[1:]]
@@ -279,4 +290,3 @@ def merge_csv(fs: pafs.FileSystem, folder: str, listing: pa.Table, schema: pa.Sc
     # (nulls in the shards) become empty cells there too.
     with io.TextIOWrapper(fs.open_output_stream(f"{folder}/{CSV_NAME}"), newline="") as f:
         write_rows((row for batch in rows.select(columns).to_batches() for row in batch.to_pylist()), columns, f)
-    return f"{out.rstrip('/')}/{CSV_NAME}"
