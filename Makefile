@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-deps screenshot install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,8 +17,21 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fashiontag run $(if $(DATA),--data $(DATA))
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(PY) -m pytest -q -rs
+
+# System packages the tests use: Debian's chromium for the browser tests. Without apt-get (or root) nothing fails
+# here: those tests skip and say why.
+test-deps:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium: the browser tests will be skipped"; \
+	fi
+
+# Refreshes docs/screenshot-web.png: the shipped model tagging real photos (needs ../shared/data/fashion-small).
+screenshot: $(STAMP) test-deps
+	$(PY) tests/browser.py
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

@@ -2,11 +2,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
-from fashiontag.config import TrainConfig
+from helpers import tiny_config
 from synthetic import make_catalog
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-small"
+TORCH_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,17 +17,17 @@ def isolated_cache(tmp_path_factory):
     os.environ["FASHIONTAG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Trainings set torch's thread count for the whole process (tiny_config: one), session fixtures included;
+    every test ends with the count the session started with."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
+
+
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
     return make_catalog(tmp_path_factory.mktemp("catalog"), n=400)
-
-
-def tiny_config(data, out, **changes) -> TrainConfig:
-    """A model and schedule small enough to train on the synthetic catalog in a few seconds."""
-    base = dict(data=str(data), out=str(out), model_args={"width": 8, "depths": [1, 1], "stem_stride": 2},
-                epochs=12, batch_size=32, lr=1e-2, warmup_epochs=0.5, ema=0.9, patience=10, min_count=2, progress=False)
-    base.update(changes)
-    return TrainConfig(**base)
 
 
 @pytest.fixture(scope="session")

@@ -2,30 +2,32 @@
 
 import numpy as np
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.catalog import read_catalog
 
 
 def test_every_row_parses(real_data):
     c = read_catalog(real_data)
-    lines = sum(1 for _ in open(real_data / "styles.csv", encoding="utf-8")) - 1
-    assert c.problems == [] and len(c) == lines == 40038
+    lines = (real_data / "styles.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert c.problems == [] and len(c) == len(lines) == 40038
     assert sum("," in n for n in c.names) == 22  # the rows whose names carry commas keep them
-    assert all(str(i) for i in c.ids) and len(set(c.ids)) == len(c)
+    assert c.ids == [int(line.split(",", 1)[0]) for line in lines] and len(set(c.ids)) == len(c)
+    assert c.names[0] == "Turtle Check Men Navy Blue Shirt" and c.labels["usage"][0] == "Casual"
 
 
 def test_short_training_beats_majority_on_every_task(real_data, tmp_path):
-    from fashiontag.train import accuracies, predict_logits, train
     from fashiontag.checkpoint import load_model
     from fashiontag.dataset import load_dataset
-    import torch
+    from fashiontag.engines import TorchEngine
+    from fashiontag.train import accuracies, train
     cfg = tiny_config(real_data, tmp_path, model_args={"width": 32, "stem_stride": 2}, max_train=8000, epochs=3,
-                      batch_size=128, lr=3e-3, min_count=10, ema=0.99)
+                      batch_size=128, lr=3e-3, min_count=10, ema=0.99, threads=0)
     best = train(cfg)
     model, meta = load_model(best)
-    ds = load_dataset(real_data, split_path=best / "split.json", vocabs=meta["vocabs"], progress=False)
+    ds = load_dataset(real_data, split_path=best / "split.json", vocabs=meta["vocabs"], progress=False,
+                      framing=cfg.framing)
     rows = ds.rows["test"]
-    acc = accuracies(predict_logits(model, ds.cache.pixels[rows], torch.device("cpu")),
+    acc = accuracies(TorchEngine(model, list(meta["vocabs"])).logits_tensors(ds.cache.pixels[rows]),
                      {t: v[rows] for t, v in ds.targets.items()})
     for t, a in acc.items():
         y = ds.targets[t][rows]

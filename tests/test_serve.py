@@ -8,33 +8,26 @@ import builtins
 import csv
 import io
 import shutil
-import socket
 import struct
-import subprocess
 import threading
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
+from browser import (chromium, chromium_missing, live_server, open_page, screenshot, set_threshold, shown_tags,
+                     upload_and_wait)
 from PIL import Image
 
-from fashiontag.images import decode
-from fashiontag.tagger import Tagger
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
+from fashiontag.tagger import Tagger
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KiB, MiB = 1024, 1024 * 1024
 LIMITS = dict(max_files=6, max_file_bytes=3 * MiB, max_upload_bytes=5 * MiB)
 
@@ -88,29 +81,7 @@ def direct(served):
 
 
 def expected(direct: Tagger, data: bytes, top_k: int = 1) -> dict:
-    return direct.tag_pixels(np.array(decode(data)[None]), top_k)[0].to_row(top_k)
-
-
-@contextmanager
-def live_server(app):
-    """The app under a real uvicorn on a free loopback port, in a thread."""
-    import uvicorn
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    return direct.tag_pixels(direct.prepare(data)[None], top_k)[0].to_row(top_k)
 
 
 # ---------------------------------------------------------------------------------------------------------- the API
@@ -182,10 +153,19 @@ def test_model_health_readiness_and_docs(client, direct):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
-    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
-    spec = client.get("/openapi.json").json()
-    assert "multipart/form-data" in spec["paths"]["/v1/tag"]["post"]["requestBody"]["content"]
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text and "https://" not in docs.text
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    op = client.get("/openapi.json").json()["paths"]["/v1/tag"]["post"]
+    body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"] == {"type": "array", "items": {"type": "string", "format": "binary"},
+                                           "title": "Files", "description": body["properties"]["files"]["description"]}
+    assert body["required"] == ["files"] and {"top_k", "min_confidence", "partial"} <= set(body["properties"])
+    query = {p["name"]: p["schema"] for p in op["parameters"] if p["in"] == "query"}
+    assert (query["top_k"]["minimum"], query["top_k"]["maximum"]) == (1, 20)
+    assert (query["min_confidence"]["minimum"], query["min_confidence"]["maximum"]) == (0, 1)
+    assert query["partial"]["type"] == "boolean"
+    assert {"413", "415", "422"} <= set(op["responses"])
 
 
 def test_readyz_is_503_while_the_model_is_not_serving(served):
@@ -246,6 +226,16 @@ def test_each_bad_file_gets_a_4xx_naming_it(client, catalog, photos, case):
     assert "tags" in good_result and bad_result["status"] == status and words in bad_result["error"]
     # and the server carries on
     assert client.post("/v1/tag", files=[file_part(*good)]).status_code == 200
+
+
+def test_too_many_pixels_names_the_limit_the_model_advertises(client):
+    """Issue 10 #11: the bomb error said 80,000,000 pixels while /v1/model advertised 40,000,000."""
+    limit = client.get("/v1/model").json()["limits"]["max_pixels"]
+    for name, data in (("bomb.png", bomb_png()), ("huge.png", png_header(100_000, 100_000, 1, 0))):
+        r = client.post("/v1/tag", files=[file_part(name, data, "image/png")])
+        reason = r.json()["files"][0]["reason"]
+        assert r.status_code == 422 and f"{limit:,} pixels" in reason, reason
+        assert f"{2 * limit:,}" not in reason and str(2 * limit) not in reason
 
 
 def test_whole_request_refusals(client, photos):
@@ -324,7 +314,7 @@ class CountingTagger:
 
 
 def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photos):
-    arrays = [np.array(decode(d)[None]) for d in photos.values()] * 3  # 24 single-photo requests
+    arrays = [direct.prepare(d)[None] for d in photos.values()] * 3  # 24 single-photo requests
     counting = CountingTagger(direct)
 
     async def scenario():
@@ -440,63 +430,12 @@ def test_cli_serve_with_a_missing_model_fails_clearly(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------- the browser
 
-def ensure_chromium() -> str | None:
-    """Debian's chromium, installed with apt-get when missing; the reason it cannot be had, else None."""
-    if Path(CHROMIUM).exists():
-        return None
-    if not shutil.which("apt-get"):
-        return f"{CHROMIUM} is missing and there is no apt-get to install it"
-    cmd = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"
-    try:
-        proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        return "installing chromium with apt-get took over 15 minutes"
-    if proc.returncode or not Path(CHROMIUM).exists():
-        return f"could not install chromium with apt-get (exit {proc.returncode}): {proc.stderr[-500:]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = ensure_chromium()
-    if reason:
+    if reason := chromium_missing():
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-@contextmanager
-def open_page(browser, url: str):
-    """A page that may only talk to our server; anything else it asks for is refused and recorded."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    outside, problems = [], []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
-               else (outside.append(route.request.url), route.abort()))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    try:
-        page.goto(url + "/")
-        page.wait_for_selector("body[data-ready=true]", timeout=15000)
-        yield page
-    finally:
-        context.close()
-    assert outside == [] and problems == []
-
-
-def upload_and_wait(page, paths: list[Path]) -> None:
-    page.set_input_files("#file-input", [str(p) for p in paths])
-    page.wait_for_function(f"document.querySelectorAll('.card.done, .card.error').length === {len(paths)}",
-                           timeout=30000)
-
-
-def shown_tags(page, name: str) -> dict[str, str]:
-    card = page.locator(f'.card[data-file="{name}"]')
-    return {row.get_attribute("data-task"): row.locator("select").input_value()
-            for row in card.locator("tr[data-task]").all()}
 
 
 def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalog, direct, tmp_path):
@@ -509,7 +448,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         error_card = page.locator('.card.error[data-file="9004.jpg"]')
         assert "not a readable image" in error_card.locator(".state").inner_text()
         for path in good:
-            want = direct.tag_pixels(np.array(decode(str(path))[None]))[0].to_row()
+            want = direct.tag_pixels(direct.prepare(str(path))[None])[0].to_row()
             assert shown_tags(page, path.name) == {t: want[t] for t in direct.tasks}
             bar = page.locator(f'.card[data-file="{path.name}"] tr[data-task="gender"] .bar')
             assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(want["gender_confidence"], abs=1e-3)
@@ -525,6 +464,19 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
         assert page.locator(f'.card[data-file="{first}"] .badge').is_visible()
         assert page.locator(f'.card[data-file="{first}"] tr.corrected').count() >= 1
 
+        # a review threshold with tags on both sides of it: the page shows the server's flags, asked again
+        results = {p.name: direct.tag_pixels(direct.prepare(str(p))[None])[0] for p in good}
+        confidences = [tag.confidence for r in results.values() for tag in r.tags.values()]
+        percent = next(v for v in range(5, 100, 5) if 0 < sum(c < v / 100 for c in confidences) < len(confidences))
+        set_threshold(page, percent)
+        corrected = {t for t, label in after.items() if label != before[t]}
+        for name, result in results.items():
+            flagged = {row.get_attribute("data-task")
+                       for row in page.locator(f'.card[data-file="{name}"] tr.review').all()}
+            want = result.with_min_confidence(percent / 100).tags
+            assert flagged == {t for t, tag in want.items() if tag.needs_review
+                               and not (name == first and t in corrected)}, name
+
         with page.expect_download() as dl:
             page.click("#download")
         rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
@@ -534,38 +486,22 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
     assert by_file[first]["articleType"] == new_article and by_file[first]["articleType_corrected"] == "yes"
     assert by_file[first]["articleType_model"] == before["articleType"]
     assert by_file[good[1].name]["articleType_corrected"] == "" and by_file[good[1].name]["error"] == ""
+    for name, result in results.items():  # the model's guess stays, flagged when below the threshold
+        for t, tag in result.tags.items():
+            assert by_file[name][f"{t}_model"] == tag.label
+            assert by_file[name][f"{t}_needs_review"] == ("yes" if tag.confidence < percent / 100 else "")
     assert "not a readable image" in by_file["9004.jpg"]["error"] and by_file["9004.jpg"]["gender"] == ""
     assert (tmp_path / "web.png").stat().st_size > 10_000
 
 
-# Real catalog photos of different kinds, all from the test split of the model they were shot with.
-SCREENSHOT_IDS = ["20260", "11520", "49461", "29928", "42841", "24406", "13472", "51667", "41439"]
-
-
 @pytest.mark.real
-def test_browser_screenshot_with_the_real_model(browser, real_data):
-    """With the shipped (or $FASHIONTAG_MODEL) model and real photos: the page as a user sees it, one tag
-    corrected, saved as docs/screenshot-web.png."""
+def test_browser_with_the_real_model(browser, real_data, tmp_path):
+    """With the shipped (or $FASHIONTAG_MODEL) model and real photos the page tags every photo and takes a
+    correction: what `make screenshot` saves as docs/screenshot-web.png, here into a temporary folder."""
     from fashiontag.model_meta import default_model_dir
     try:
         model = default_model_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    header, *rows = list(csv.reader((real_data / "styles.csv").open(encoding="utf-8")))
-    paths = [real_data / "images" / f"{i}.jpg" for i in SCREENSHOT_IDS]
-    paths = [p for p in paths if p.exists()]
-    assert paths
-    with live_server(create_app(model)) as url, open_page(browser, url) as page:
-        upload_and_wait(page, paths)
-        assert page.locator(".card.done").count() == len(paths)
-        # correct, as a cataloguer would, the first tag where the model and the catalog disagree
-        truth = {r[0]: dict(zip(header, r)) for r in rows if r and r[0] in SCREENSHOT_IDS}
-        for path in paths:
-            shown = shown_tags(page, path.name)
-            wrong = [t for t, label in shown.items() if truth[path.stem].get(t) not in (None, "", label)]
-            if wrong:
-                page.locator(f'.card[data-file="{path.name}"] tr[data-task="{wrong[0]}"] select').select_option(
-                    truth[path.stem][wrong[0]])
-                break
-        page.mouse.move(0, 0)
-        page.screenshot(path=str(ROOT / "docs" / "screenshot-web.png"), full_page=True)
+    screenshot(browser, model, real_data, tmp_path / "web.png")
+    assert (tmp_path / "web.png").stat().st_size > 10_000

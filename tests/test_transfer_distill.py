@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from fashiontag.dataset import load_dataset
 from fashiontag.models import create_model
 from fashiontag.train import teacher_probabilities, train
@@ -37,7 +37,8 @@ def test_teachers_give_distributions_and_a_student_learns_from_them(trained, cat
     for t, p in soft.items():
         assert p.shape == (len(rows), len(data.vocabs[t]))
         torch.testing.assert_close(p.sum(1), torch.ones(len(rows)))
-    student = train(tiny_config(catalog.root, tmp_path / "student", teachers=(str(trained),), distill=0.7))
+    student = train(tiny_config(catalog.root, tmp_path / "student", teachers=(str(trained),), distill=0.7,
+                                seller_augment=False))
     meta = json.loads((student / "model.json").read_text())
     assert meta["config"]["teachers"] == [str(trained)]
     assert meta["val_acc"]["baseColour"] > 0.6 and meta["val_acc"]["articleType"] > 0.6

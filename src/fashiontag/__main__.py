@@ -1,3 +1,3 @@
 from fashiontag.cli import app
 
-app()
+app(prog_name="fashiontag")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,28 +23,61 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
     return ece
 
 
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The temperature minimising the NLL of labels y; may be NaN when the logits are."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20))
+
+
 def fit_temperatures(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray]
-                     ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """One temperature per task minimising validation NLL; returns temperatures and ECE before/after."""
-    temps, ece = {}, {}
+                     ) -> tuple[dict[str, float], dict[str, dict]]:
+    """One temperature per task minimising validation NLL; returns the temperatures and, per task, what happened.
+
+    A fitted temperature is kept only when it is finite, positive, and lowers the validation NLL or ECE; otherwise
+    the task keeps 1.0, with a warning line naming it. The record per task: ECE and NLL before and after (with the
+    temperature kept), the fitted temperature, whether it was kept and, if not, why. Values that are not numbers
+    are None, so the record stays valid JSON."""
+    temps, record = {}, {}
     for t, lg in logits.items():
         y = torch.from_numpy(targets[t])
         known = y >= 0
         lg, y = lg[known].float(), y[known]
         if len(y) == 0:
-            temps[t], ece[t] = 1.0, {"before": float("nan"), "after": float("nan")}
+            temps[t], record[t] = 1.0, {"before": None, "after": None, "nll_before": None, "nll_after": None,
+                                        "fitted": None, "kept": False, "why": "no labelled validation photos"}
             continue
-        log_t = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+        fitted = fit_temperature(lg, y)
+        nll, ece = _scores(lg, y)
+        why = None
+        if not (math.isfinite(fitted) and fitted > 0):
+            why = f"the fitted temperature {fitted} is not a positive number"
+        else:
+            nll_t, ece_t = _scores(lg / fitted, y)
+            if nll_t > nll and ece_t > ece:
+                why = (f"T={fitted:.3g} lowers neither the validation NLL ({nll:.4f} -> {nll_t:.4f}) "
+                       f"nor the ECE ({ece:.4f} -> {ece_t:.4f})")
+        temps[t] = fitted if why is None else 1.0
+        if why:
+            print(f"warning: calibration of {t}: {why}; keeping temperature 1.0", file=sys.stderr)
+        nll_after, ece_after = _scores(lg / temps[t], y)
+        record[t] = {"before": _number(ece), "after": _number(ece_after), "nll_before": _number(nll),
+                     "nll_after": _number(nll_after), "fitted": _number(fitted), "kept": why is None, "why": why}
+    return temps, record
 
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(lg / log_t.exp(), y)
-            loss.backward()
-            return loss
 
-        opt.step(closure)
-        temps[t] = float(log_t.detach().exp().clamp(0.05, 20))
-        ece[t] = {"before": expected_calibration_error(lg.softmax(1), y),
-                  "after": expected_calibration_error((lg / temps[t]).softmax(1), y)}
-    return temps, ece
+def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Validation NLL and ECE."""
+    return float(F.cross_entropy(logits, y)), expected_calibration_error(logits.softmax(1), y)
+
+
+def _number(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -10,11 +10,17 @@ from typing import List, Optional
 
 import typer
 
+from fashiontag import __version__
 from fashiontag.catalog import CatalogError
 from fashiontag.config import TrainConfig
+from fashiontag.runlock import RunFolderBusy
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Tag fashion product photos: train, evaluate, explore, predict, tune, export, serve.")
+# Plain click help: rich markup would eat text in brackets and label every option with its Python type.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+SET_HELP = ("any config field as FIELD=VALUE, JSON values (e.g. --set model_args='{\"width\": 48}'); repeatable. "
+            "A field that has its own flag is set by the flag or by --set, not both: --epochs 5 --set epochs=5 "
+            "is an error")
 
 KAGGLE_HINT = ("No catalog given. Pass --data DIR or set FASHIONTAG_DATA to a folder holding styles.csv and images/.\n"
                "Get one: download the Kaggle dataset 'paramaggarwal/fashion-product-images-small'\n"
@@ -36,6 +42,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fashiontag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit")):
+    """Tag fashion product photos: train, evaluate, explore, predict, tune, export, serve."""
+
+
 def _parse_sets(sets: List[str]) -> dict:
     """--set key=value pairs; values are JSON where they parse as JSON, else strings."""
     out = {}
@@ -50,31 +68,60 @@ def _parse_sets(sets: List[str]) -> dict:
     return out
 
 
+def _refuse_both(flags: dict, sets: dict) -> dict:
+    """The flags given (not None); a field given both by its flag and by --set is an error."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    both = sorted(given.keys() & sets.keys())
+    if both:
+        raise ValueError("; ".join(f"--{k.replace('_', '-')} and --set {k}= both given" for k in both))
+    return given
+
+
+def _train_config(config: Optional[Path], flags: dict, sets: dict, need_data: bool = True) -> TrainConfig:
+    """config.json (or the defaults), changed by the flags given and the --set fields.
+
+    data comes from --data or --set, else $FASHIONTAG_DATA, else the config file."""
+    given = _refuse_both(flags, sets)
+    cfg = TrainConfig.load(config) if config else TrainConfig()
+    changes = {**sets, **given}
+    if need_data:
+        changes["data"] = _data(changes.get("data"), cfg.data)
+    return cfg.override(**changes)
+
+
+PROGRESS_HELP = "progress bars (default: on)"
+
+
 @app.command()
 def train(
-    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
-    out: Optional[str] = typer.Option(None, help="run folder [runs/default]"),
-    model: Optional[str] = typer.Option(None, help="model family: rescnn, seed-cnn, mlp, efficientnet-lite0"),
-    epochs: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None),
-    protocol: Optional[str] = typer.Option(None, help="all: every task; seed: the notebook's three tasks and classes"),
-    max_train: Optional[int] = typer.Option(None, help="train on at most this many photos (quick runs)"),
-    seed: Optional[int] = typer.Option(None),
-    config: Optional[Path] = typer.Option(None, help="a config.json to start from"),
-    set_: List[str] = typer.Option([], "--set", help="any config field, e.g. --set model_args='{\"width\": 48}'"),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help=f"run folder (default: {TrainConfig.out})"),
+    model: Optional[str] = typer.Option(None, metavar="NAME",
+                                        help="model family: rescnn (default), seed-cnn, mlp, efficientnet-lite0"),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help="epochs at most; early stopping may end sooner "
+                                         f"(default: {TrainConfig.epochs})"),
+    batch_size: Optional[int] = typer.Option(None, metavar="N",
+                                             help=f"photos per training step (default: {TrainConfig.batch_size})"),
+    lr: Optional[float] = typer.Option(None, metavar="RATE", help=f"peak learning rate (default: {TrainConfig.lr})"),
+    protocol: Optional[str] = typer.Option(None, metavar="all|notebook",
+                                           help="all (default): every task and class; notebook: the original "
+                                           "notebook's three tasks and classes (formerly 'seed')"),
+    max_train: Optional[int] = typer.Option(None, metavar="N", help="train on at most this many photos (quick runs)"),
+    seed: Optional[int] = typer.Option(None, metavar="N", help="random seed of the split, the initial weights and "
+                                       f"augmentation (default: {TrainConfig.seed})"),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="a config.json to start from"),
+    set_: List[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help=SET_HELP),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
-    progress: bool = typer.Option(True),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Train a model; the best checkpoint lands in OUT/best (safetensors + JSON)."""
     from fashiontag.train import train as run_training
-    cfg = TrainConfig.load(config) if config else TrainConfig()
     try:
-        cfg = cfg.override(data=None if resume and not data else _data(data, cfg.data), out=out, model=model, epochs=epochs,
-                           batch_size=batch_size, lr=lr, protocol=protocol, max_train=max_train, seed=seed,
-                           progress=progress, **_parse_sets(set_))
+        cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress),
+                            _parse_sets(set_), need_data=not (resume and not data))
         best = run_training(cfg, resume=resume)
-    except (CatalogError, FileNotFoundError, ValueError) as e:
+    except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130)
@@ -83,13 +130,15 @@ def train(
 
 @app.command()
 def evaluate(
-    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
-    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
-    out: str = typer.Option("reports/latest", help="report folder"),
-    side: str = typer.Option("unseen", help="unseen: every photo the model did not train on (on its own catalog "
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    out: str = typer.Option("reports/latest", metavar="DIR", help="report folder"),
+    side: str = typer.Option("unseen", metavar="SIDE",
+                             help="unseen: every photo the model did not train on (on its own catalog "
                              "the validation and test sides; another catalog: every photo); test, val, train or all"),
     flip: bool = typer.Option(False, help="test-time flip: average each photo with its mirror image"),
-    engine: str = typer.Option("torch", help="torch, onnx or onnx-int8: score the exported model as it will run"),
+    engine: str = typer.Option("torch", metavar="NAME",
+                               help="torch, onnx or onnx-int8: score the exported model as it will run"),
 ):
     """Score a model on its test split; writes report.md, metrics.json and plots."""
     from fashiontag.evaluate import evaluate as run_evaluation
@@ -105,17 +154,20 @@ def evaluate(
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(..., help="image files and folders (searched recursively)"),
-    out: Optional[str] = typer.Option(None, help="output file: .csv, .tsv or .jsonl (default: CSV on stdout)"),
-    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
-    format: Optional[str] = typer.Option(None, help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
-    top_k: int = typer.Option(1, min=1, help="also write the K-1 runners-up per task"),
-    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0,
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively)"),
+    out: Optional[str] = typer.Option(None, metavar="FILE",
+                                      help="output file: .csv, .tsv or .jsonl (default: CSV on stdout)"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    format: Optional[str] = typer.Option(None, metavar="NAME",
+                                         help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
+    top_k: int = typer.Option(1, min=1, metavar="K", help="also write the K-1 runners-up per task"),
+    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, metavar="P",
                                          help="flag tags less sure than this in <task>_needs_review columns "
                                               "(the label is kept)"),
-    batch_size: int = typer.Option(512, min=1, help="photos per batch"),
+    batch_size: int = typer.Option(512, min=1, metavar="N", help="photos per batch"),
     progress: bool = typer.Option(True, help="progress bar on stderr, when stderr is a terminal"),
-    engine: str = typer.Option("torch", help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
+    engine: str = typer.Option("torch", metavar="NAME",
+                               help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
     flip: bool = typer.Option(False, help="test-time flip: a little more accurate, half the speed"),
     on: Optional[str] = typer.Option(None, help="ray or ray://HOST:PORT: tag on a Ray cluster into Parquet shards "
                                                 "in the folder or URI --out; PATHS may be URIs (s3://bucket/prefix/)"),
@@ -173,8 +225,8 @@ def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Option
 
 @app.command()
 def explore(
-    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
-    out: str = typer.Option("reports/explore"),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: str = typer.Option("reports/explore", metavar="DIR", help="report folder", show_default=True),
 ):
     """Class distributions, malformed rows, unusable photos and duplicate groups of a catalog."""
     from fashiontag.explore import explore as run_explore
@@ -182,16 +234,17 @@ def explore(
         s = run_explore(_data(data), out)
     except CatalogError as e:
         _fail(str(e))
-    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} malformed, {len(s['unusable_photos'])} unusable photos, "
-               f"{s['duplicate_groups']:,} duplicate groups; report: {Path(out) / 'explore.md'}")
+    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in styles.csv, "
+               f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups; "
+               f"report: {Path(out) / 'explore.md'}")
 
 
 @app.command()
 def run(
-    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
-    out: str = typer.Option("runs/default"),
-    report: str = typer.Option("reports/default"),
-    resume: bool = typer.Option(False),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    out: str = typer.Option("runs/default", metavar="DIR", help="run folder", show_default=True),
+    report: str = typer.Option("reports/default", metavar="DIR", help="report folder", show_default=True),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out, if it saved resume state"),
 ):
     """The main job of `make run`: train the default recipe, then evaluate it on the test split."""
     from fashiontag.evaluate import evaluate as run_evaluation
@@ -201,7 +254,13 @@ def run(
     except typer.BadParameter as e:
         typer.secho(str(e.message), fg="yellow", err=True)
         raise typer.Exit(2)
-    best = run_training(TrainConfig(data=d, out=out), resume=resume and (Path(out) / "last").exists())
+    if resume and not (Path(out) / "last").exists():
+        typer.echo(f"nothing to resume: {Path(out) / 'last'} does not exist; training from scratch", err=True)
+        resume = False
+    try:
+        best = run_training(TrainConfig(data=d, out=out), resume=resume)
+    except (CatalogError, RunFolderBusy) as e:
+        _fail(str(e))
     summary = run_evaluation(d, best, report, side="test")
     for t, m in summary["tasks"].items():
         typer.echo(f"{t:15s} test accuracy {m['accuracy']:.2%}")
@@ -210,11 +269,12 @@ def run(
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
-    port: int = typer.Option(8000, min=1, max=65535),
-    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
+    host: str = typer.Option("127.0.0.1", metavar="HOST", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, metavar="PORT", min=1, max=65535),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     access_log: bool = typer.Option(True, help="log every request (off: a little faster under heavy load)"),
-    engine: str = typer.Option("onnx", help="onnx (fastest on a service's small batches), torch or onnx-int8"),
+    engine: str = typer.Option("onnx", metavar="NAME",
+                               help="onnx (fastest on a service's small batches), torch or onnx-int8"),
 ):
     """Serve the web page (/) and the HTTP API (POST /v1/tag, docs at /docs), batching concurrent requests."""
     from fashiontag.serve import serve as run_server
@@ -226,11 +286,12 @@ def serve(
 
 @app.command()
 def export(
-    model: Optional[str] = typer.Option(None, help="model folder (default: the shipped model)"),
-    out: Optional[str] = typer.Option(None, help="output file (default: MODEL/model.onnx)"),
-    format: str = typer.Option("onnx", help="onnx (the only format so far)"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    out: Optional[str] = typer.Option(None, metavar="FILE", help="output file (default: MODEL/model.onnx)"),
+    format: str = typer.Option("onnx", metavar="NAME", help="onnx (the only format so far)"),
     int8: bool = typer.Option(False, "--int8", help="also write an int8-quantized model beside it (*.int8.onnx)"),
-    calibration: List[str] = typer.Option([], help="photos or folders to calibrate int8 on (default: the training "
+    calibration: List[str] = typer.Option([], metavar="PATH",
+                                          help="photos or folders to calibrate int8 on (default: the training "
                                                    "catalog)"),
 ):
     """Export a model to ONNX (dynamic batch, input 'image' float (N,3,80,60) in [0,1], logits per task)."""
@@ -247,36 +308,35 @@ def export(
 
 @app.command()
 def tune(
-    data: Optional[str] = typer.Option(None, help="catalog folder (default: $FASHIONTAG_DATA)"),
-    model: str = typer.Option("seed-cnn", help="search space: seed-cnn (the notebook's dimensions) or rescnn"),
-    trials: int = typer.Option(20, min=1, help="trials to add to the study"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per trial"),
-    max_train: Optional[int] = typer.Option(None, help="train each trial on at most this many photos"),
-    out: str = typer.Option("runs/tune", help="folder: trial-N/ runs, study.db, best.json, plots"),
-    study: Optional[str] = typer.Option(None, help="study name (default: the model name); continued if it exists"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
-    timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
-    config: Optional[Path] = typer.Option(None, help="a config.json to start from"),
-    set_: List[str] = typer.Option([], "--set", help="any config field, fixed for every trial"),
-    progress: bool = typer.Option(True),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    model: Optional[str] = typer.Option(None, metavar="NAME", help="search space: seed-cnn (default; the notebook's "
+                                        "dimensions) or rescnn"),
+    trials: int = typer.Option(20, min=1, metavar="N", help="trials to add to the study", show_default=True),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help=f"epochs per trial (default: {TrainConfig.epochs})"),
+    max_train: Optional[int] = typer.Option(None, metavar="N", help="train each trial on at most this many photos"),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help="folder: trial-N/ runs, study.db, best.json, plots "
+                                      "(default: runs/tune)"),
+    study: Optional[str] = typer.Option(None, metavar="NAME",
+                                        help="study name (default: the model name); continued if it exists"),
+    storage: Optional[str] = typer.Option(None, metavar="URL",
+                                          help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
+    timeout: Optional[float] = typer.Option(None, metavar="SECONDS", help="stop starting trials after this long"),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="a config.json to start from"),
+    set_: List[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="the same for every trial: " + SET_HELP),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Search hyper-parameters with Optuna (TPE, median pruning); resumable, writes best.json and plots."""
     from fashiontag.tune import tune as run_tune
-    cfg = TrainConfig.load(config) if config else TrainConfig()
     try:
-        cfg = cfg.override(data=_data(data, cfg.data), epochs=epochs, max_train=max_train, progress=progress,
-                           **_parse_sets(set_))
-        summary = run_tune(cfg, trials, study or model, storage, model, timeout, out)
+        sets = _parse_sets(set_)
+        _refuse_both(dict(model=model, out=out), sets)
+        # --model and --out (or --set model=, out=) are the search space and the study's folder, not trial settings.
+        space = sets.pop("model", None) or model or "seed-cnn"
+        folder = sets.pop("out", None) or out or "runs/tune"
+        cfg = _train_config(config, dict(data=data, epochs=epochs, max_train=max_train, progress=progress), sets)
+        summary = run_tune(cfg, trials, study or space, storage, space, timeout, folder)
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130)
-    typer.echo(f"best.json: {Path(out) / 'best.json'}" + ("" if summary["best"] else " (no trial completed)"))
-
-
-def main() -> None:
-    app(prog_name="fashiontag")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    typer.echo(f"best.json: {Path(folder) / 'best.json'}" + ("" if summary["best"] else " (no trial completed)"))

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fashiontag import TASKS
+
+# "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
+PROTOCOLS = ("all", "notebook")
+SCHEDULES = ("cosine", "constant")
+
+
+def protocol_name(protocol: str) -> str:
+    """The protocol's current name; "seed" is still accepted for "notebook", with a warning."""
+    if protocol == "seed":
+        warnings.warn('protocol "seed" is now called "notebook"; "seed" will stop working', FutureWarning,
+                      stacklevel=3)
+        return "notebook"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
+    return protocol
 
 
 @dataclass
@@ -17,18 +35,20 @@ class TrainConfig:
     model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
     pretrained: bool = False           # start from the family's ImageNet weights (efficientnet-lite0)
     tasks: tuple[str, ...] = TASKS
-    protocol: str = "all"              # "all" tasks and classes, or "seed": the original notebook's filtering
+    protocol: str = "all"              # "all" tasks and classes, or "notebook": the original notebook's filtering
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "adamw"           # adamw, or rmsprop as in the notebook
     lr: float = 3e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"           # cosine decay after warm-up, or "constant"
+    schedule: str = "cosine"           # after warm-up: "cosine" decay or "constant"
     label_smoothing: float = 0.1
     loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
     class_weighting: bool = False      # weight rare classes up by 1/sqrt(frequency)
-    augment: bool = True               # horizontal flips and small shifts/scales; never colour changes
+    augment: bool = True               # flips and small shifts/scales (and with seller_augment, much more)
+    seller_augment: bool = True        # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
+    framing: bool = True               # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
@@ -47,6 +67,15 @@ class TrainConfig:
     checkpoint_minutes: float = 2.0    # also save resume state this often inside an epoch
     progress: bool = True
 
+    def __post_init__(self):
+        """Every value is checked against its field's type, however the config was made; errors name the field."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), hints[f.name]))
+        self.protocol = protocol_name(self.protocol)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"config field schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
@@ -56,10 +85,6 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        d = dict(d)
-        for key in ("tasks", "teachers"):
-            if key in d:
-                d[key] = (d[key],) if isinstance(d[key], str) else tuple(d[key])
         return cls(**d)
 
     @classmethod
@@ -71,3 +96,38 @@ class TrainConfig:
         d = asdict(self)
         d.update({k: v for k, v in changes.items() if v is not None})
         return self.from_dict(d)
+
+
+def _checked(name: str, value, annotation):
+    """value, converted where JSON cannot say it (an int for a float, a list for a tuple), if it fits annotation."""
+    error = ValueError(f"config field {name}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r}")
+    if isinstance(annotation, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _checked(name, value, option)
+            except ValueError:
+                pass
+        raise error
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise error
+    origin = typing.get_origin(annotation)
+    if origin is tuple:  # tuple[str, ...]; a single string is a tuple of one
+        item = typing.get_args(annotation)[0]
+        items = (value,) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, item) for v in items):
+            raise error
+        return tuple(items)
+    # bool is an int to Python, but `epochs=true` is a mistake, not 1.
+    if isinstance(value, bool) and annotation is not bool:
+        raise error
+    if annotation is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, origin or annotation):
+        raise error
+    return value
+
+
+def _type_name(annotation) -> str:
+    return str(annotation) if typing.get_args(annotation) else annotation.__name__

@@ -74,7 +74,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     split_path = tagger.model_dir / "split.json"
     cfg = tagger.meta.get("config", {})
     ds = load_dataset(data, protocol=cfg.get("protocol", "all"), split_path=split_path, vocabs=tagger.vocabs,
-                      cache_dir=cache_dir, progress=progress)
+                      cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing)
     if not split_path.exists():
         print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
     rows, side = rows_to_score(ds, side)

@@ -33,7 +33,7 @@ def explore(data: str | Path, out: str | Path = "reports/explore", cache_dir: st
     out.mkdir(parents=True, exist_ok=True)
     (out / "explore.json").write_text(json.dumps(summary, indent=1))
     plots.class_distributions(out / "class_distributions.png", counts, "catalog rows per class")
-    lines = [f"# Catalog `{data}`", "", f"- {len(catalog):,} rows; {len(catalog.problems)} malformed rows skipped",
+    lines = [f"# Catalog `{data}`", "", f"- {len(catalog):,} rows; {len(catalog.problems)} problems in styles.csv (listed below)",
              f"- {cache.report()}",
              f"- {len(dup_groups):,} groups of re-listed photos (equal perceptual hash) holding "
              f"{summary['photos_in_duplicate_groups']:,} photos; largest: {[len(g) for g in dup_groups[:5]]}",

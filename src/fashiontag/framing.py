@@ -11,9 +11,10 @@ whether they were trained with it: model.json's preprocess.framing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageFilter
 
 RING = 0.04           # border ring sampled for the background, as a share of the short side (at least 1 pixel)
 UNIFORM_SHARE = 0.75  # share of ring pixels that must match the background colour for it to count as plain
@@ -36,40 +37,47 @@ class Framing:
 
 def find_product(img: Image.Image) -> Framing | None:
     """The product's box against a plain background (RGB image), or None when the photo has no plain border or
-    no clear product."""
+    no clear product. PIL's C operations throughout: framing runs on every photo, and must cost little beside
+    decoding it."""
     small = img if max(img.size) <= MASK_SIDE else img.copy()
     if small is not img:
         small.thumbnail((MASK_SIDE, MASK_SIDE), Image.BILINEAR)
-    a = np.asarray(small, dtype=np.int16)
-    h, w, _ = a.shape
+    w, h = small.size
     r = max(1, round(RING * min(h, w)))
-    if h <= 2 * r or w <= 2 * r:
+    if h <= 2 * r + 2 or w <= 2 * r + 2:
         return None
-    ring = np.concatenate([a[:r].reshape(-1, 3), a[-r:].reshape(-1, 3),
-                           a[r:-r, :r].reshape(-1, 3), a[r:-r, -r:].reshape(-1, 3)])
-    background = np.median(ring, axis=0)
-    if (_distance(ring, background) <= TOLERANCE).mean() < UNIFORM_SHARE:
+    ring, ring_pixels = _ring_mask(small.size, r)
+    counts = np.asarray(small.histogram(ring)).reshape(3, 256).cumsum(1)
+    background = tuple(int(np.searchsorted(c, ring_pixels / 2)) for c in counts)  # the ring's median colour
+    if sum(background) / 3 < BACKGROUND_MIN_BRIGHTNESS or max(background) - min(background) > BACKGROUND_MAX_CHROMA:
         return None
-    if background.mean() < BACKGROUND_MIN_BRIGHTNESS or np.ptp(background) > BACKGROUND_MAX_CHROMA:
+    channels = ImageChops.difference(small, Image.new("RGB", small.size, background)).split()
+    product = ImageChops.lighter(ImageChops.lighter(channels[0], channels[1]), channels[2]).point(_THRESHOLD)
+    if product.histogram(ring)[255] > (1 - UNIFORM_SHARE) * ring_pixels:
         return None
-    product = _distance(a, background) > TOLERANCE
-    # A row or column belongs to the product where enough of its pixels do: single noisy pixels do not count.
-    rows = np.flatnonzero(product.sum(1) > max(1, 0.01 * w))
-    cols = np.flatnonzero(product.sum(0) > max(1, 0.01 * h))
-    if len(rows) == 0 or len(cols) == 0 or product.sum() < MIN_PRODUCT * h * w:
+    if product.histogram()[255] < MIN_PRODUCT * w * h:
         return None
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    # Smoothed and thresholded again: single noisy pixels (JPEG ringing, dust) do not stretch the box.
+    box = product.filter(ImageFilter.BoxBlur(1)).point(_MAJORITY).getbbox()
+    if box is None:
+        return None
+    left, top, right, bottom = box
     my, mx = max(1, round(MARGIN * (bottom - top))), max(1, round(MARGIN * (right - left)))
     sx, sy = img.width / w, img.height / h
     box = (max(0, int((left - mx) * sx)), max(0, int((top - my) * sy)),
            min(img.width, int(np.ceil((right + mx) * sx))), min(img.height, int(np.ceil((bottom + my) * sy))))
-    return Framing(box, tuple(int(round(c)) for c in background))
+    return Framing(box, background)
 
 
-def _distance(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Largest channel difference from colour, per pixel (numpy's max over a last axis of 3 is slow)."""
-    d = np.abs(pixels - colour.astype(np.int16))
-    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+_THRESHOLD = [255 if v > TOLERANCE else 0 for v in range(256)]
+_MAJORITY = [255 if v >= 255 * 5 / 9 - 1 else 0 for v in range(256)]  # most of the 9 pixels around are product
+
+
+@lru_cache(maxsize=64)
+def _ring_mask(size: tuple[int, int], r: int) -> tuple[Image.Image, int]:
+    mask = Image.new("L", size, 255)
+    mask.paste(0, (r, r, size[0] - r, size[1] - r))
+    return mask, size[0] * size[1] - (size[0] - 2 * r) * (size[1] - 2 * r)
 
 
 def frame(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int] | None]:

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,13 +20,15 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from fashiontag import INPUT_HW, __version__
+from fashiontag.augment import COLOUR_TASKS, seller_augment, studio_augment
 from fashiontag.calibration import fit_temperatures
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
-from fashiontag.dataset import Dataset, load_dataset
+from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
 from fashiontag.model_meta import load_meta
 from fashiontag.models import create_model
+from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
 from fashiontag.tagger import Tagger
 
@@ -39,19 +42,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a small random scale and shift. No colour change: baseColour is a task."""
-    n = x.shape[0]
-    r = torch.rand(n, 4, generator=gen).to(x.device)
-    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-    scale = 1 + (r[:, 1] - 0.5) * 0.2             # 0.9 .. 1.1
-    theta = torch.zeros(n, 2, 3, device=x.device)
-    theta[:, 0, 0] = flip / scale
-    theta[:, 1, 1] = 1 / scale
-    theta[:, :, 2] = (r[:, 2:] - 0.5) * 0.16       # up to 4% of the side either way
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Shift towards 0 so out-of-frame pixels come in as the white catalog background.
-    return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: bool
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's augmentation of a batch (see augment.py); with seller, also which photos keep true colours."""
+    if seller:
+        return seller_augment(x, pixels, gen)
+    return studio_augment(x, gen), None
 
 
 def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
@@ -70,7 +66,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def teacher_probabilities(teachers: tuple[str, ...], data: Dataset, pixels: np.ndarray, device: torch.device,
+def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, pixels: np.ndarray, device: torch.device,
                           bf16: bool) -> dict[str, torch.Tensor]:
     """The teachers' calibrated probabilities per task for these photos, averaged over teachers and flips.
 
@@ -132,12 +128,23 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best).
 
     on_epoch(epoch, mean_val_score), if given, is called on rank 0 after each validation; an exception it raises
-    (e.g. optuna.TrialPruned) stops training and propagates."""
+    (e.g. optuna.TrialPruned) stops training and propagates. A second training on the same folder is refused
+    (RunFolderBusy)."""
+    # Under torchrun, rank 0 holds the lock for all ranks of its run.
+    with run_lock(cfg.out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        return _train(cfg, resume, on_epoch)
+
+
+def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     out = Path(cfg.out)
     if resume:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
+    state = load_state(out / "last") if resume else None
+    if resume and state is None:
+        raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
+                                "before saving any); train again without --resume")
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -152,7 +159,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     split_file = out / "split.json"
     data = load_dataset(cfg.data, cfg.tasks, cfg.protocol, split_path=cfg.split or split_file,
                         min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None,
-                        progress=cfg.progress and main)
+                        progress=cfg.progress and main, framing=cfg.framing)
     if main:
         cfg.save(out / "config.json")
         save_split(data.split, split_file)
@@ -218,8 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
 
-    epoch, step_in_epoch, best_score, stale, history = 0, 0, -1.0, 0, []
-    state = load_state(out / "last") if resume else None
+    epoch, step_in_epoch, best_score, stale, history, partial_epoch = 0, 0, -1.0, 0, [], None
     if state is not None:
         tensors, info = state
         raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -230,6 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
         torch.set_rng_state(tensors["torch_rng"])
         epoch, step_in_epoch, best_score, stale, history = (info["epoch"], info["step_in_epoch"], info["best_score"],
                                                             info["stale"], info["history"])
+        partial_epoch = info.get("partial_epoch")
         if main:
             tqdm.write(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch}")
 
@@ -243,8 +250,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
         tensors.update(opt_tensors)
         tensors["aug_rng"] = aug_gen.get_state()
         tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from it
+        # The interrupted epoch's running totals, so that its history entry counts every step.
+        partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": time.time() - t0}
         save_state(out / "last", tensors, {"epoch": ep, "step_in_epoch": st, "best_score": best_score,
-                                           "stale": stale, "history": history, "param_groups": param_groups})
+                                           "stale": stale, "history": history, "param_groups": param_groups,
+                                           "partial_epoch": partial})
 
     interrupted = {"flag": False}
 
@@ -261,6 +271,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
             correct = {t: 0 for t in heads}
             seen = {t: 0 for t in heads}
             loss_sum, last_save, t0 = 0.0, time.time(), time.time()
+            if step_in_epoch and partial_epoch:
+                loss_sum, correct, seen = partial_epoch["loss_sum"], partial_epoch["correct"], partial_epoch["seen"]
+                t0 -= partial_epoch["seconds"]
             bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
             for step in range(step_in_epoch, steps_per_epoch):
@@ -268,7 +281,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
                 x = torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
                 if cfg.augment:
-                    x = augment(x, aug_gen)
+                    x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
+                    for t in COLOUR_TASKS & y.keys() if colour_ok is not None else ():
+                        y[t] = torch.where(colour_ok, y[t], -1)  # strongly relit: its colour is not the label
                 lam, partner = 1.0, None
                 if cfg.mixup > 0:
                     lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
@@ -300,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
                     correct[t] += int((lg.argmax(1)[known] == y[t][known]).sum())
                     seen[t] += int(known.sum())
                 bar.update(1)
-                bar.set_postfix({"loss": f"{loss_sum / (step - step_in_epoch + 1):.3f}",
+                bar.set_postfix({"loss": f"{loss_sum / (step + 1):.3f}",
                                  **{t[:6]: f"{correct[t] / max(seen[t], 1):.3f}" for t in heads}})
                 if interrupted["flag"] or time.time() - last_save > cfg.checkpoint_minutes * 60:
                     save_resume_state(epoch, step + 1)
@@ -337,8 +352,12 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
                 stale = int(flag)
             save_resume_state(epoch, 0)
     except KeyboardInterrupt:
-        if main:
-            tqdm.write(f"interrupted: state saved in {out / 'last'}; continue with `fashiontag train --resume --out {out}`")
+        # Ctrl-C stops mid-step: what resumes is the last state saved (each epoch, each checkpoint_minutes, SIGTERM).
+        if main and (out / "last").exists():
+            tqdm.write(f"interrupted: continue from the state last saved in {out / 'last'} with "
+                       f"`fashiontag train --resume --out {out}`")
+        elif main:
+            tqdm.write("interrupted before any resume state was saved: train again without --resume")
         raise
     finally:
         if previous is not None:
@@ -351,15 +370,16 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
     return out / "best"
 
 
-def model_meta(cfg: TrainConfig, data: Dataset, history: list, val_acc: dict, seconds: float) -> dict:
+def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
     return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW),
+            "preprocess": {"framing": cfg.framing},
             "vocabs": data.vocabs, "hierarchy": data.hierarchy(), "config": json.loads(json.dumps(cfg.__dict__)),
             "val_acc": val_acc, "history": history, "train_seconds": round(seconds, 1),
             "temperatures": {t: 1.0 for t in data.vocabs}}
 
 
-def finish_model(folder: Path, data: Dataset, device: torch.device, bf16: bool, channels_last: bool,
+def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
     """Calibrate the best model's confidences on the validation split and record the full history."""
     model, meta = load_model(folder, device=str(device))
@@ -369,5 +389,9 @@ def finish_model(folder: Path, data: Dataset, device: torch.device, bf16: bool, 
     temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
     meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
     save_model(folder, model, meta, data.split)
-    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {ece[t]['before']:.3f}->{ece[t]['after']:.3f}"
+    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}"
                                           for t in temps))
+
+
+def _ece(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -93,13 +93,16 @@
     return groups;
   }
 
+  // The server judges which tags need review, against the threshold sent with the photos.
   async function upload(items) {
     for (const group of chunk(items)) {
       const form = new FormData();
       group.forEach((item) => form.append("files", item.file, item.name));
+      const threshold = state.threshold;
       let body = null, status = 0;
       try {
-        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true`, { method: "POST", body: form });
+        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true&min_confidence=${threshold}`,
+          { method: "POST", body: form });
         status = res.status;
         body = await res.json();
       } catch (err) {
@@ -109,9 +112,9 @@
       if (status === 200 && Array.isArray(body.results)) {
         body.results.forEach((r, i) => {
           const item = group[i];
-          if (!item) return;
+          if (!item || !state.items.includes(item)) return; // removed meanwhile
           if (r.error) fail(item, r.error);
-          else { item.status = "done"; item.tags = r.tags; render(item); }
+          else { item.status = "done"; item.tags = r.tags; item.threshold = threshold; render(item); }
         });
       } else {
         const perFile = new Map((body && body.files || []).map((f) => [f.index, f.reason]));
@@ -119,6 +122,8 @@
         group.forEach((item, i) => fail(item, perFile.get(i) || message));
       }
       updateSummary();
+      // The threshold moved while these were on their way: ask again, so every flag shown is the server's.
+      if (threshold !== state.threshold) upload(group.filter((item) => item.status === "done"));
     }
   }
 
@@ -131,9 +136,7 @@
 
   // ------------------------------------------------------------------ labels
   function modelLabel(item, task) {
-    const t = item.tags[task];
-    const label = t.best_guess || t.label;
-    return t.confidence * 100 < state.threshold ? (state.model.unknown_label || "unknown") : label;
+    return item.tags[task].label;
   }
 
   function finalLabel(item, task) {
@@ -194,10 +197,14 @@
     const tr = document.createElement("tr");
     tr.dataset.task = task;
     tr.classList.toggle("corrected", task in item.corrected);
-    tr.classList.toggle("unknown", shown === (state.model.unknown_label || "unknown"));
+    const review = t.needs_review && !(task in item.corrected);
+    tr.classList.toggle("review", review);
+    const notes = [];
+    if (review) notes.push(`needs review: less sure than ${(item.threshold * 100).toFixed(0)}%`);
     if (t.top && t.top.length > 1) {
-      tr.title = "model: " + t.top.map((c) => `${c.label} ${(c.confidence * 100).toFixed(0)}%`).join(", ");
+      notes.push("model: " + t.top.map((c) => `${c.label} ${(c.confidence * 100).toFixed(0)}%`).join(", "));
     }
+    if (notes.length) tr.title = notes.join("\n");
     const name = document.createElement("td");
     name.className = "task";
     name.textContent = TASK_NAMES[task] || task;
@@ -205,7 +212,7 @@
     const pick = document.createElement("td");
     const select = document.createElement("select");
     select.setAttribute("aria-label", `${TASK_NAMES[task] || task} of ${item.name}`);
-    const options = [...state.model.classes[task], state.model.unknown_label || "unknown"];
+    const options = [...state.model.classes[task]];
     if (!options.includes(shown)) options.unshift(shown);
     for (const label of options) {
       const o = document.createElement("option");
@@ -250,9 +257,12 @@
     const errors = state.items.filter((i) => i.status === "error").length;
     const pending = n - done - errors;
     const edits = state.items.reduce((s, i) => s + Object.keys(i.corrected).length, 0);
+    const reviews = state.items.filter((i) => i.status === "done").reduce((s, i) => s + state.model.tasks
+      .filter((t) => i.tags[t].needs_review && !(t in i.corrected)).length, 0);
     const parts = [`${n} photo${n === 1 ? "" : "s"}`, `${done} tagged`];
     if (pending) parts.push(`${pending} waiting`);
     if (errors) parts.push(`${errors} could not be read`);
+    if (reviews) parts.push(`${reviews} tag${reviews === 1 ? "" : "s"} to review`);
     if (edits) parts.push(`${edits} tag${edits === 1 ? "" : "s"} corrected`);
     $("#summary").textContent = n ? parts.join(" · ") : "No photos yet.";
     $("#download").disabled = !(done + errors);
@@ -270,16 +280,16 @@
   function toCsv() {
     const tasks = state.model.tasks;
     const header = ["file"];
-    tasks.forEach((t) => header.push(t, `${t}_confidence`, `${t}_model`, `${t}_corrected`));
+    tasks.forEach((t) => header.push(t, `${t}_confidence`, `${t}_needs_review`, `${t}_model`, `${t}_corrected`));
     header.push("error");
     const lines = [header];
     for (const item of state.items) {
       const row = [item.name];
       for (const t of tasks) {
         if (item.status === "done") {
-          row.push(finalLabel(item, t), item.tags[t].confidence.toFixed(4), modelLabel(item, t),
-            t in item.corrected ? "yes" : "");
-        } else row.push("", "", "", "");
+          row.push(finalLabel(item, t), item.tags[t].confidence.toFixed(4), item.tags[t].needs_review ? "yes" : "",
+            modelLabel(item, t), t in item.corrected ? "yes" : "");
+        } else row.push("", "", "", "", "");
       }
       row.push(item.status === "error" ? item.error : "");
       lines.push(row);
@@ -317,11 +327,10 @@
   window.addEventListener("drop", (e) => e.preventDefault());
 
   const slider = $("#threshold");
-  slider.addEventListener("input", () => {
-    state.threshold = Number(slider.value);
-    $("#threshold-value").textContent = `${slider.value}%`;
-    state.items.forEach(render);
-    updateSummary();
+  slider.addEventListener("input", () => { $("#threshold-value").textContent = `${slider.value}%`; });
+  slider.addEventListener("change", () => {
+    state.threshold = Number(slider.value) / 100;
+    upload(state.items.filter((item) => item.status === "done"));
   });
   $("#download").addEventListener("click", download);
   $("#clear").addEventListener("click", () => { [...state.items].forEach(remove); showNotice(""); });

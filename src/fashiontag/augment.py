@@ -1,0 +1,119 @@
+"""Training augmentations: the catalog's studio shots turned into what sellers upload.
+
+`studio_augment` is the catalog-only recipe (flips, small shifts and scales, nothing else). `seller_augment` adds
+what a seller's phone does: the product smaller or larger and off-centre, tilted, on another background (flat
+colours, gradients, noise), under other light (exposure, contrast, gamma, white balance), blurred or softened.
+Colour is a task, so photometric changes beyond a mild range return colour_ok False for that photo and training
+leaves its colour loss out (the other tasks still learn from it).
+
+Both take float (N, 3, H, W) photos in [0, 1] on the training device and a torch.Generator; seller_augment also
+takes the uint8 photos the batch was made from, to find each photo's studio background.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+# Photometric factors within these bounds (as |log factor|) keep colours true enough for the colour head.
+MILD = math.log(1.15)
+COLOUR_TASKS = {"baseColour"}  # tasks whose loss skips strongly relit photos
+NEAR_WHITE = 243                # the studio background, JPEG noise included
+MAX_BACKGROUND_SHARE = 0.7
+
+
+def studio_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a small random scale and shift. No colour change: baseColour is a task."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen).to(x.device)
+    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
+    scale = 1 + (r[:, 1] - 0.5) * 0.2             # 0.9 .. 1.1
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = flip / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = (r[:, 2:] - 0.5) * 0.16       # up to 4% of the side either way
+    return _warp(x, theta)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Shifted towards 0 so that out-of-frame pixels come in as the white catalog background (1 in every channel).
+    return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+
+
+def background_mask(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32, 1 where a photo shows the studio background: near-white pixels connected to the border
+    (a white shirt's inside is not connected, so it stays)."""
+    masks = np.zeros(pixels.shape[:3], np.float32)
+    for i, photo in enumerate(pixels):
+        labels, _ = ndimage.label((photo >= NEAR_WHITE).all(2))
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        masks[i] = np.isin(labels, border[border > 0])
+    return masks
+
+
+def _backgrounds(n: int, h: int, w: int, gen: torch.Generator, device) -> torch.Tensor:
+    """Random seller backgrounds: flat colours, linear gradients and noisy textures, mostly light and muted."""
+    r = torch.rand(n, 8, generator=gen)
+    base = 0.35 + 0.6 * r[:, :1] + 0.15 * (r[:, 1:4] - 0.5)        # a muted colour, light more often than dark
+    other = base + 0.3 * (r[:, 4:7] - 0.5)
+    vertical = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
+    horizontal = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+    ramp = torch.where((r[:, 7] < 0.5).view(n, 1, 1, 1), vertical, horizontal)
+    kind = torch.randint(0, 3, (n,), generator=gen)
+    flat = base.view(n, 3, 1, 1).expand(n, 3, h, w)
+    gradient = base.view(n, 3, 1, 1) + (other - base).view(n, 3, 1, 1) * ramp
+    noise = base.view(n, 3, 1, 1) + 0.08 * torch.randn(n, 1, h, w, generator=gen)
+    bg = torch.where((kind == 0).view(n, 1, 1, 1), flat, torch.where((kind == 1).view(n, 1, 1, 1), gradient, noise))
+    return bg.clamp(0, 1).to(device)
+
+
+def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photos as sellers shoot them, and per photo whether its colours are still true (see the module)."""
+    n, _, h, w = x.shape
+    device = x.device
+    r = torch.rand(n, 12, generator=gen)
+    # Geometry: flip, zoom out to 0.6 or in to 1.15, shift up to 10% of the side, tilt up to 15 degrees. The
+    # background mask travels with the photo, so what the warp brings in is background too.
+    replace = r[:, 7] < 0.5  # these photos get another background (masks are only needed for them)
+    mask = torch.zeros(n, 1, h, w)
+    if replace.any():
+        mask[replace] = torch.from_numpy(background_mask(pixels[replace.numpy()])).unsqueeze(1)
+    mask = mask.to(device)
+    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
+    scale = torch.where(r[:, 1] < 0.5, 0.6 + 0.4 * r[:, 2], 1 + 0.15 * r[:, 2])
+    angle = (r[:, 3] - 0.5) * 2 * math.radians(15) * (r[:, 4] < 0.6)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = flip * cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = flip * sin * w / h, cos
+    theta[:, :, 2] = (r[:, 5:7] - 0.5) * 0.2
+    warped = _warp(torch.cat([x, mask], 1), theta.to(device))
+    x, mask = warped[:, :3], warped[:, 3:]
+    # Not where the "background" is most of the photo: that is a white product merging with the studio white,
+    # and replacing it would paint the product over.
+    replace = (replace.to(device) & (mask.mean((1, 2, 3)) < MAX_BACKGROUND_SHARE)).view(n, 1, 1, 1)
+    x = torch.where(replace, x * (1 - mask) + _backgrounds(n, h, w, gen, device) * mask, x)
+    # Light: exposure, contrast, gamma and white balance, each drawn log-uniformly: mild for half the photos
+    # (colours stay true), strong for a third (their colour label is dropped), unchanged for the rest.
+    p = torch.rand(n, 6, generator=gen) * 2 - 1
+    strong_range = torch.tensor([math.log(1.45), math.log(1.25), math.log(1.3)] + [math.log(1.12)] * 3)
+    strong = r[:, 8] < 0.35
+    mild = (r[:, 8] >= 0.35) & (r[:, 8] < 0.85)
+    logs = p * torch.where(strong.view(n, 1), strong_range, torch.full((6,), MILD)) * (strong | mild).view(n, 1)
+    f = logs.exp().to(device)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x * f[:, 0].view(n, 1, 1, 1) - mean) * f[:, 1].view(n, 1, 1, 1) + mean
+    x = x.clamp(1e-4, 1) ** f[:, 2].view(n, 1, 1, 1)
+    x = x * f[:, 3:6].view(n, 3, 1, 1)
+    colour_ok = (~strong).to(device)
+    # Softness: the detail lost to a low-resolution or shaky camera, for one photo in ten.
+    soft = (r[:, 9] < 0.1).to(device).view(n, 1, 1, 1)
+    small = F.interpolate(x, scale_factor=0.65, mode="bilinear", align_corners=False, antialias=True)
+    x = torch.where(soft, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
+    return x.clamp(0, 1).contiguous(memory_format=torch.channels_last), colour_ok

@@ -1,0 +1,280 @@
+"""The app: routes, options, model description, and how uvicorn runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from fashiontag import __version__
+from fashiontag.images import MAX_PIXELS
+from fashiontag.serve.batching import MicroBatcher
+from fashiontag.serve.errors import ErrorBody, ServeError, error_response
+from fashiontag.serve.protocol import timely_http
+from fashiontag.serve.schema import MAX_TOP_K, TagAnswer, TagForm, TagOptions
+from fashiontag.serve.uploads import MiB, decode_uploads, read_form
+from fashiontag.tagger import Tagger
+
+WEB_DIR = Path(__file__).parent.parent / "web"
+WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+OPTION_FIELDS = tuple(TagOptions.model_fields)
+# A service's passes are small (a few photos each); at 1-16 photos onnxruntime's passes take a quarter to half the
+# time of torch's, whose bf16 kernels pay a fixed cost per call (benchmarks/speed.py prints both).
+SERVE_ENGINE = "onnx"
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its handlers print it next to uvicorn's lines
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def model_info(tagger: Tagger, limits: dict) -> dict:
+    return tagger.info() | {"server_version": __version__, "limits": limits}
+
+
+def _web_files() -> dict[str, tuple[bytes, str]]:
+    """Everything in web/, read once: requests pick from this dict by exact name, never by opening a path."""
+    files = {}
+    if WEB_DIR.is_dir():
+        for p in sorted(WEB_DIR.iterdir()):
+            if p.is_file() and p.suffix in WEB_TYPES:
+                files[p.name] = (p.read_bytes(), WEB_TYPES[p.suffix])
+    return files
+
+
+class HeadAsGet:
+    """HEAD is GET without the body (RFC 9110), but FastAPI's GET routes answer HEAD with 405. The route sees GET;
+    uvicorn, which still sees HEAD in its own copy of the request, leaves the body out."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
+def _problems(errors: list[dict], where: str) -> str:
+    return "; ".join(f"{err['loc'][-1]} ({where}): {err['msg']}, got {err.get('input')!r}" for err in errors)
+
+
+TAG_BODY = {"required": True, "content": {"multipart/form-data": {"schema": TagForm.model_json_schema()}}}
+TAG_REFUSALS = {
+    400: "malformed form, no files, unknown field",
+    408: "the upload stalled mid-body",
+    413: "a photo or the whole upload too large, or too many files",
+    415: "not multipart/form-data, or a file whose content type is not an image",
+    422: "a file that is not a readable image (empty, truncated, zero-pixel, too many pixels), or a bad option",
+    503: "model still loading, or too many photos or uploads waiting",
+}
+
+
+def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_files: int = 64,
+               max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 0.0,
+               max_queue: int = 4096, max_uploads: int = 128, body_timeout: float = 30.0,
+               threads: int | None = None, decode_threads: int | None = None, tagger: Tagger | None = None,
+               engine: str = SERVE_ENGINE) -> FastAPI:
+    """The service, with the model loaded now (a bad model folder fails here, not on the first request).
+
+    max_batch: photos per forward pass; max_files / max_file_bytes / max_upload_bytes: per request;
+    max_queue: photos waiting before new requests get 503; max_uploads: requests to /v1/tag being read or tagged
+    at once before new ones get 503 (memory stays under max_uploads x max_upload_bytes); body_timeout: seconds
+    an upload may stall mid-body; threads: inference threads (default: the CPUs this process may use);
+    decode_threads: threads decoding uploads; engine: the Tagger's.
+    """
+    cpus = available_cpus()
+    threads = threads or cpus
+    tagger = tagger or Tagger.load(model_dir, engine=engine, threads=threads)
+    batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
+              "max_batch": max_batch, "max_top_k": MAX_TOP_K, "max_pixels": MAX_PIXELS}
+    info = model_info(tagger, limits)
+    web = _web_files()
+    decoder: dict = {}
+    uploading = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        decoder["pool"] = ThreadPoolExecutor(decode_threads or min(4, cpus), thread_name_prefix="fashiontag-decode")
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            decoder.pop("pool").shutdown(wait=False, cancel_futures=True)
+
+    # Swagger UI at /docs from files shipped in fastapi-offline: the docs work without the internet.
+    app = FastAPIOffline(title="fashiontag", version=__version__, lifespan=lifespan, redoc_url=None,
+                         favicon_url="/web/favicon.svg",
+                         description="Tag fashion product photos: gender, masterCategory, subCategory, articleType, "
+                                     "baseColour, season and usage. POST photos to /v1/tag; the web page is at /.")
+    app.add_middleware(HeadAsGet)
+    app.state.tagger, app.state.batcher = tagger, batcher
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError):
+        # After a stalled upload the connection goes: the rest of that body is not worth waiting for.
+        headers = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}}.get(e.status)
+        return error_response(e.status, e.code, e.message, e.files, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return error_response(422, "invalid_option", _problems(e.errors(), "query"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: ClientDisconnect):
+        # Clients go away mid-upload all the time (a closed tab, a timeout): worth a line, not a traceback.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
+        return Response(status_code=400)  # nobody is left to read it
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):
+        return error_response(500, "internal_error", f"the server failed on this request ({type(e).__name__})")
+
+    @app.post("/v1/tag", summary="Tag one or many product photos", response_model=TagAnswer,
+              responses={status: {"model": ErrorBody, "description": d} for status, d in TAG_REFUSALS.items()},
+              openapi_extra={"requestBody": TAG_BODY})
+    async def tag(request: Request, query: Annotated[TagOptions, Query()]):
+        """Send photos in the repeatable multipart field `files`. Each photo gets, per task, a `label` and its
+        calibrated `confidence` (with `top` runners-up when top_k > 1). The category hierarchy (articleType,
+        subCategory, masterCategory) is always consistent. Any bad file refuses the whole request with a 4xx that
+        names every bad file, unless `partial=true`. The options may also come as form fields."""
+        nonlocal uploading
+        if batcher.pending > max_queue:
+            raise ServeError(503, "busy", f"{batcher.pending} photos are waiting; retry shortly")
+        if uploading >= max_uploads:
+            raise ServeError(503, "busy", f"{uploading} uploads are in progress; retry shortly")
+        uploading += 1
+        try:
+            uploads, form = await read_form(request, max_files, max_file_bytes, max_upload_bytes, OPTION_FIELDS,
+                                            body_timeout)
+            try:
+                options = TagOptions.model_validate(query.model_dump() | {k: v for k, v in form.items() if v})
+            except ValidationError as e:
+                raise ServeError(422, "invalid_option", _problems(e.errors(), "form")) from None
+            return await _tag(uploads, options)
+        finally:
+            uploading -= 1
+
+    async def _tag(uploads, options: TagOptions) -> JSONResponse:
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(decoder["pool"], decode_uploads, uploads, tagger.prepare)
+        bad = [u for u in uploads if u.status]
+        if bad and (not options.partial or len(bad) == len(uploads)):
+            status = next(s for s in (413, 415, 422) if any(u.status == s for u in bad))
+            noun = "file" if len(uploads) == 1 else "files"
+            raise ServeError(status, "bad_file", f"{len(bad)} of {len(uploads)} {noun} could not be tagged: "
+                             + "; ".join(f"{u.name}: {u.reason}" for u in bad[:5]) + ("; ..." if len(bad) > 5 else ""),
+                             [u.describe() for u in bad])
+        good = [u for u in uploads if not u.status]
+        tagged = dict(zip((u.index for u in good),
+                          await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k)))
+        results = []
+        for u in uploads:
+            if u.status:
+                results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
+            else:
+                rendered = tagged[u.index].to_dict(options.top_k, options.min_confidence)
+                results.append({"file": u.name, "index": u.index, "tags": rendered["tags"]})
+        # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
+        return JSONResponse({"model": info["version"], "top_k": options.top_k,
+                             "min_confidence": options.min_confidence, "tagged": len(good), "failed": len(bad),
+                             "results": results})
+
+    @app.get("/v1/model", summary="The loaded model: tasks, classes, hierarchy, version, validation metrics")
+    async def model():
+        return info
+
+    @app.get("/v1/stats", summary="Micro-batching counters since start-up")
+    async def stats():
+        s = dict(batcher.stats)
+        s["mean_batch"] = round(s["photos"] / s["batches"], 2) if s["batches"] else 0.0
+        s["busy_seconds"] = round(s["busy_seconds"], 3)
+        return s | {"pending": batcher.pending, "uploading": uploading, "inference_threads": threads}
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the model is loaded, warmed up and taking requests")
+    async def readyz():
+        if not batcher.ready:
+            return error_response(503, "not_ready", "the model is still loading", headers={"Retry-After": "1"})
+        return {"status": "ready", "model": info["version"], "pending": batcher.pending}
+
+    def _asset(name: str) -> Response:
+        if name not in web:
+            raise StarletteHTTPException(404, f"no such file: {name[:100]}")
+        body, media = web[name]
+        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return _asset("index.html")
+
+    @app.get("/web/{name}", include_in_schema=False)
+    async def asset(name: str):
+        return _asset(name)
+
+    return app
+
+
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout: float = 10.0,
+                  **uvicorn_options) -> uvicorn.Config:
+    """uvicorn's settings for the service. No `limit_concurrency`: uvicorn counts open connections against it,
+    idle ones included, so slow clients would lock everyone out, health checks too. Instead a request's headers
+    have `header_timeout` seconds to arrive, and the app limits the uploads it holds (max_uploads)."""
+    # httptools (a dependency) under the header deadline; uvloop, when installed, is taken by uvicorn itself.
+    return uvicorn.Config(app, host=host, port=port, http=timely_http(header_timeout), timeout_keep_alive=5,
+                          **uvicorn_options)
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection holds a file descriptor, and a soft limit of 1,024 (common) would let a thousand slow
+    clients keep new ones out, health checks included, until the header deadline frees them."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # no such limits (Windows), or an unlimited hard limit refused
+        pass
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, log_level: str = "info",
+          access_log: bool = True, header_timeout: float = 10.0, **options) -> None:
+    """Run the service with uvicorn until Ctrl-C. `options` go to create_app (max_batch, max_files, ...)."""
+    app = create_app(model, **options)
+    _raise_open_files_limit()
+    uvicorn.Server(server_config(app, host, port, header_timeout, log_level=log_level, access_log=access_log)).run()

@@ -1,0 +1,54 @@
+"""What a tagging request and its answer look like, declared once: FastAPI validates the query options and writes
+the OpenAPI description from these models, and the same options model validates options sent as form fields."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+MAX_TOP_K = 20
+
+
+class TagOptions(BaseModel):
+    """The options of POST /v1/tag: query parameters or form fields (a form field wins over the query)."""
+
+    top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="also return the K-1 runners-up per task")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0,
+                                  description="a task's tag less sure than this is flagged needs_review (its "
+                                              "label is kept)")
+    partial: bool = Field(False, description="tag the good photos and report the bad ones per file with 200, "
+                                             "instead of refusing the whole request")
+
+
+class TagForm(TagOptions):
+    """The multipart/form-data body of POST /v1/tag (read by the service's own streaming reader, not by FastAPI)."""
+
+    files: list[bytes] = Field(description="one or more product photos (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+
+
+class Candidate(BaseModel):
+    label: str
+    confidence: float
+
+
+class TaskTag(BaseModel):
+    label: str = Field(description="the model's answer")
+    confidence: float = Field(description="its calibrated probability")
+    needs_review: bool = Field(description="confidence below min_confidence: a person should check it")
+    top: list[Candidate] | None = Field(None, description="the answer and its runners-up, when top_k > 1")
+
+
+class PhotoResult(BaseModel):
+    file: str
+    index: int = Field(description="position in the upload, from 0")
+    tags: dict[str, TaskTag] | None = Field(None, description="per task; absent for a photo that failed")
+    error: str | None = Field(None, description="why the photo could not be tagged (partial=true only)")
+    status: int | None = Field(None, description="the HTTP status the photo alone would have got")
+
+
+class TagAnswer(BaseModel):
+    model: str = Field(description="the model's version")
+    top_k: int
+    min_confidence: float
+    tagged: int
+    failed: int
+    results: list[PhotoResult] = Field(description="one per uploaded file, in upload order")

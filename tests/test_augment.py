@@ -1,0 +1,34 @@
+"""Seller augmentations (issue 15): what they change, what they keep, and that they are reproducible."""
+
+import numpy as np
+import torch
+
+from fashiontag.augment import background_mask, seller_augment, studio_augment
+from fashiontag.engines import torch_input
+
+
+def photos(n=64) -> np.ndarray:
+    """Studio shots: a dark product in the middle of white, with a white shirt-like patch inside it."""
+    px = np.full((n, 80, 60, 3), 255, np.uint8)
+    px[:, 15:65, 12:48] = (40, 60, 140)
+    px[:, 30:40, 25:35] = 255  # white inside the product: not background
+    return px
+
+
+def test_background_mask_is_the_white_connected_to_the_border():
+    mask = background_mask(photos(2))
+    assert mask[0, 0, 0] == 1 and mask[0, 40, 30] == 0  # the corner is background; the shirt's white is not
+    assert mask[0, 35, 30] == 0
+
+
+def test_seller_augment_changes_framing_background_and_light_reproducibly():
+    px = photos()
+    x = torch_input(torch.from_numpy(px), torch.device("cpu"))
+    a, ok_a = seller_augment(x, px, torch.Generator().manual_seed(1))
+    b, ok_b = seller_augment(x, px, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(ok_a, ok_b)  # resume relies on it
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    corners = a[:, :, 0, 0]
+    assert (corners < 0.9).any(1).float().mean() > 0.3  # many photos got another background (or light)
+    assert 0.2 < ok_a.float().mean() < 0.95  # strong relighting drops some photos' colour labels, not most
+    assert not torch.equal(studio_augment(x, torch.Generator().manual_seed(1)), a)

@@ -1,0 +1,113 @@
+"""Nothing about a catalog breaks quietly (issue 10): the reader loses no row to stray quotes, byte-order marks, huge
+fields or Latin-1, and a damaged image cache is rebuilt, never trained on."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fashiontag.catalog import CatalogError, read_catalog
+
+HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+
+
+def row(pid: int, name: str = "") -> str:
+    return f"{pid},Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,{name or f'Brand Shirt {pid}'}"
+
+
+def write(tmp_path, rows: list[str], encoding: str = "utf-8", prefix: bytes = b""):
+    (tmp_path / "styles.csv").write_bytes(prefix + "\n".join([HEADER] + rows + [""]).encode(encoding))
+    return tmp_path
+
+
+def test_a_stray_quote_merges_no_rows_and_is_reported(tmp_path):
+    rows = [row(i) for i in range(1, 401)]
+    rows[19] = row(20, '"Quoted Brand Shirt')  # line 21: the quote never closes
+    c = read_catalog(write(tmp_path, rows))
+    assert c.ids == list(range(1, 401))
+    assert c.names[19] == "Quoted Brand Shirt" and c.names[20] == "Brand Shirt 21"
+    assert len(c.problems) == 1 and "line 21: a quote opened here runs on to line 401" in c.problems[0]
+
+
+def test_a_field_with_a_line_break_is_reported(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2, '"Two\nLines"'), row(3)]))
+    assert c.ids == [1, 2, 3]
+    assert any("line 3: a quote opened here runs on to line 4" in p for p in c.problems)
+    assert any("line 4: 1 fields, expected 10; skipped" in p for p in c.problems)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2)], prefix="\ufeff".encode()))
+    assert c.ids == [1, 2] and c.problems == []
+
+
+def test_a_field_over_the_csv_limit_is_reported_not_raised(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2, "x" * 200_000), row(3)]))
+    assert c.ids == [1, 3]
+    assert len(c.problems) == 1 and "line 3: field larger than field limit" in c.problems[0]
+
+
+def test_a_suspiciously_long_field_is_reported_by_line(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2), row(3, "y" * 5000)]))
+    assert c.ids == [1, 2, 3]
+    assert c.problems == ["styles.csv line 4: productDisplayName is 5,000 characters long; kept, but check the row"]
+
+
+def test_a_latin1_file_is_decoded_and_says_so(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2, "Café Crème Shirt"), row(3)], encoding="latin-1"))
+    assert c.names[1] == "Café Crème Shirt"
+    assert c.problems == ["styles.csv is not UTF-8 from line 3 (byte 0xe9) on; read as cp1252 (Latin-1)"]
+
+
+def test_a_file_in_no_known_encoding_is_refused_with_the_line(tmp_path):
+    write(tmp_path, [row(1), row(2, "Caf\x81 Shirt")], encoding="latin-1")  # 0x81: no character in cp1252
+    with pytest.raises(CatalogError, match=r"neither UTF-8 \(at line 3 \(byte 0x81\)\) nor cp1252"):
+        read_catalog(tmp_path)
+
+
+@pytest.fixture
+def cached(catalog, tmp_path):
+    """A fresh image cache of the synthetic catalog in its own folder: (catalog, folder, pixels file, pixels)."""
+    from fashiontag.cache import build_cache
+    c = read_catalog(catalog.root)
+    pixels = np.array(build_cache(c, tmp_path, progress=False).pixels)
+    return c, tmp_path, next(tmp_path.glob("*.npy")), pixels
+
+
+def reopen(c, folder, capsys):
+    from fashiontag.cache import build_cache
+    cache = build_cache(c, folder, progress=False)
+    return cache, capsys.readouterr().err
+
+
+def test_a_cache_written_over_is_rebuilt_not_trained_on(cached, capsys):
+    c, folder, npy, pixels = cached
+    size = npy.stat().st_size
+    with open(npy, "r+b") as f:  # same size, other contents
+        f.seek(size // 2)
+        f.write(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    assert npy.stat().st_size == size
+    cache, err = reopen(c, folder, capsys)
+    assert "checksum mismatch in photos 0-" in err and "rebuilding" in err
+    assert np.array_equal(cache.pixels, pixels)
+    assert reopen(c, folder, capsys)[1] == ""  # the rebuilt cache passes
+
+
+def test_a_truncated_cache_is_rebuilt(cached, capsys):
+    c, folder, npy, pixels = cached
+    with open(npy, "r+b") as f:
+        f.truncate(npy.stat().st_size // 3)
+    cache, err = reopen(c, folder, capsys)
+    assert "cannot be read" in err and "mmap length is greater than file size" in err and "rebuilding" in err
+    assert np.array_equal(cache.pixels, pixels)
+
+
+def test_a_cache_without_checksums_is_rebuilt(cached, capsys):
+    c, folder, npy, pixels = cached
+    meta_path = npy.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    del meta["checksums"]
+    meta_path.write_text(json.dumps(meta))
+    cache, err = reopen(c, folder, capsys)
+    assert "has no checksums" in err
+    assert "checksums" in json.loads(meta_path.read_text()) and np.array_equal(cache.pixels, pixels)

@@ -1,0 +1,107 @@
+"""The command line (issue 10): --set beside flags, help text, --version, the run folder's lock, resume."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from fashiontag import __version__
+from fashiontag.cli import app
+from fashiontag.runlock import RunFolderBusy, run_lock
+from helpers import tiny_config
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_set_with_a_flag_for_the_same_field_is_an_error_naming_both(command, catalog, tmp_path):
+    result = invoke(command, "--data", catalog.root, "--out", tmp_path / "run", "--epochs", 2, "--set", "epochs=1")
+    assert result.exit_code == 2
+    assert "--epochs and --set epochs= both given" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_alone_sets_a_field_that_has_a_flag(catalog, tmp_path, monkeypatch):
+    import fashiontag.train
+    seen = {}
+
+    def fake_train(cfg, resume):
+        seen["cfg"] = cfg
+        return tmp_path
+
+    monkeypatch.setattr(fashiontag.train, "train", fake_train)
+    result = invoke("train", "--data", catalog.root, "--set", "epochs=1", "--set", "out=" + str(tmp_path / "x"),
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].epochs == 1 and seen["cfg"].out == str(tmp_path / "x") and seen["cfg"].progress is False
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "run", "explore"])
+def test_help_shows_defaults_and_no_python_types(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "<str>" not in result.output and "<bool>" not in result.output and "<int>" not in result.output
+    assert "runs/" in result.output or command == "explore"
+    assert "reports/explore" in result.output or command != "explore"
+
+
+def test_train_help_describes_every_option():
+    help_text = invoke("train", "--help").output
+    for flag in ("--epochs N", "--batch-size N", "--lr RATE", "--seed N"):
+        line = next(line for line in help_text.splitlines() if line.strip().startswith(flag))
+        assert len(line.split()) > len(flag.split()), line  # a description follows the flag
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_a_second_training_on_the_same_folder_is_refused(catalog, tmp_path):
+    from fashiontag.train import train
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(RunFolderBusy, match=f"{out} is in use by another training"):
+            train(tiny_config(catalog.root, out))
+    with run_lock(out):  # released on leaving
+        pass
+
+
+def test_the_refusal_names_the_other_process(catalog, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from fashiontag.runlock import run_lock
+        with run_lock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = invoke("train", "--data", catalog.root, "--out", out, "--epochs", 1)
+        assert result.exit_code == 2
+        assert f"{out} is in use by another training (pid {holder.pid})" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_resume_without_resume_state_says_it_starts_from_scratch(catalog, tmp_path, monkeypatch):
+    import fashiontag.evaluate
+    import fashiontag.train
+    calls = []
+
+    def fake_train(cfg, resume):
+        calls.append(resume)
+        return tmp_path / "run" / "best"
+
+    monkeypatch.setattr(fashiontag.train, "train", fake_train)
+    monkeypatch.setattr(fashiontag.evaluate, "evaluate", lambda data, best, report, side: {"tasks": {}})
+    result = invoke("run", "--data", catalog.root, "--out", tmp_path / "run", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"nothing to resume: {tmp_path / 'run' / 'last'} does not exist; training from scratch" in result.output
+    assert calls == [False]
