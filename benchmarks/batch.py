@@ -74,7 +74,9 @@ def role(cmd: str) -> str:
         return "?"
     if words[0].startswith("ray::"):
         return "idle worker" if words[0] == "ray::IDLE" else words[0][5:]
-    program = Path(words[1] if "python" in words[0] and len(words) > 1 else words[0]).name
+    if "python" in Path(words[0]).name:  # the script, past the interpreter's flags
+        words = [w for w in words[1:] if not w.startswith("-")] or words
+    program = Path(words[0]).name
     return "idle worker" if program == "default_worker.py" else program
 
 
@@ -143,10 +145,13 @@ def main() -> None:
               + f"ray.init {s['init_s']:.1f} s; ray.init to the first shard {first_shard - s['init_at']:.1f} s; "
               f"driver process {seconds:.1f} s in all ({len(names) / seconds:,.0f} photos/s)")
         print(f"  tagged {s['tagged']:,}, errors {s['errors']:,}")
-        print("  peak RSS per process (MiB):")
-        for name, kib in sorted(peaks.values(), key=lambda r: -r[1]):
-            if kib >= 20 * 1024:
-                print(f"    {name:24s} {kib / 1024:7,.0f}")
+        roles: dict[str, list[int]] = {}
+        for name, kib in peaks.values():
+            roles.setdefault(name, []).append(kib)
+        print("  peak RSS per process, MiB (processes of that kind):")
+        for name, kibs in sorted(roles.items(), key=lambda r: -max(r[1])):
+            print(f"    {name:34s} {max(kibs) / 1024:6,.0f}" + (f" ({len(kibs)})" if len(kibs) > 1 else ""))
+        print(f"    {'all of them together (sum of peaks)':34s} {sum(kib for _, kib in peaks.values()) / 1024:6,.0f}")
 
 
 if __name__ == "__main__":

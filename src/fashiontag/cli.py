@@ -154,9 +154,11 @@ def evaluate(
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively)"),
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively); "
+                                                                   "with --on also URIs (s3://bucket/prefix/)"),
     out: Optional[str] = typer.Option(None, metavar="FILE",
-                                      help="output file: .csv, .tsv or .jsonl (default: CSV on stdout)"),
+                                      help="output file: .csv, .tsv or .jsonl (default: CSV on stdout); with --on "
+                                           "the folder or URI that receives the Parquet shards"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     format: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
@@ -169,9 +171,11 @@ def predict(
     engine: str = typer.Option("torch", metavar="NAME",
                                help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
     flip: bool = typer.Option(False, help="test-time flip: a little more accurate, half the speed"),
-    on: Optional[str] = typer.Option(None, help="ray or ray://HOST:PORT: tag on a Ray cluster into Parquet shards "
-                                                "in the folder or URI --out; PATHS may be URIs (s3://bucket/prefix/)"),
-    actors: Optional[int] = typer.Option(None, min=1, help="with --on: tagging actors (default: half the CPUs)"),
+    on: Optional[str] = typer.Option(None, metavar="ray[://HOST:PORT]",
+                                     help="tag on a Ray cluster (pip install 'fashiontag[ray]'); a re-run into the "
+                                          "same --out skips the photos tagged before"),
+    actors: Optional[int] = typer.Option(None, min=1, metavar="N",
+                                         help="with --on: tagging actors (default: half the cluster's CPUs)"),
     csv: bool = typer.Option(False, help="with --on: also merge the shards into one tags.csv in --out"),
 ):
     """Tag photos into CSV, TSV or JSON lines: path, id, then <task> and <task>_confidence per task, and error.
