@@ -154,9 +154,11 @@ def evaluate(
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively)"),
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively); "
+                                                                   "with --on also URIs (s3://bucket/prefix/)"),
     out: Optional[str] = typer.Option(None, metavar="FILE",
-                                      help="output file: .csv, .tsv or .jsonl (default: CSV on stdout)"),
+                                      help="output file: .csv, .tsv or .jsonl (default: CSV on stdout); with --on "
+                                           "the folder or URI that receives the Parquet shards"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     format: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
@@ -169,11 +171,21 @@ def predict(
     engine: str = typer.Option("torch", metavar="NAME",
                                help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
     flip: bool = typer.Option(False, help="test-time flip: a little more accurate, half the speed"),
+    on: Optional[str] = typer.Option(None, metavar="ray[://HOST:PORT]",
+                                     help="tag on a Ray cluster (pip install 'fashiontag[ray]'); a re-run into the "
+                                          "same --out skips the photos tagged before"),
+    actors: Optional[int] = typer.Option(None, min=1, metavar="N",
+                                         help="with --on: tagging actors (default: half the cluster's CPUs)"),
+    csv: bool = typer.Option(False, help="with --on: also merge the shards into one tags.csv in --out"),
 ):
     """Tag photos into CSV, TSV or JSON lines: path, id, then <task> and <task>_confidence per task, and error.
 
     Exits 1 when a path does not exist, a folder cannot be read, or nothing could be tagged (the rows of the
-    photos that could be read are written all the same)."""
+    photos that could be read are written all the same). With --on, a re-run into the same --out tags only the
+    photos that are new or changed since."""
+    if on:
+        return _predict_on_ray(on, paths, out, model, top_k, min_confidence, batch_size, progress, engine, flip,
+                               actors, csv)
     from fashiontag.predict import predict as run_predict
     try:
         counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size,
@@ -187,6 +199,31 @@ def predict(
         typer.secho("error: " + ("nothing to tag" if not counts["rows"] else "not every photo could be tagged")
                     + f" ({counts['missing']} missing paths, {counts['unreadable_folders']} unreadable folders, "
                     f"{counts['errors']} unreadable photos)", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Optional[str], top_k: int,
+                    min_confidence: float, batch_size: int, progress: bool, engine: str, flip: bool,
+                    actors: Optional[int], csv: bool) -> None:
+    if on != "ray" and not on.startswith("ray://"):
+        _fail(f"--on {on}: use ray (RAY_ADDRESS, a cluster on this machine, or a new local one) or ray://HOST:PORT")
+    if not out:
+        _fail("--on needs --out: the folder or URI that receives the Parquet shards")
+    try:
+        from fashiontag.batch import tag_on_ray
+    except ImportError as e:
+        _fail(f"--on ray needs Ray: pip install 'fashiontag[ray]' ({e})")
+    try:
+        s = tag_on_ray(paths, out, address=None if on == "ray" else on, engine=engine, model=model, top_k=top_k,
+                       min_confidence=min_confidence, flip=flip, csv=csv, actors=actors, batch_size=batch_size,
+                       progress=progress and sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"tagged {s['tagged']:,} photos, {s['errors']:,} could not be read, {s['skipped']:,} were tagged "
+               f"before; {s['photos_per_s']:,.0f} photos/s; {s['shards']} new shards in {out}"
+               + (f"; wrote {s['csv']}" if s["csv"] else ""), err=True)
+    if not s["tagged"] and not s["skipped"]:
+        typer.secho("error: nothing could be tagged", fg="red", err=True)
         raise typer.Exit(1)
 
 
