@@ -1,7 +1,11 @@
 """Seller augmentations (issue 15): what they change, what they keep, and that they are reproducible."""
 
+import json
+
 import numpy as np
 import torch
+
+from helpers import tiny_config
 
 from fashiontag.augment import background_mask, seller_augment, studio_augment
 from fashiontag.engines import torch_input
@@ -32,3 +36,13 @@ def test_seller_augment_changes_framing_background_and_light_reproducibly():
     assert (corners < 0.9).any(1).float().mean() > 0.3  # many photos got another background (or light)
     assert 0.2 < ok_a.float().mean() < 0.95  # strong relighting drops some photos' colour labels, not most
     assert not torch.equal(studio_augment(x, torch.Generator().manual_seed(1)), a)
+
+
+def test_the_seller_recipe_trains_a_model_that_frames_its_photos(catalog, tmp_path):
+    from fashiontag.tagger import Tagger
+    from fashiontag.train import train
+    best = train(tiny_config(catalog.root, tmp_path / "run", seller_augment=True, framing=True, epochs=8))
+    meta = json.loads((best / "model.json").read_text())
+    assert meta["preprocess"] == {"framing": True} and meta["config"]["seller_augment"] is True
+    assert meta["val_acc"]["articleType"] > 0.4  # drawn shapes are still learnt under the heavy augmentation
+    assert Tagger.load(best).photo_input.framing

@@ -47,8 +47,10 @@ class TrainConfig:
     loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
     class_weighting: bool = False      # weight rare classes up by 1/sqrt(frequency)
     augment: bool = True               # flips and small shifts/scales (and with seller_augment, much more)
-    seller_augment: bool = True        # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
-    framing: bool = True               # crop each photo to its product first (framing.py), in training and use
+    # The seller-photo recipe (issue 15), both together: robust to framing, background and light, but so far
+    # below the studio recipe on clean catalog photos (README, "Seller photos"), hence not yet the default.
+    seller_augment: bool = False       # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
+    framing: bool = False              # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
