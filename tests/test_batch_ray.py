@@ -132,7 +132,10 @@ class TwoNodeCluster:
 
     def __init__(self, root: Path):
         self.root = root
-        self.env = {**os.environ, "PYTHONPATH": SRC, "RAY_AUTH_MODE": "disabled"}
+        # A Ray Client connection starts a server process on the head that must answer within 30 s by default:
+        # on two busy cores importing Ray can take longer, so the test gives it two minutes.
+        self.env = {**os.environ, "PYTHONPATH": SRC, "RAY_AUTH_MODE": "disabled",
+                    "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"}
         self.gcs, self.client = free_port(), free_port()
         self.nodes: list[subprocess.Popen] = []
 
