@@ -31,7 +31,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from fashiontag.images import ImageError, PhotoInput
-from fashiontag.predict import IMAGE_SUFFIXES, iter_image_paths, write_rows
+from fashiontag.predict import IMAGE_SUFFIXES, iter_image_paths, tag_row, write_rows
 from fashiontag.tagger import Tagger
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
@@ -240,9 +240,8 @@ class _TagActor:
         readable = batch["error"] == ""
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
         review = self.min_confidence > 0
-        rows = [{"path": path, "id": PurePosixPath(path).stem,
-                 **(next(results).to_row(self.top_k, review) if ok else {}), "error": error,
-                 "size": size, "mtime_ns": mtime_ns}
+        rows = [tag_row(path, next(results) if ok else None, error, self.top_k, review)
+                | {"size": size, "mtime_ns": mtime_ns}
                 for path, ok, error, size, mtime_ns
                 in zip(batch["path"], readable, batch["error"], batch["size"], batch["mtime_ns"])]
         return pa.Table.from_pylist(rows, schema=self.schema)

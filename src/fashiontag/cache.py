@@ -16,19 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import platformdirs
 from tqdm import tqdm
 
 from fashiontag import INPUT_HW
 from fashiontag.catalog import Catalog
 from fashiontag.images import HASH_VERSION, ImageError, decode, dhash
+from fashiontag.model_meta import default_cache_dir
 
 
 CHUNK = 1000  # photos per checksum
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FASHIONTAG_CACHE") or platformdirs.user_cache_dir("fashiontag"))
 
 
 @dataclass

@@ -24,9 +24,9 @@ from torch import nn
 
 from fashiontag.checkpoint import load_model
 from fashiontag.engines import INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_VERSION_KEY, nchw_float
-from fashiontag.images import ImageError, PhotoInput
+from fashiontag.images import PhotoInput
 from fashiontag.model_meta import model_folder, model_version
-from fashiontag.predict import iter_image_paths
+from fashiontag.predict import _load, iter_image_paths
 
 OPSET = 18
 CALIBRATION_PHOTOS = 256
@@ -105,15 +105,8 @@ def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int 
                                     "`fashiontag export --int8 --calibration DIR`")
         sources = [Path(data) / "images"]
     photo_input = PhotoInput.of(meta)
-
-    def readable(paths):  # a few may be unreadable
-        for p in paths:
-            try:
-                yield photo_input.load(p)
-            except ImageError:
-                continue
-
-    arrays = list(islice(readable(islice(iter_image_paths(sources), 4 * n)), n))
+    loaded = (_load(p, photo_input)[0] for p in islice(iter_image_paths(sources), 4 * n))  # a few may be unreadable
+    arrays = list(islice((a for a in loaded if a is not None), n))
     if not arrays:
         raise FileNotFoundError("no readable calibration photos")
     return np.stack(arrays)

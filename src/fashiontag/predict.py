@@ -16,7 +16,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import load_meta, model_folder
-from fashiontag.tagger import Tagger, check_options, row_columns
+from fashiontag.tagger import PhotoResult, Tagger, check_options, row_columns
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -142,8 +142,14 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
             pixels, errors = job.result()
             results = iter(tagger.tag_pixels(pixels, top_k, min_confidence))
             for path, error in zip(batch, errors):
-                tags = {} if error else next(results).to_row(top_k, review)
-                yield {"path": str(path), "id": path.stem, **tags, "error": error}
+                yield tag_row(str(path), None if error else next(results), error, top_k, review)
+
+
+def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, review: bool) -> dict:
+    """One output row: path, id (the file name without its extension), the task columns (none for a photo that
+    could not be read), error. Every writer of rows (predict, Ray) makes them here."""
+    return {"path": path, "id": PurePosixPath(path).stem,
+            **(result.to_row(top_k, review) if result is not None else {}), "error": error}
 
 
 def thread_split(cores: int | None = None) -> tuple[int, int]:
