@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag import TASKS
+from fashiontag.catalog import KAGGLE_TASKS, NOTEBOOK_TASKS
 from fashiontag.config import TrainConfig
-from fashiontag.dataset import SEED_TASKS, load_dataset
+from fashiontag.dataset import load_dataset
 from fashiontag.evaluate import evaluate
 from fashiontag.model_meta import load_meta
 from fashiontag.tagger import Tagger
@@ -68,11 +68,11 @@ def seed_protocol_accuracy(model_dir: Path, data: str, seed_vocabs: dict[str, li
                            notes: list[str]) -> tuple[dict[str, float], int]:
     """A model's accuracy per seed task on the seed protocol's test photos and classes; and how many photos."""
     tagger = Tagger.load(model_dir)
-    ds = load_dataset(data, SEED_TASKS, "seed", split_path=split, vocabs=seed_vocabs, progress=False)
+    ds = load_dataset(data, NOTEBOOK_TASKS, "seed", split_path=split, vocabs=seed_vocabs, progress=False)
     rows = ds.rows["test"]
     logits = tagger.engine.logits(np.asarray(ds.cache.pixels[rows]))
     acc = {}
-    for t in SEED_TASKS:
+    for t in NOTEBOOK_TASKS:
         pred, missing = restricted_argmax(logits[t], tagger.vocabs[t], seed_vocabs[t])
         if missing:
             notes.append(f"{model_dir}: {t} classes {missing} are not in its vocabulary; never predicted")
@@ -164,7 +164,7 @@ def main() -> None:
                  "evaluate": {t: m["accuracy"] for t, m in evals["seed"]["tasks"].items()}},
         "ours": {"seed_protocol": ours_acc, "train_minutes": ours_seconds / 60, "epochs": history_len(ours_best),
                  "params": param_count(ours_best), "report": str(reports["ours"] / "report.md"),
-                 "all": {t: evals["ours"]["tasks"][t]["accuracy"] for t in TASKS if t in evals["ours"]["tasks"]}},
+                 "all": {t: evals["ours"]["tasks"][t]["accuracy"] for t in KAGGLE_TASKS if t in evals["ours"]["tasks"]}},
     }
     table = render(result)
     (out / "accuracy.md").write_text(table)

@@ -115,7 +115,7 @@ def run_model(model: str, data: Path, limit: int | None) -> dict:
     rows = ds.rows["test"]
     if limit and len(rows) > limit:
         rows = np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
-    photos = [Image.open(data / "images" / f"{ds.catalog.ids[i]}.jpg").convert("RGB") for i in rows]
+    photos = [Image.open(ds.catalog.photos[i]).convert("RGB") for i in rows]
     targets = {t: ds.targets[t][rows] for t in tagger.tasks}
     started = time.perf_counter()
     results = {"clean": accuracies(tagger, photos, targets)}

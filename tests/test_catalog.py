@@ -9,14 +9,14 @@ from fashiontag.images import ImageError, decode, dhash
 def test_reader_keeps_comma_names_and_reports_malformed_rows(catalog):
     c = read_catalog(catalog.root)
     for pid in catalog.comma_name_ids:
-        name = c.names[c.ids.index(pid)]
+        name = c.titles[c.ids.index(str(pid))]
         assert name.count(",") == 2, name
     assert len(c.problems) == len(catalog.malformed_lines)
     for line in catalog.malformed_lines:
         assert any(f"line {line}:" in p for p in c.problems), c.problems
     # an empty cell is unknown for its task only
-    assert c.labels["season"][c.ids.index(1011)] == ""
-    assert c.labels["gender"][c.ids.index(1011)] != ""
+    assert c.columns["season"][c.ids.index("1011")] == ""
+    assert c.columns["gender"][c.ids.index("1011")] != ""
 
 
 def test_missing_header_column_is_a_clear_error(tmp_path):
@@ -29,10 +29,10 @@ def test_cache_skips_broken_photos_and_converts_odd_ones(catalog):
     c = read_catalog(catalog.root)
     cache = build_cache(c, progress=False)
     assert cache.pixels.shape == (len(c), 80, 60, 3) and cache.pixels.dtype == np.uint8
-    assert set(cache.errors) == set(catalog.bad_images)
-    assert "empty" in cache.errors[9002] and "not found" in cache.errors[9001]
+    assert set(cache.errors) == {str(i) for i in catalog.bad_images}
+    assert "empty" in cache.errors["9002"] and "not found" in cache.errors["9001"]
     for pid in catalog.odd_images:
-        i = c.ids.index(pid)
+        i = c.ids.index(str(pid))
         assert cache.ok[i]
         # the drawn watch is blue: the centre pixel stays blue whatever the file's mode
         r, g, b = cache.pixels[i, 40, 30].astype(int)

@@ -12,7 +12,7 @@ def test_explore_reports_classes_problems_and_duplicates(catalog, tmp_path):
     groups = [set(g) for g in s["duplicate_group_ids"]]
     assert s["duplicate_groups"] == len(groups) >= len(catalog.relisted)
     for pid, original in catalog.relisted.items():
-        assert any({pid, original} <= g for g in groups)
+        assert any({str(pid), str(original)} <= g for g in groups)
     assert s["class_counts"]["season"]["(empty)"] >= 1
     md = (tmp_path / "explore.md").read_text()
     assert "## articleType" in md and (tmp_path / "class_distributions.png").stat().st_size > 1000

@@ -24,38 +24,38 @@ def test_a_stray_quote_merges_no_rows_and_is_reported(tmp_path):
     rows = [row(i) for i in range(1, 401)]
     rows[19] = row(20, '"Quoted Brand Shirt')  # line 21: the quote never closes
     c = read_catalog(write(tmp_path, rows))
-    assert c.ids == list(range(1, 401))
-    assert c.names[19] == "Quoted Brand Shirt" and c.names[20] == "Brand Shirt 21"
+    assert c.ids == [str(i) for i in range(1, 401)]
+    assert c.titles[19] == "Quoted Brand Shirt" and c.titles[20] == "Brand Shirt 21"
     assert len(c.problems) == 1 and "line 21: a quote opened here runs on to line 401" in c.problems[0]
 
 
 def test_a_field_with_a_line_break_is_reported(tmp_path):
     c = read_catalog(write(tmp_path, [row(1), row(2, '"Two\nLines"'), row(3)]))
-    assert c.ids == [1, 2, 3]
+    assert c.ids == ["1", "2", "3"]
     assert any("line 3: a quote opened here runs on to line 4" in p for p in c.problems)
     assert any("line 4: 1 fields, expected 10; skipped" in p for p in c.problems)
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path):
     c = read_catalog(write(tmp_path, [row(1), row(2)], prefix="\ufeff".encode()))
-    assert c.ids == [1, 2] and c.problems == []
+    assert c.ids == ["1", "2"] and c.problems == []
 
 
 def test_a_field_over_the_csv_limit_is_reported_not_raised(tmp_path):
     c = read_catalog(write(tmp_path, [row(1), row(2, "x" * 200_000), row(3)]))
-    assert c.ids == [1, 3]
+    assert c.ids == ["1", "3"]
     assert len(c.problems) == 1 and "line 3: field larger than field limit" in c.problems[0]
 
 
 def test_a_suspiciously_long_field_is_reported_by_line(tmp_path):
     c = read_catalog(write(tmp_path, [row(1), row(2), row(3, "y" * 5000)]))
-    assert c.ids == [1, 2, 3]
+    assert c.ids == ["1", "2", "3"]
     assert c.problems == ["styles.csv line 4: productDisplayName is 5,000 characters long; kept, but check the row"]
 
 
 def test_a_latin1_file_is_decoded_and_says_so(tmp_path):
     c = read_catalog(write(tmp_path, [row(1), row(2, "Café Crème Shirt"), row(3)], encoding="latin-1"))
-    assert c.names[1] == "Café Crème Shirt"
+    assert c.titles[1] == "Café Crème Shirt"
     assert c.problems == ["styles.csv is not UTF-8 from line 3 (byte 0xe9) on; read as cp1252 (Latin-1)"]
 
 

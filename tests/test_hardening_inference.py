@@ -209,7 +209,7 @@ def test_evaluate_on_a_shop_catalog_whose_ids_collide_scores_every_photo(trained
     split = json.loads((trained / "split.json").read_text())
     shop = make_catalog(tmp_path / "shop", n=80, seed=9, bad=False, first_id=1380)
     in_split = {i for side in ("train", "val", "test") for i in split[side]}
-    assert 10 < len(set(shop.good_ids) & in_split) < 40  # a quarter of the shop's ids collide with training ids
+    assert 10 < len(set(map(str, shop.good_ids)) & in_split) < 40  # a quarter of the shop's ids collide with training ids
     summary = evaluate(shop.root, trained, tmp_path / "report", side="test", progress=False, plot=False)
     assert summary["n"] == 80 and "whole catalog" in summary["side"]
 

@@ -40,9 +40,10 @@ def test_no_task_with_labels_is_a_clear_error(no_usage_catalog):
 
 
 def test_notebook_protocol_keeps_its_three_tasks(no_usage_catalog):
-    from fashiontag.dataset import SEED_TASKS, load_dataset
+    from fashiontag.catalog import NOTEBOOK_TASKS
+    from fashiontag.dataset import load_dataset
     data = load_dataset(no_usage_catalog.root, protocol="notebook", min_count=2, progress=False)
-    assert set(data.vocabs) == set(SEED_TASKS)
+    assert set(data.vocabs) == set(NOTEBOOK_TASKS)
 
 
 def _overconfident_logits(n=600, classes=4, scale=4.0, seed=0):

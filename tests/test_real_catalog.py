@@ -10,9 +10,9 @@ def test_every_row_parses(real_data):
     c = read_catalog(real_data)
     lines = (real_data / "styles.csv").read_text(encoding="utf-8").splitlines()[1:]
     assert c.problems == [] and len(c) == len(lines) == 40038
-    assert sum("," in n for n in c.names) == 22  # the rows whose names carry commas keep them
-    assert c.ids == [int(line.split(",", 1)[0]) for line in lines] and len(set(c.ids)) == len(c)
-    assert c.names[0] == "Turtle Check Men Navy Blue Shirt" and c.labels["usage"][0] == "Casual"
+    assert sum("," in n for n in c.titles) == 22  # the rows whose names carry commas keep them
+    assert c.ids == [line.split(",", 1)[0] for line in lines] and len(set(c.ids)) == len(c)
+    assert c.titles[0] == "Turtle Check Men Navy Blue Shirt" and c.columns["usage"][0] == "Casual"
 
 
 def test_short_training_beats_majority_on_every_task(real_data, tmp_path):

@@ -34,9 +34,9 @@ def test_split_is_deterministic_stratified_and_keeps_duplicates_together():
     side = {i: s for s in ("train", "val", "test") for i in a[s]}
     assert len(side) == n
     for g in range(n // 4):
-        assert len({side[i] for i in range(4 * g, 4 * g + 4)}) == 1
+        assert len({side[str(i)] for i in range(4 * g, 4 * g + 4)}) == 1
     assert abs(len(a["test"]) / n - 0.1) < 0.02
-    test_share = np.mean([strata[i] == "z" for i in a["test"]])
+    test_share = np.mean([strata[int(i)] == "z" for i in a["test"]])
     assert abs(test_share - 0.1) < 0.04
 
 
@@ -46,5 +46,5 @@ def test_relisted_photos_land_on_the_same_side(catalog):
     side = {pid: s for s in ("train", "val", "test") for pid in ds.split[s]}
     assert catalog.relisted
     for pid, original in catalog.relisted.items():
-        assert side[pid] == side[original]
+        assert side[str(pid)] == side[str(original)]
     assert len(ds.rows["test"]) > 20 and len(ds.rows["val"]) > 20

@@ -7,8 +7,7 @@
 
 __version__ = "0.1.0"
 
-TASKS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
-# Model input, height x width: the catalog's photos are 60 wide and 80 high.
+# Default model input, height x width: the Kaggle catalog's photos are 60 wide and 80 high. A model records its own.
 INPUT_HW = (80, 60)
 
 
@@ -20,4 +19,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fashiontag' has no attribute {name!r}")
 
 
-__all__ = ["Tagger", "PhotoResult", "Tag", "TASKS", "INPUT_HW", "__version__"]
+__all__ = ["Tagger", "PhotoResult", "Tag", "INPUT_HW", "__version__"]

@@ -13,6 +13,7 @@ takes the uint8 photos the batch was made from, to find each photo's studio back
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -21,13 +22,17 @@ from scipy import ndimage
 
 # Photometric factors within these bounds (as |log factor|) keep colours true enough for the colour head.
 MILD = math.log(1.15)
-COLOUR_TASKS = {"baseColour"}  # tasks whose loss skips strongly relit photos
 NEAR_WHITE = 243                # the studio background, JPEG noise included
 MAX_BACKGROUND_SHARE = 0.7
 
 
+def colour_tasks(tasks) -> set[str]:
+    """The tasks whose loss skips strongly relit photos: those that name a colour (baseColour, colour, color)."""
+    return {t for t in tasks if re.search(r"colou?r", t, re.IGNORECASE)}
+
+
 def studio_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a small random scale and shift. No colour change: baseColour is a task."""
+    """Random horizontal flip and a small random scale and shift. No colour change: colour is a task."""
     n = x.shape[0]
     r = torch.rand(n, 4, generator=gen).to(x.device)
     flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)

@@ -30,8 +30,8 @@ import ray
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from fashiontag.images import ImageError, PhotoInput
-from fashiontag.predict import IMAGE_SUFFIXES, iter_image_paths, tag_row, write_rows
+from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
+from fashiontag.predict import iter_image_paths, tag_row, write_rows
 from fashiontag.tagger import Tagger
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.

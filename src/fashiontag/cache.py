@@ -32,7 +32,7 @@ class ImageCache:
     pixels: np.ndarray          # (N, H, W, 3) uint8, memory-mapped, one row per catalog row
     ok: np.ndarray              # (N,) bool: the row's photo decoded
     hashes: np.ndarray          # (N,) uint64 difference hash of each photo
-    errors: dict[int, str]      # product id -> why its photo could not be used
+    errors: dict[str, str]      # product id -> why its photo could not be used
 
     def report(self, n_named: int = 5) -> str:
         if not self.errors:
@@ -58,20 +58,23 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
             damage = _damage(pixels, meta, (n, *hw, 3))
             if damage is None:
                 return ImageCache(pixels, np.array(meta["ok"], bool), np.array(meta["hashes"], np.uint64),
-                                  {int(k): v for k, v in meta["errors"].items()})
+                                  meta["errors"])
         except (OSError, EOFError, ValueError, KeyError) as e:  # cut short: "mmap length is greater than file size"
             damage = f"cannot be read, truncated? ({e})"
         print(f"image cache {pix_path}: {damage}; rebuilding it", file=sys.stderr)
 
+    if progress:
+        print(f"building the photo cache: {n:,} photos at {hw[0]}x{hw[1]}, {n * hw[0] * hw[1] * 3 / 1e6:,.0f} MB "
+              f"in {cache_dir}", file=sys.stderr)
     tmp = pix_path.with_suffix(f".tmp{os.getpid()}.npy")
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *hw, 3))
     ok = np.zeros(n, bool)
     hashes = np.zeros(n, np.uint64)
-    errors: dict[int, str] = {}
+    errors: dict[str, str] = {}
 
     def load(i: int):
         try:
-            return i, decode(str(catalog.image_path(catalog.ids[i])), hw, framing), None
+            return i, decode(str(catalog.photos[i]), hw, framing), None
         except ImageError as e:
             return i, None, str(e)
 
@@ -86,7 +89,7 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
             else:
                 errors[catalog.ids[i]] = err
     pixels.flush()
-    meta = {"ok": ok.tolist(), "hashes": [int(h) for h in hashes], "errors": {str(k): v for k, v in errors.items()},
+    meta = {"ok": ok.tolist(), "hashes": [int(h) for h in hashes], "errors": errors,
             "checksums": {"crc32_per_photos": CHUNK, "values": _checksums(pixels)}}
     del pixels
     os.replace(tmp, pix_path)

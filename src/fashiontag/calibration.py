@@ -81,3 +81,23 @@ def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 def _number(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def fit_class_thresholds(probs: np.ndarray, y: np.ndarray, default: float = 0.5) -> list[float]:
+    """Per class of a multi-label task, the probability threshold with the best validation F1 for that class.
+
+    probs and y are (rows, classes); rows whose label is unknown (-1) are left out. A class without a positive
+    validation row keeps `default`: there is nothing to choose it on."""
+    known = y[:, 0] >= 0
+    probs, y = probs[known], y[known] > 0
+    grid = np.linspace(0.05, 0.95, 19)
+    thresholds = []
+    for c in range(y.shape[1]):
+        if not y[:, c].any():
+            thresholds.append(default)
+            continue
+        pred = probs[:, c][None, :] >= grid[:, None]                  # (candidates, rows)
+        tp = (pred & y[:, c]).sum(1)
+        f1 = 2 * tp / np.maximum(pred.sum(1) + y[:, c].sum(), 1)
+        thresholds.append(round(float(grid[f1.argmax()]), 2))
+    return thresholds

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fashiontag import INPUT_HW
 from fashiontag.model_meta import META, VOCABS_KEY, WEIGHTS, load_meta, model_folder, readable_folder
 from fashiontag.models import create_model
 
@@ -52,7 +53,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[nn.
     path = model_folder(path)
     meta = load_meta(path)
     heads = {t: len(classes) for t, classes in meta["vocabs"].items()}
-    model = create_model(meta["arch"], heads, **meta.get("arch_args", {}))
+    model = create_model(meta["arch"], heads, meta.get("input_hw", INPUT_HW), **meta.get("arch_args", {}))
     model.load_state_dict(load_file(str(path / WEIGHTS), device=device))
     return model.to(device).eval(), meta
 

@@ -22,7 +22,8 @@ SET_HELP = ("any config field as FIELD=VALUE, JSON values (e.g. --set model_args
             "A field that has its own flag is set by the flag or by --set, not both: --epochs 5 --set epochs=5 "
             "is an error")
 
-KAGGLE_HINT = ("No catalog given. Pass --data DIR or set FASHIONTAG_DATA to a folder holding styles.csv and images/.\n"
+KAGGLE_HINT = ("No catalog given. Pass --data (a catalog file, CSV, TSV or JSON Lines, or a folder holding styles.csv "
+               "and images/) or set FASHIONTAG_DATA.\n"
                "Get one: download the Kaggle dataset 'paramaggarwal/fashion-product-images-small'\n"
                "(kaggle datasets download -d paramaggarwal/fashion-product-images-small && unzip it),\n"
                "then FASHIONTAG_DATA=path/to/myntradataset make run")
@@ -32,8 +33,9 @@ def _data(data: Optional[str], fallback: str = "") -> str:
     data = data or os.environ.get("FASHIONTAG_DATA", "") or fallback
     if not data:
         raise typer.BadParameter(KAGGLE_HINT, param_hint="--data")
-    if not (Path(data) / "styles.csv").is_file():
-        raise typer.BadParameter(f"{data} has no styles.csv. {KAGGLE_HINT}", param_hint="--data")
+    if not Path(data).is_file() and not (Path(data) / "styles.csv").is_file():
+        raise typer.BadParameter(f"{data} is neither a catalog file nor a folder holding styles.csv. {KAGGLE_HINT}",
+                                 param_hint="--data")
     return data
 
 
@@ -92,9 +94,32 @@ def _train_config(config: Optional[Path], flags: dict, sets: dict, need_data: bo
 PROGRESS_HELP = "progress bars (default: on)"
 
 
+DATA_HELP = ("catalog: a CSV, TSV or JSON Lines file, or a folder holding styles.csv and images/ (default: "
+             "$FASHIONTAG_DATA)")
+ID_HELP = "the id column (default: id)"
+IMAGE_HELP = ("the photo column: paths relative to the catalog file, absolute paths, or names found as "
+              "images/<name>.<ext> (default: images/<id>.<ext>)")
+TITLE_HELP = "the product title column (default: productDisplayName where present)"
+
+
+def _tasks(tasks: Optional[str]) -> Optional[tuple[str, ...]]:
+    return tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
+
+
 @app.command()
 def train(
-    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help=DATA_HELP),
+    tasks: Optional[str] = typer.Option(None, metavar="A,B,...", help="task columns (default: the Kaggle layout's "
+                                        "seven, else every column with few distinct values; a column whose cells "
+                                        "hold several values joined by | is multi-label)"),
+    id_column: Optional[str] = typer.Option(None, metavar="NAME", help=ID_HELP),
+    image_column: Optional[str] = typer.Option(None, metavar="NAME", help=IMAGE_HELP),
+    title_column: Optional[str] = typer.Option(None, metavar="NAME", help=TITLE_HELP),
+    hierarchy: Optional[List[str]] = typer.Option(None, metavar="CHILD>PARENT",
+                                                  help="a hierarchy to decode jointly, e.g. category>department "
+                                                  "(default: the one found in the data)"),
+    image_size: Optional[str] = typer.Option(None, metavar="HxW", help="model input in pixels, e.g. 160x120 "
+                                             "(default: the catalog's typical photo size, longer side at most 160)"),
     out: Optional[str] = typer.Option(None, metavar="DIR", help=f"run folder (default: {TrainConfig.out})"),
     model: Optional[str] = typer.Option(None, metavar="NAME",
                                         help="model family: rescnn (default), seed-cnn, mlp, efficientnet-lite0"),
@@ -118,7 +143,10 @@ def train(
     from fashiontag.train import train as run_training
     try:
         cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress),
+                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress,
+                                         tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
+                                         title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
+                                         image_size=image_size),
                             _parse_sets(set_), need_data=not (resume and not data))
         best = run_training(cfg, resume=resume)
     except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:
@@ -130,7 +158,7 @@ def train(
 
 @app.command()
 def evaluate(
-    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help=DATA_HELP + "; read with the model's columns"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     out: str = typer.Option("reports/latest", metavar="DIR", help="report folder"),
     side: str = typer.Option("unseen", metavar="SIDE",
@@ -147,8 +175,9 @@ def evaluate(
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for t, m in summary["tasks"].items():
-        typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  "
-                   f"top-{m['top_k']} {m['top_k_accuracy']:.2%}")
+        typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  " + (
+            f"sample-F1 {m['sample_f1']:.3f} (multi-label)" if "sample_f1" in m
+            else f"top-{m['top_k']} {m['top_k_accuracy']:.2%}"))
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 
@@ -229,23 +258,31 @@ def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Option
 
 @app.command()
 def explore(
-    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help=DATA_HELP),
+    id_column: str = typer.Option("", metavar="NAME", help=ID_HELP),
+    image_column: str = typer.Option("", metavar="NAME", help=IMAGE_HELP),
+    title_column: str = typer.Option("", metavar="NAME", help=TITLE_HELP),
     out: str = typer.Option("reports/explore", metavar="DIR", help="report folder", show_default=True),
 ):
-    """Class distributions, malformed rows, unusable photos and duplicate groups of a catalog."""
+    """Columns and their kinds, class counts, hierarchies, photo sizes, malformed rows, unusable photos, repeated
+    ids and duplicate photos of a catalog."""
+    from fashiontag.catalog import CatalogSpec
     from fashiontag.explore import explore as run_explore
     try:
-        s = run_explore(_data(data), out)
-    except CatalogError as e:
+        s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out)
+    except (CatalogError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in styles.csv, "
-               f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups; "
+    kinds = ", ".join(f"{c} ({k})" for c, k in s["columns"].items())
+    typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in the file, "
+               f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups\n"
+               f"columns: {kinds}\ntasks by default: {', '.join(s['tasks'])}\n"
+               f"hierarchies: {', '.join(h['child'] + ' > ' + h['parent'] for h in s['hierarchies']) or 'none'}\n"
                f"report: {Path(out) / 'explore.md'}")
 
 
 @app.command()
 def run(
-    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help=DATA_HELP),
     out: str = typer.Option("runs/default", metavar="DIR", help="run folder", show_default=True),
     report: str = typer.Option("reports/default", metavar="DIR", help="report folder", show_default=True),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out, if it saved resume state"),
@@ -298,7 +335,7 @@ def export(
                                           help="photos or folders to calibrate int8 on (default: the training "
                                                    "catalog)"),
 ):
-    """Export a model to ONNX (dynamic batch, input 'image' float (N,3,80,60) in [0,1], logits per task)."""
+    """Export a model to ONNX (dynamic batch, input 'image' float (N,3,H,W) in [0,1], logits per task)."""
     if format != "onnx":
         _fail(f"unknown format {format!r}: only onnx")
     from fashiontag.export import export_onnx
@@ -312,7 +349,7 @@ def export(
 
 @app.command()
 def tune(
-    data: Optional[str] = typer.Option(None, metavar="DIR", help="catalog folder (default: $FASHIONTAG_DATA)"),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help=DATA_HELP),
     model: Optional[str] = typer.Option(None, metavar="NAME", help="search space: seed-cnn (default; the notebook's "
                                         "dimensions) or rescnn"),
     trials: int = typer.Option(20, min=1, metavar="N", help="trials to add to the study", show_default=True),

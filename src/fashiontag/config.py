@@ -9,8 +9,6 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fashiontag import TASKS
-
 # "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
 PROTOCOLS = ("all", "notebook")
 SCHEDULES = ("cosine", "constant")
@@ -29,12 +27,18 @@ def protocol_name(protocol: str) -> str:
 
 @dataclass
 class TrainConfig:
-    data: str = ""                     # catalog folder: styles.csv + images/
+    data: str = ""                     # catalog: a CSV/TSV/JSON Lines file, or a folder with styles.csv + images/
+    id_column: str = ""                # the product id's column (default "id")
+    image_column: str = ""             # the photo's column (default: the photo of id X is images/X.<ext>)
+    title_column: str = ""             # product titles (default productDisplayName where present)
+    label_separator: str = "|"         # between the values of a multi-label cell (casual|party)
+    hierarchy: tuple[str, ...] = ()    # declared "child>parent" chains; default: the Kaggle one, else found
+    image_size: str = ""               # model input "HxW"; default: the catalog's typical photo size, capped
     out: str = "runs/default"          # run folder: best/ (the model), last/ (resume state), split.json
     model: str = "rescnn"              # a name from fashiontag.models
     model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
     pretrained: bool = False           # start from the family's ImageNet weights (efficientnet-lite0)
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = ()        # task columns; default: Kaggle's seven, else every label-like column
     protocol: str = "all"              # "all" tasks and classes, or "notebook": the original notebook's filtering
     epochs: int = 30
     batch_size: int = 128

@@ -9,18 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag import TASKS
 from fashiontag.cache import ImageCache, build_cache
-from fashiontag.catalog import Catalog, read_catalog
+from fashiontag.catalog import NOTEBOOK_MASTER, NOTEBOOK_MIN_SHARE, NOTEBOOK_TASKS, Catalog, CatalogSpec
 from fashiontag.config import protocol_name
 from fashiontag.split import SIDES, duplicate_groups, load_split, make_split
-from fashiontag.vocab import build_vocab, encode
-
-# The original notebook's filtering (protocol "notebook", once "seed"): these master categories, sub-categories
-# with at least a 1% share of what remains, and its three tasks.
-SEED_MASTER = ("Accessories", "Apparel", "Footwear", "Personal Care")
-SEED_MIN_SHARE = 0.01
-SEED_TASKS = ("gender", "masterCategory", "subCategory")
+from fashiontag.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, resolve_taxonomy
+from fashiontag.vocab import build_vocab, encode, encode_multi, split_values
 
 
 @dataclass
@@ -29,12 +23,23 @@ class TrainingData:
     cache: ImageCache
     split: dict                          # side -> product ids, plus "meta"
     vocabs: dict[str, list[str]]         # task -> class names
-    targets: dict[str, np.ndarray]       # task -> class index per catalog row (-1: unknown)
+    # task -> per catalog row: a class index (-1: unknown) for single-label tasks; for multi-label ones a row of
+    # 0/1 per class (all -1: unknown)
+    targets: dict[str, np.ndarray]
     rows: dict[str, np.ndarray]          # side -> catalog row positions with a usable photo
+    taxonomy: Taxonomy
+    spec: CatalogSpec
+    hw: tuple[int, int]                  # the photos' size in the cache: the model's input
+    hw_note: str = ""                    # how hw was chosen
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {t: self.taxonomy.kinds[t] for t in self.vocabs}
 
     def hierarchy(self) -> list[list[str]]:
-        """(articleType, subCategory, masterCategory) combinations seen in training, for consistent predictions."""
-        tasks = [t for t in ("articleType", "subCategory", "masterCategory") if t in self.vocabs]
+        """The hierarchy's label combinations seen in training (first row: its tasks, finest first), so that
+        predictions are consistent."""
+        tasks = [t for t in self.taxonomy.hierarchy if t in self.vocabs]
         if len(tasks) < 2:
             return []
         r = self.rows["train"]
@@ -44,50 +49,89 @@ class TrainingData:
 
     def class_counts(self, task: str, side: str = "train") -> np.ndarray:
         y = self.targets[task][self.rows[side]]
+        if y.ndim == 2:
+            return np.maximum(y, 0).sum(0)
         return np.bincount(y[y >= 0], minlength=len(self.vocabs[task]))
 
 
 def notebook_rows(catalog: Catalog) -> np.ndarray:
-    master = np.array(catalog.labels["masterCategory"])
-    keep = np.isin(master, SEED_MASTER)
-    sub = np.array(catalog.labels["subCategory"])
+    master = np.array(catalog.columns["masterCategory"])
+    keep = np.isin(master, NOTEBOOK_MASTER)
+    sub = np.array(catalog.columns["subCategory"])
     counts = Counter(sub[keep])
-    big = [s for s, n in counts.items() if n >= SEED_MIN_SHARE * keep.sum()]
+    big = [s for s, n in counts.items() if n >= NOTEBOOK_MIN_SHARE * keep.sum()]
     return np.flatnonzero(keep & np.isin(sub, big))
 
 
-def load_dataset(data: str | Path, tasks=TASKS, protocol: str = "all", split_path: str | Path | None = None,
-                 vocabs: dict[str, list[str]] | None = None, min_count: int = 10, seed: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True, framing: bool = False) -> TrainingData:
-    """Read and cache the catalog (photos framed with `framing`); load the split from split_path or make one;
-    build or reuse vocabularies.
+def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), protocol: str = "all",
+                 split_path: str | Path | None = None, vocabs: dict[str, list[str]] | None = None,
+                 min_count: int = 10, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
+                 framing: bool = False, hw: tuple[int, int] | None = None, hierarchy: tuple[str, ...] = (),
+                 taxonomy: Taxonomy | None = None) -> TrainingData:
+    """Read and cache the catalog (photos at hw, default the catalog's typical size; framed with `framing`); load
+    the split from split_path or make one; build or reuse vocabularies.
 
-    A task with fewer than two classes of min_count training photos is left out, with a warning."""
-    catalog = read_catalog(data)
-    cache = build_cache(catalog, cache_dir or None, progress=progress, framing=framing)
+    tasks and hierarchy: see taxonomy.resolve_taxonomy; a trained model passes its own `taxonomy` instead. A task
+    with fewer than two classes of min_count training photos (one, if multi-label) is left out, with a warning."""
+    spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
+    catalog = spec.read()
+    if taxonomy is None:
+        taxonomy = resolve_taxonomy(catalog, tuple(tasks), spec.separator, tuple(hierarchy))
+    else:
+        missing = [t for t in taxonomy.tasks if t not in catalog.columns]
+        if missing:
+            raise ValueError(f"{catalog.source}: the model's task column(s) {', '.join(missing)} do not exist")
+    hw_note = "given"
+    if hw is None:
+        hw, hw_note = default_image_size(catalog)
+    cache = build_cache(catalog, cache_dir or None, hw=hw, progress=progress, framing=framing)
     usable = np.flatnonzero(cache.ok)
     if split_path and Path(split_path).exists():
         split = load_split(split_path)
     else:
+        strata_task = _strata_task(taxonomy, catalog)
+        strata = [catalog.columns[strata_task][i] if strata_task else "" for i in usable]
         groups = duplicate_groups(cache.hashes[usable])
-        split = make_split([catalog.ids[i] for i in usable], [catalog.labels["articleType"][i] for i in usable],
-                           groups, seed=seed)
+        split = make_split([catalog.ids[i] for i in usable], strata, groups, seed=seed, stratified_on=strata_task)
+    kinds = dict(taxonomy.kinds)
     if protocol_name(protocol) == "notebook":
-        tasks = tuple(t for t in tasks if t in SEED_TASKS)
+        if not catalog.kaggle:
+            raise ValueError('protocol "notebook" is the Kaggle catalog\'s (styles.csv); use "all" for this catalog')
+        kinds = {t: k for t, k in kinds.items() if t in NOTEBOOK_TASKS}
         usable = np.intersect1d(usable, notebook_rows(catalog))
     row_of = {pid: i for i, pid in enumerate(catalog.ids)}
     usable_set = set(usable.tolist())
     rows = {s: np.array(sorted(row_of[p] for p in split[s] if p in row_of and row_of[p] in usable_set), dtype=np.int64)
             for s in SIDES}
     if vocabs is None:
-        train_rows = rows["train"]
-        vocabs = {t: build_vocab([catalog.labels[t][i] for i in train_rows], min_count) for t in tasks}
-        # One class or none is nothing to learn, and an empty head would crash training.
-        for t in [t for t, v in vocabs.items() if len(v) < 2]:
-            print(f"warning: task {t} left out: fewer than two of its classes have {min_count} training photos "
+        vocabs = _vocabs(catalog, kinds, rows["train"], min_count, spec.separator)
+    targets = {t: (np.array(encode(catalog.columns[t], vocabs[t]), dtype=np.int64) if kinds[t] == SINGLE
+                   else encode_multi(catalog.columns[t], vocabs[t], spec.separator)) for t in vocabs}
+    return TrainingData(catalog, cache, split, vocabs, targets, rows, taxonomy, spec, tuple(hw), hw_note)
+
+
+def _vocabs(catalog: Catalog, kinds: dict[str, str], train_rows: np.ndarray, min_count: int,
+            separator: str) -> dict[str, list[str]]:
+    vocabs = {}
+    for t, kind in kinds.items():
+        cells = [catalog.columns[t][i] for i in train_rows]
+        if kind == MULTI:
+            vocabs[t] = build_vocab([v for c in cells for v in split_values(c, separator)], min_count, other=False)
+        else:
+            vocabs[t] = build_vocab(cells, min_count)
+        # One class or none is nothing to learn (a multi-label class alone still is), and an empty head would crash.
+        if len(vocabs[t]) < (1 if kind == MULTI else 2):
+            print(f"warning: task {t} left out: too few of its classes have {min_count} training photos "
                   "(min_count); its column is empty or too sparse", file=sys.stderr)
             del vocabs[t]
-        if not vocabs:
-            raise ValueError(f"{data}: no task has two classes with {min_count} training photos (min_count)")
-    targets = {t: np.array(encode(catalog.labels[t], vocabs[t]), dtype=np.int64) for t in vocabs}
-    return TrainingData(catalog, cache, split, vocabs, targets, rows)
+    if not vocabs:
+        raise ValueError(f"{catalog.source}: no task has two classes with {min_count} training photos (min_count)")
+    return vocabs
+
+
+def _strata_task(taxonomy: Taxonomy, catalog: Catalog) -> str:
+    """The task the split keeps in proportion: the hierarchy's finest, else the single-label task with most classes."""
+    if taxonomy.hierarchy:
+        return taxonomy.hierarchy[0]
+    single = [t for t, k in taxonomy.kinds.items() if k == SINGLE]
+    return max(single, key=lambda t: len(set(catalog.columns[t])), default="")

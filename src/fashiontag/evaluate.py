@@ -13,8 +13,11 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classifica
 
 from fashiontag import plots
 from fashiontag.calibration import expected_calibration_error
+from fashiontag.catalog import CatalogSpec
 from fashiontag.dataset import load_dataset
+from fashiontag.model_meta import MULTI, hierarchy_of
 from fashiontag.tagger import Tagger
+from fashiontag.taxonomy import Taxonomy
 
 # unseen: every photo the model did not train on; all: every photo; or one side of the model's split.
 SIDES = ("unseen", "test", "val", "train", "all")
@@ -45,6 +48,22 @@ def task_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: li
     }
 
 
+def multi_label_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """sklearn's multi-label metrics for one task, over rows whose labels are known: exact-match accuracy,
+    sample-F1 (the F1 of each photo's label set, averaged), macro-F1 and per-class precision and recall."""
+    known = y[:, 0] >= 0
+    y, pred = y[known] > 0, pred[known]
+    report = classification_report(y, pred, target_names=classes, output_dict=True, zero_division=0)
+    return {
+        "kind": MULTI,
+        "n": int(len(y)),
+        "accuracy": accuracy_score(y, pred),
+        "sample_f1": f1_score(y, pred, average="samples", zero_division=1.0),
+        "macro_f1": f1_score(y, pred, average="macro", zero_division=0),
+        "per_class": {c: report[c] for c in classes},
+    }
+
+
 def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
     """Catalog rows to score for `side` (see SIDES), and a description of them for the report."""
     usable = np.flatnonzero(ds.cache.ok)
@@ -70,9 +89,12 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
         raise ValueError(f"unknown side {side!r}: use {', '.join(SIDES)}")
     tagger = Tagger.load(model, engine=engine, bf16=bf16, flip=flip)
     split_path = tagger.model_dir / "split.json"
-    cfg = tagger.meta.get("config", {})
-    ds = load_dataset(data, protocol=cfg.get("protocol", "all"), split_path=split_path, vocabs=tagger.vocabs,
-                      cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing)
+    meta = tagger.meta
+    hierarchy = hierarchy_of(meta)
+    ds = load_dataset(CatalogSpec.from_record(data, meta.get("catalog")),
+                      protocol=meta.get("config", {}).get("protocol", "all"), split_path=split_path,
+                      vocabs=tagger.vocabs, cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing,
+                      hw=tagger.input_hw, taxonomy=Taxonomy(tagger.kinds, tuple(hierarchy[0]) if hierarchy else ()))
     if not split_path.exists():
         print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
     rows, side = rows_to_score(ds, side)
@@ -82,7 +104,8 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     pixels = np.asarray(ds.cache.pixels[rows])
     probs = tagger.probabilities(pixels)
     chosen = tagger.choose(probs)
-    metrics = {t: task_metrics(ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
+    metrics = {t: (multi_label_metrics if tagger.kinds[t] == MULTI else task_metrics)(
+        ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
     summary = {"model": str(tagger.model_dir), "model_version": tagger.info()["version"], "data": str(data),
                "side": side, "engine": engine, "flip": flip,
                "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
@@ -110,6 +133,10 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
              "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-k acc. (k) | majority baseline | ECE |",
              "|---|---|---|---|---|---|---|---|"]
     for t, v in m.items():
+        if v.get("kind") == MULTI:
+            lines.append(f"| {t} (multi-label: exact match; sample-F1 {v['sample_f1']:.3f}) | {len(v['per_class'])} | "
+                         f"{v['accuracy']:.2%} | {v['macro_f1']:.3f} | | | | |")
+            continue
         lines.append(f"| {t} | {len(v['per_class'])} | {v['accuracy']:.2%} | {v['macro_f1']:.3f} | "
                      f"{v['balanced_accuracy']:.2%} | {v['top_k_accuracy']:.2%} ({v['top_k']}) | {v['majority_baseline']:.2%} | "
                      f"{v['ece']:.3f} |")

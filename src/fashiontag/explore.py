@@ -1,4 +1,5 @@
-"""Exploration of a catalog before training: class distributions, broken rows and photos, duplicate groups."""
+"""Exploration of a catalog before training: its columns and their kinds, class counts, hierarchies, photo sizes,
+broken rows and photos, repeated ids and duplicate photos."""
 
 from __future__ import annotations
 
@@ -8,40 +9,87 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag import TASKS, plots
+from fashiontag import plots
 from fashiontag.cache import build_cache
-from fashiontag.catalog import read_catalog
+from fashiontag.catalog import CatalogSpec
 from fashiontag.split import duplicate_groups
+from fashiontag.taxonomy import (MULTI, SINGLE, column_kinds, default_image_size, find_hierarchies, photo_sizes,
+                                 resolve_taxonomy)
+from fashiontag.vocab import split_values
 
 
-def explore(data: str | Path, out: str | Path = "reports/explore", cache_dir: str | None = None,
+def explore(data: str | Path | CatalogSpec, out: str | Path = "reports/explore", cache_dir: str | None = None,
             progress: bool = True) -> dict:
-    catalog = read_catalog(data)
-    cache = build_cache(catalog, cache_dir, progress=progress)
+    spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
+    catalog = spec.read()
+    kinds = column_kinds(catalog, spec.separator)
+    tasks = resolve_taxonomy(catalog, separator=spec.separator).tasks
+    hw, hw_note = default_image_size(catalog)
+    cache = build_cache(catalog, cache_dir, hw=hw, progress=progress)
     usable = np.flatnonzero(cache.ok)
     groups = duplicate_groups(cache.hashes[usable])
-    members: dict[int, list[int]] = {}
+    members: dict[int, list[str]] = {}
     for row, g in zip(usable, groups):
         members.setdefault(int(g), []).append(catalog.ids[row])
     dup_groups = sorted((m for m in members.values() if len(m) > 1), key=len, reverse=True)
-    counts = {t: dict(Counter(v if v else "(empty)" for v in catalog.labels[t]).most_common()) for t in TASKS}
-    summary = {"data": str(data), "rows": len(catalog), "malformed_rows": catalog.problems,
-               "unusable_photos": {str(k): v for k, v in cache.errors.items()},
-               "duplicate_groups": len(dup_groups), "photos_in_duplicate_groups": sum(map(len, dup_groups)),
-               "duplicate_group_ids": dup_groups, "class_counts": counts}
+    counts = {}
+    for c, kind in kinds.items():
+        if kind == MULTI:
+            counts[c] = dict(Counter(v for cell in catalog.columns[c] for v in split_values(cell, spec.separator)
+                                     ).most_common())
+        elif kind == SINGLE:
+            counts[c] = dict(Counter(v if v else "(empty)" for v in catalog.columns[c]).most_common())
+    hierarchies = [{"child": a, "parent": b, "share": round(share, 4)}
+                   for a, b, share in find_hierarchies(catalog, [c for c, k in kinds.items() if k == SINGLE])]
+    sizes = photo_sizes(catalog)
+    repeated = [p for p in catalog.problems if "listed twice" in p]
+    summary = {"data": str(catalog.source), "rows": len(catalog), "columns": kinds, "tasks": list(tasks),
+               "class_counts": counts, "hierarchies": hierarchies,
+               "photo_sizes": _size_summary(sizes), "input_size": {"hw": list(hw), "why": hw_note},
+               "malformed_rows": catalog.problems, "repeated_ids": len(repeated),
+               "unusable_photos": cache.errors, "duplicate_groups": len(dup_groups),
+               "photos_in_duplicate_groups": sum(map(len, dup_groups)), "duplicate_group_ids": dup_groups}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "explore.json").write_text(json.dumps(summary, indent=1))
-    plots.class_distributions(out / "class_distributions.png", counts, "catalog rows per class")
-    lines = [f"# Catalog `{data}`", "", f"- {len(catalog):,} rows; {len(catalog.problems)} problems in styles.csv (listed below)",
-             f"- {cache.report()}",
-             f"- {len(dup_groups):,} groups of re-listed photos (equal perceptual hash) holding "
-             f"{summary['photos_in_duplicate_groups']:,} photos; largest: {[len(g) for g in dup_groups[:5]]}",
-             "", "![class distributions](class_distributions.png)"]
-    for p in catalog.problems[:20]:
-        lines.append(f"- {p}")
-    for t, c in counts.items():
-        lines += ["", f"## {t} ({len(c)} classes)", "", "| class | rows | share |", "|---|---|---|"]
-        lines += [f"| {k} | {v} | {v / len(catalog):.2%} |" for k, v in c.items()]
-    (out / "explore.md").write_text("\n".join(lines) + "\n")
+    plots.class_distributions(out / "class_distributions.png", {t: counts[t] for t in tasks if t in counts},
+                              "catalog rows per class")
+    (out / "explore.md").write_text(render(summary, cache.report()))
     return summary
+
+
+def _size_summary(sizes: list[tuple[int, int]]) -> dict:
+    if not sizes:
+        return {"sampled": 0}
+    h, w = np.array(sizes).T
+    return {"sampled": len(sizes), "median_hw": [int(np.median(h)), int(np.median(w))],
+            "min_hw": [int(h.min()), int(w.min())], "max_hw": [int(h.max()), int(w.max())]}
+
+
+def render(summary: dict, cache_report: str) -> str:
+    sizes = summary["photo_sizes"]
+    size_line = (f"- photo sizes (height x width, {sizes['sampled']} sampled): median {sizes['median_hw'][0]}x"
+                 f"{sizes['median_hw'][1]}, from {sizes['min_hw'][0]}x{sizes['min_hw'][1]} to "
+                 f"{sizes['max_hw'][0]}x{sizes['max_hw'][1]}" if sizes["sampled"] else "- no readable photo to size")
+    hw = summary["input_size"]["hw"]
+    lines = [f"# Catalog `{summary['data']}`", "",
+             f"- {summary['rows']:,} rows; {len(summary['malformed_rows'])} problems in the file (listed below), "
+             f"{summary['repeated_ids']} of them repeated ids",
+             f"- {cache_report}", size_line,
+             f"- model input by default: {hw[0]}x{hw[1]} ({summary['input_size']['why']})",
+             f"- {summary['duplicate_groups']:,} groups of re-listed photos (equal perceptual hash) holding "
+             f"{summary['photos_in_duplicate_groups']:,} photos; largest: "
+             f"{[len(g) for g in summary['duplicate_group_ids'][:5]]}",
+             f"- tasks by default: {', '.join(summary['tasks'])}",
+             "", "| column | kind | distinct values |", "|---|---|---|"]
+    for c, kind in summary["columns"].items():
+        lines.append(f"| {c} | {kind} | {len(summary['class_counts'][c]) if c in summary['class_counts'] else ''} |")
+    lines += ["", "Hierarchies found (each value of the child determines the parent in this share of rows):", ""]
+    lines += [f"- {h['child']} > {h['parent']}: {h['share']:.2%}" for h in summary["hierarchies"]] or ["- none"]
+    lines += ["", "![class distributions](class_distributions.png)", ""]
+    lines += [f"- {p}" for p in summary["malformed_rows"][:20]]
+    for t, c in summary["class_counts"].items():
+        lines += ["", f"## {t} ({summary['columns'][t]}, {len(c)} classes)", "", "| class | rows | share |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v} | {v / summary['rows']:.2%} |" for k, v in c.items()]
+    return "\n".join(lines) + "\n"

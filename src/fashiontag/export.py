@@ -99,11 +99,12 @@ def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int 
     """Up to n decoded photos, uint8 (N, H, W, 3): from `sources`, else from the model's training catalog."""
     if sources is None:
         data = meta.get("config", {}).get("data", "")
-        if not data or not (Path(data) / "images").is_dir():
+        root = Path(data) if Path(data).is_dir() else Path(data).parent  # a Kaggle folder, or a catalog file's
+        if not data or not root.is_dir():
             raise FileNotFoundError(f"int8 quantization calibrates on photos, and the model's training catalog "
                                     f"({data or 'not recorded'}) is not here: pass some, as in "
                                     "`fashiontag export --int8 --calibration DIR`")
-        sources = [Path(data) / "images"]
+        sources = [root / "images" if (root / "images").is_dir() else root]
     photo_input = PhotoInput.of(meta)
     loaded = (_load(p, photo_input)[0] for p in islice(iter_image_paths(sources), 4 * n))  # a few may be unreadable
     arrays = list(islice((a for a in loaded if a is not None), n))

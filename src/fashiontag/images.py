@@ -20,6 +20,7 @@ MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 TOO_LARGE = "too large: {} is over the limit of " + f"{MAX_PIXELS:,} pixels"
 BACKGROUND = (255, 255, 255)  # catalog photos sit on white, so padding and transparency become white
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 class ImageError(Exception):

@@ -18,6 +18,8 @@ from pathlib import Path
 import platformdirs
 
 WEIGHTS, META = "model.safetensors", "model.json"
+# Task kinds: one class per photo (softmax), or any number of them (a sigmoid per class, thresholds per class).
+SINGLE, MULTI = "single-label", "multi-label"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 # Written into the safetensors header at save time: a vocabulary permuted in model.json alone is then noticed.
 VOCABS_KEY = "fashiontag_vocabs"
@@ -107,6 +109,14 @@ def validate_meta(meta: dict, header: dict, folder: Path) -> None:
         t = temps.get(task, 1.0)
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
             raise ModelError(f"{where}: temperature of task {task!r} is {t!r}; it must be a positive number")
+    kinds = meta.get("task_kinds", {})
+    if not isinstance(kinds, dict) or not set(kinds) <= set(vocabs) or not set(kinds.values()) <= {SINGLE, MULTI}:
+        raise ModelError(f"{where}: 'task_kinds' must map tasks to {SINGLE!r} or {MULTI!r}, got {kinds!r}")
+    for task, thresholds in meta.get("class_thresholds", {}).items():
+        if kinds.get(task) != MULTI or not isinstance(thresholds, list) or len(thresholds) != len(vocabs[task]) \
+                or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in thresholds):
+            raise ModelError(f"{where}: class_thresholds of {task!r} must be one number between 0 and 1 per class "
+                             "of a multi-label task")
     hw = meta.get("input_hw", [80, 60])
     if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(x, int) and 8 <= x <= 4096 for x in hw)):
         raise ModelError(f"{where}: input_hw must be [height, width] in pixels (8 to 4096), got {hw!r}")
@@ -119,6 +129,11 @@ def validate_meta(meta: dict, header: dict, folder: Path) -> None:
         for row in hierarchy[1:]:
             if len(row) != len(tasks) or not all(label in k for label, k in zip(row, known)):
                 raise ModelError(f"{where}: hierarchy row {row!r} names a class the vocabularies do not have")
+
+
+def task_kinds(meta: dict) -> dict[str, str]:
+    """Each task's kind (models from before multi-label tasks have only single-label ones)."""
+    return {t: meta.get("task_kinds", {}).get(t, SINGLE) for t in meta["vocabs"]}
 
 
 def hierarchy_of(meta: dict) -> tuple[list[str], list[list[str]]] | None:

@@ -90,6 +90,8 @@ def report_plots(out: Path, ds, rows: np.ndarray, pixels: np.ndarray, probs: dic
         training_curves(out / "training_curves.png", meta["history"])
         figures["curves"] = "training_curves.png"
     for t, classes in ds.vocabs.items():
+        if "confusion" not in metrics[t]:  # multi-label: the per-class table says it
+            continue
         confusion(out / f"confusion_{t}.png", metrics[t]["confusion"], classes, t)
         figures[f"confusion_{t}"] = f"confusion_{t}.png"
         y = ds.targets[t][rows]

@@ -22,11 +22,10 @@ from typing import IO, Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from fashiontag.images import ImageError, PhotoInput
+from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
 from fashiontag.model_meta import load_meta, model_folder
 from fashiontag.tagger import PhotoResult, Tagger, check_options, row_columns
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 # torch measured faster than onnx on large batches with bf16 (benchmarks/speed.py); serve picks onnx.
 DEFAULT_ENGINE = "torch"

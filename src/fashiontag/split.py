@@ -60,9 +60,10 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
 
 
-def make_split(ids: list[int], strata: list[str], groups: np.ndarray, seed: int = 0,
-               test_fraction: float = 0.1, val_fraction: float = 0.1) -> dict:
-    """Assign each id to train, val or test; stratified on `strata`, whole duplicate groups at a time."""
+def make_split(ids: list[str], strata: list[str], groups: np.ndarray, seed: int = 0,
+               test_fraction: float = 0.1, val_fraction: float = 0.1, stratified_on: str = "") -> dict:
+    """Assign each id to train, val or test; stratified on `strata` (the labels of task `stratified_on`), whole
+    duplicate groups at a time."""
     n_folds = round(1 / min(test_fraction, val_fraction))
     n_test, n_val = round(test_fraction * n_folds), round(val_fraction * n_folds)
     skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -73,9 +74,9 @@ def make_split(ids: list[int], strata: list[str], groups: np.ndarray, seed: int 
             fold[held] = k
     side = np.where(fold < n_test, 2, np.where(fold < n_test + n_val, 1, 0))
     ids_arr = np.asarray(ids)
-    split = {s: sorted(int(i) for i in ids_arr[side == k]) for k, s in enumerate(SIDES)}
+    split = {s: sorted(str(i) for i in ids_arr[side == k]) for k, s in enumerate(SIDES)}
     split["meta"] = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
-                     "stratified_on": "articleType", "duplicate_groups": int(groups.max() + 1) if len(groups) else 0}
+                     "stratified_on": stratified_on, "duplicate_groups": int(groups.max() + 1) if len(groups) else 0}
     return split
 
 
@@ -84,8 +85,9 @@ def save_split(split: dict, path: str | Path) -> None:
 
 
 def load_split(path: str | Path) -> dict:
+    """A split file; ids are text (older files list the Kaggle catalog's ids as numbers)."""
     split = json.loads(Path(path).read_text())
     missing = [s for s in SIDES if s not in split]
     if missing:
         raise ValueError(f"{path}: not a split file (no {', '.join(missing)})")
-    return split
+    return {k: [str(i) for i in v] if k in SIDES else v for k, v in split.items()}

@@ -23,7 +23,7 @@ from PIL import Image
 
 from fashiontag.engines import Engine, load_engine
 from fashiontag.images import ImageError, PhotoInput
-from fashiontag.model_meta import hierarchy_of, load_meta, model_folder, model_version
+from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
@@ -37,12 +37,17 @@ def below_threshold(confidence, threshold):
 @dataclass(frozen=True)
 class Tag:
     """One task's answer for one photo: the label, its calibrated confidence, the runners-up (label, confidence)
-    in order, and the threshold below which it needs review (the label is kept: it is still the best guess)."""
+    in order, and the threshold below which it needs review (the label is kept: it is still the best guess).
+
+    A multi-label task's answer also lists each label it holds with its probability (`labels`); its `label` is them
+    joined by the catalog's separator ("casual|party"), and its confidence that of its least sure class decision
+    (present or absent)."""
 
     label: str
     confidence: float
     runners_up: tuple[tuple[str, float], ...] = ()
     threshold: float = 0.0
+    labels: tuple[tuple[str, float], ...] | None = None
 
     @property
     def needs_review(self) -> bool:
@@ -50,6 +55,8 @@ class Tag:
 
     def to_dict(self, top_k: int | None = None) -> dict:
         out = {"label": self.label, "confidence": round(self.confidence, 4), "needs_review": self.needs_review}
+        if self.labels is not None:
+            out["labels"] = [{"label": label, "confidence": round(conf, 4)} for label, conf in self.labels]
         runners = self._runners(top_k)
         if runners:
             out["top"] = [{"label": self.label, "confidence": out["confidence"]}] + [
@@ -115,6 +122,10 @@ class PhotoResult:
         return f"PhotoResult({tags})"
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-logits))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in numpy: on a service's small batches torch's per-call cost (and its OpenMP threads
     spinning afterwards, stealing the cores from onnxruntime) was a tenth of the serving time."""
@@ -133,6 +144,10 @@ class Tagger:
         self.engine, self.meta, self.model_dir, self.flip = engine, meta, model_dir, flip
         self.vocabs: dict[str, list[str]] = meta["vocabs"]
         self.tasks = list(self.vocabs)
+        self.kinds = task_kinds(meta)
+        self.separator = meta.get("catalog", {}).get("separator") or "|"
+        self.class_thresholds = {t: np.asarray(meta.get("class_thresholds", {}).get(t, [0.5] * len(self.vocabs[t])))
+                                 for t in self.tasks if self.kinds[t] == MULTI}
         self.temperatures = {t: float(meta.get("temperatures", {}).get(t, 1.0)) for t in self.tasks}
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
@@ -192,16 +207,19 @@ class Tagger:
     # -------------------------------------------------------------------------------------- logits to tags
 
     def probabilities(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos."""
+        """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos: a distribution over
+        the classes (single-label tasks), or each class's own probability (multi-label tasks)."""
         views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
-        probs = [{t: softmax(lg / self.temperatures[t]) for t, lg in self.engine.logits(view).items()}
-                 for view in views]
+        probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / self.temperatures[t])
+                  for t, lg in self.engine.logits(view).items()} for view in views]
         return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
 
     def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Class index per task; the hierarchy's tasks take the most probable combination seen in training, so
-        a photo is never Footwear + Topwear + Tshirts."""
-        chosen = {t: p.argmax(1) for t, p in probs.items()}
+        """Class index per single-label task, and (N, classes) booleans per multi-label task (each class at its
+        own threshold); the hierarchy's tasks take the most probable combination seen in training, so a photo is
+        never Footwear + Topwear + Tshirts."""
+        chosen = {t: p >= self.class_thresholds[t] if self.kinds[t] == MULTI else p.argmax(1)
+                  for t, p in probs.items()}
         if self._combos is not None:
             tasks, combos = self._combos
             joint = sum(np.log(probs[t][:, combos[:, j]] + 1e-12) for j, t in enumerate(tasks))
@@ -223,6 +241,10 @@ class Tagger:
         idx = np.arange(len(pixels))
         per_task = {}
         for t in self.tasks:  # a task at a time in numpy: per-photo Python work adds up at thousands a second
+            if self.kinds[t] == MULTI:
+                per_task[t] = self._multi_label_tags(probs[t], chosen[t], self._labels[t], top_k,
+                                                      min_confidence)
+                continue
             p, c, labels = probs[t], chosen[t], self._labels[t]
             runners: list = [()] * len(pixels)
             if top_k > 1:
@@ -232,10 +254,23 @@ class Tagger:
                 ranks = top[keep].reshape(len(top), top.shape[1] - 1)
                 runners = [tuple(zip(ls, cs)) for ls, cs in zip(labels[ranks].tolist(),
                                                                 np.take_along_axis(p, ranks, 1).tolist())]
-            per_task[t] = zip(labels[c].tolist(), p[idx, c].tolist(), runners)
-        return [PhotoResult({t: Tag(label, conf, runners, min_confidence)
-                             for t, (label, conf, runners) in zip(self.tasks, row)})
-                for row in zip(*per_task.values())]
+            per_task[t] = [Tag(label, conf, r, min_confidence)
+                           for label, conf, r in zip(labels[c].tolist(), p[idx, c].tolist(), runners)]
+        return [PhotoResult(dict(zip(self.tasks, row))) for row in zip(*per_task.values())]
+
+    def _multi_label_tags(self, p: np.ndarray, chosen: np.ndarray, labels: np.ndarray, top_k: int,
+                          min_confidence: float) -> list[Tag]:
+        """One Tag per photo for a multi-label task: its labels most probable first, the classes left out as
+        runners-up."""
+        order = np.argsort(-p, axis=1)
+        sure = np.where(chosen, p, 1 - p).min(1)
+        tags = []
+        for row, (o, c) in enumerate(zip(order, chosen)):
+            held = tuple((labels[i], float(p[row, i])) for i in o if c[i])
+            runners = tuple((labels[i], float(p[row, i])) for i in o if not c[i])[:max(0, top_k - 1)]
+            tags.append(Tag(self.separator.join(label for label, _ in held), float(sure[row]), runners,
+                            min_confidence, held))
+        return tags
 
     # ------------------------------------------------------------------------------------------ describing
 
@@ -251,7 +286,7 @@ class Tagger:
             "version": model_version(self.model_dir)[:12] if self.model_dir else "unknown",
             "arch": meta.get("arch"), "arch_args": meta.get("arch_args", {}), "created": meta.get("created"),
             "fashiontag_version": meta.get("fashiontag_version"), "engine": self.engine.name,
-            "input_hw": list(self.input_hw), "tasks": self.tasks, "classes": self.vocabs,
+            "input_hw": list(self.input_hw), "tasks": self.tasks, "kinds": self.kinds, "classes": self.vocabs,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
             "metrics": {"val_acc": meta.get("val_acc", {}),
                         "calibration_ece_val": {t: v.get("after") for t, v in calibration.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,9 +20,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from fashiontag import INPUT_HW, __version__
-from fashiontag.augment import COLOUR_TASKS, seller_augment, studio_augment
-from fashiontag.calibration import fit_temperatures
+from fashiontag import __version__
+from fashiontag.augment import colour_tasks, seller_augment, studio_augment
+from fashiontag.calibration import fit_class_thresholds, fit_temperatures
+from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
@@ -31,6 +33,7 @@ from fashiontag.models import create_model
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
 from fashiontag.tagger import Tagger
+from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
 
 
 COMPILE_MIN_STEPS = 2000
@@ -51,19 +54,43 @@ def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: b
 
 
 def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
-                class_weights: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
-    """Masked cross-entropy per task: rows whose label is unknown (-1) do not count for that task."""
+                class_weights: dict[str, torch.Tensor | None], kinds: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Per task, rows whose label is unknown (-1) left out: cross-entropy for single-label tasks, for multi-label
+    ones binary cross-entropy summed over the classes."""
     losses = {}
     for t, logits in out.items():
-        known = (y[t] >= 0).sum().clamp(min=1)
-        losses[t] = F.cross_entropy(logits.float(), y[t], weight=class_weights[t], ignore_index=-1,
-                                    label_smoothing=cfg.label_smoothing, reduction="sum") / known
+        if kinds[t] == MULTI:
+            known = y[t][:, 0] >= 0
+            per_row = F.binary_cross_entropy_with_logits(logits.float(), y[t].clamp(min=0).float(),
+                                                         reduction="none").sum(1)
+            losses[t] = (per_row * known).sum() / known.sum().clamp(min=1)
+        else:
+            known = (y[t] >= 0).sum().clamp(min=1)
+            losses[t] = F.cross_entropy(logits.float(), y[t], weight=class_weights[t], ignore_index=-1,
+                                        label_smoothing=cfg.label_smoothing, reduction="sum") / known
     return losses
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against a probability distribution (a teacher's), averaged over the batch."""
+def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss against a teacher's probabilities, averaged over the batch: cross-entropy for a single-label task,
+    binary cross-entropy per class for a multi-label one."""
+    if kind == MULTI:
+        return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1).mean()
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, int]:
+    """(sum, rows) of the per-row score over rows with a known label: 1 for a right class (single-label), the F1 of
+    the predicted set at probability 0.5 (multi-label; an empty set rightly predicted empty scores 1)."""
+    if kind == MULTI:
+        known = y[:, 0] >= 0
+        pred, true = (logits[known] > 0), (y[known] > 0)
+        both = (pred & true).sum(1).float()
+        either = (pred.sum(1) + true.sum(1)).float()
+        f1 = torch.where(either > 0, 2 * both / either.clamp(min=1), torch.ones_like(both))
+        return float(f1.sum()), int(known.sum())
+    known = y >= 0
+    return float((logits.argmax(1)[known] == y[known]).sum()), int(known.sum())
 
 
 def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, pixels: np.ndarray, device: torch.device,
@@ -95,13 +122,27 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray]) -> dict[str, float]:
+def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], kinds: dict[str, str]
+               ) -> dict[str, float]:
+    """Per task, the mean score (see `scores`): accuracy, or sample-F1 for a multi-label task."""
     acc = {}
     for t, lg in logits.items():
-        y = torch.from_numpy(targets[t])
-        known = y >= 0
-        acc[t] = float((lg.argmax(1)[known] == y[known]).float().mean()) if known.any() else float("nan")
+        total, n = scores(lg, torch.from_numpy(targets[t]), kinds[t])
+        acc[t] = total / n if n else float("nan")
     return acc
+
+
+def expected_epoch_seconds(model: nn.Module, x: torch.Tensor, steps: int, device: torch.device, bf16: bool) -> float:
+    """One training step timed on a copy of the model (after a warm-up step), times the steps of an epoch."""
+    with torch.random.fork_rng():  # the run's own random stream stays as it would be without this
+        trial = copy.deepcopy(model).train()
+        for _ in range(2):
+            start = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = trial(x)
+            sum(v.float().mean() for v in out.values()).backward()
+            seconds = time.perf_counter() - start
+    return seconds * steps
 
 
 def ema_update(decay: float):
@@ -157,18 +198,20 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     split_file = out / "split.json"
-    data = load_dataset(cfg.data, cfg.tasks, cfg.protocol, split_path=cfg.split or split_file,
-                        min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None,
-                        progress=cfg.progress and main, framing=cfg.framing)
+    data = training_data(cfg, cfg.split or split_file, progress=cfg.progress and main)
+    kinds = data.kinds
     if main:
         cfg.save(out / "config.json")
         save_split(data.split, split_file)
         for p in data.catalog.problems[:10]:
             tqdm.write(p)
         tqdm.write(f"{len(data.catalog):,} catalog rows; {data.cache.report()}")
-        tqdm.write("train {:,} / val {:,} / test {:,} photos; classes: {}".format(
-            *(len(data.rows[s]) for s in ("train", "val", "test")),
-            ", ".join(f"{t} {len(v)}" for t, v in data.vocabs.items())))
+        tqdm.write("train {:,} / val {:,} / test {:,} photos at {}x{} ({}); classes: {}".format(
+            *(len(data.rows[s]) for s in ("train", "val", "test")), *data.hw, data.hw_note,
+            ", ".join(f"{t} {len(v)}{' (multi-label)' if kinds[t] == MULTI else ''}"
+                      for t, v in data.vocabs.items())))
+        if data.taxonomy.hierarchy:
+            tqdm.write(f"hierarchy, decoded jointly: {' > '.join(data.taxonomy.hierarchy)}")
 
     train_rows = data.rows["train"]
     if cfg.max_train and len(train_rows) > cfg.max_train:
@@ -182,7 +225,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     soft = teacher_probabilities(cfg.teachers, data, train_pixels.numpy(), device, bf16) if cfg.teachers else None
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
-    raw_model = create_model(cfg.model, heads, **cfg.model_args)
+    raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
     if cfg.pretrained and not resume:
         if not hasattr(raw_model, "load_pretrained"):
             raise ValueError(f"model {cfg.model!r} has no pretrained weights")
@@ -196,6 +239,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # The last partial batch is dropped: BatchNorm dislikes tiny ones.
     steps_per_epoch = max(1, len(train_rows) // world // cfg.batch_size)
+    if main and not resume:
+        x = torch_input(train_pixels[:cfg.batch_size], device, cfg.channels_last)
+        tqdm.write(f"expected epoch time: {expected_epoch_seconds(raw_model, x, steps_per_epoch, device, bf16) / 60:.1f}"
+                   f" min ({steps_per_epoch:,} steps of {cfg.batch_size} photos, timed before compiling)")
     # Compiling costs about 45 s here and saves about 5 s an epoch of the full catalog (benchmarks/speed.py).
     if cfg.compile or (cfg.compile is None and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
         torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
@@ -213,7 +260,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
 
     class_weights: dict[str, torch.Tensor | None] = {}
     for t in heads:
-        if cfg.class_weighting:
+        if cfg.class_weighting and kinds[t] == SINGLE:
             counts = torch.from_numpy(data.class_counts(t)).float().clamp(min=1)
             w = counts.rsqrt()
             class_weights[t] = (w / (w * counts).sum() * counts.sum()).to(device)
@@ -282,8 +329,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
                 if cfg.augment:
                     x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
-                    for t in COLOUR_TASKS & y.keys() if colour_ok is not None else ():
-                        y[t] = torch.where(colour_ok, y[t], -1)  # strongly relit: its colour is not the label
+                    for t in colour_tasks(y) if colour_ok is not None else ():
+                        # Strongly relit: its colour is not the label.
+                        ok = colour_ok if y[t].ndim == 1 else colour_ok[:, None]
+                        y[t] = torch.where(ok, y[t], torch.full_like(y[t], -1))
                 lam, partner = 1.0, None
                 if cfg.mixup > 0:
                     lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
@@ -293,15 +342,15 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                     g["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, cfg)
                 with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     logits = model(x)
-                losses = task_losses(logits, y, cfg, class_weights)
+                losses = task_losses(logits, y, cfg, class_weights, kinds)
                 if partner is not None:
-                    other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights)
+                    other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights, kinds)
                     losses = {t: lam * losses[t] + (1 - lam) * other[t] for t in losses}
                 if soft is not None:
                     target = {t: v[idx].to(device) for t, v in soft.items()}
                     if partner is not None:
                         target = {t: lam * v + (1 - lam) * v[partner] for t, v in target.items()}
-                    losses = {t: (1 - cfg.distill) * losses[t] + cfg.distill * soft_cross_entropy(logits[t], target[t])
+                    losses = {t: (1 - cfg.distill) * losses[t] + cfg.distill * soft_loss(logits[t], target[t], kinds[t])
                               for t in losses}
                 loss = sum(loss_w[t] * losses[t] for t in losses)
                 opt.zero_grad(set_to_none=True)
@@ -311,9 +360,9 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                     ema.update_parameters(raw_model)
                 loss_sum += loss.item()
                 for t, lg in logits.items():
-                    known = y[t] >= 0
-                    correct[t] += int((lg.argmax(1)[known] == y[t][known]).sum())
-                    seen[t] += int(known.sum())
+                    total, n = scores(lg.detach(), y[t], kinds[t])
+                    correct[t] += total
+                    seen[t] += n
                 bar.update(1)
                 bar.set_postfix({"loss": f"{loss_sum / (step + 1):.3f}",
                                  **{t[:6]: f"{correct[t] / max(seen[t], 1):.3f}" for t in heads}})
@@ -330,7 +379,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 eval_model = ema.module if ema is not None else raw_model
                 val_logits = TorchEngine(eval_model, list(heads), str(device), bf16,
                                          cfg.channels_last).logits_tensors(val_pixels)
-                val_acc = accuracies(val_logits, val_y)
+                val_acc = accuracies(val_logits, val_y, kinds)
                 score = float(np.nanmean(list(val_acc.values())))
                 history.append({"epoch": epoch, "seconds": round(time.time() - t0, 1),
                                 "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps_per_epoch),
@@ -370,10 +419,19 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     return out / "best"
 
 
+def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: bool) -> TrainingData:
+    """The catalog of cfg as training sees it: columns, tasks, hierarchy, photo size, split (from split_path when
+    it exists, else made) and vocabularies."""
+    spec = CatalogSpec(cfg.data, cfg.id_column, cfg.image_column, cfg.title_column, cfg.label_separator)
+    return load_dataset(spec, cfg.tasks, cfg.protocol, split_path=split_path, min_count=cfg.min_count, seed=cfg.seed,
+                        cache_dir=cfg.cache_dir or None, progress=progress, framing=cfg.framing,
+                        hw=parse_image_size(cfg.image_size) if cfg.image_size else None, hierarchy=cfg.hierarchy)
+
+
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
     return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW),
-            "preprocess": {"framing": cfg.framing},
+            "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(data.hw),
+            "preprocess": {"framing": cfg.framing}, "catalog": data.spec.columns(), "task_kinds": data.kinds,
             "vocabs": data.vocabs, "hierarchy": data.hierarchy(), "config": json.loads(json.dumps(cfg.__dict__)),
             "val_acc": val_acc, "history": history, "train_seconds": round(seconds, 1),
             "temperatures": {t: 1.0 for t in data.vocabs}}
@@ -381,16 +439,23 @@ def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dic
 
 def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
-    """Calibrate the best model's confidences on the validation split and record the full history."""
+    """Calibrate the best model's confidences on the validation split and record the full history: a temperature
+    per single-label task, a decision threshold per class of a multi-label task."""
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
     logits = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last).logits_tensors(
         data.cache.pixels[rows])
-    temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
-    meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
+    kinds = data.kinds
+    single = [t for t in logits if kinds[t] == SINGLE]
+    temps, ece = fit_temperatures({t: logits[t] for t in single}, {t: data.targets[t][rows] for t in single})
+    thresholds = {t: fit_class_thresholds(logits[t].float().sigmoid().numpy(), data.targets[t][rows])
+                  for t in logits if kinds[t] == MULTI}
+    meta.update(temperatures={t: temps.get(t, 1.0) for t in logits}, calibration_val=ece, history=history,
+                train_seconds=round(seconds, 1), class_thresholds=thresholds)
     save_model(folder, model, meta, data.split)
-    tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}"
-                                          for t in temps))
+    tqdm.write("calibrated: " + ", ".join(
+        [f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in temps]
+        + [f"{t} thresholds {min(v):.2f}-{max(v):.2f}" for t, v in thresholds.items()]))
 
 
 def _ece(value: float | None) -> str:

@@ -64,11 +64,9 @@ def shared_split(base_cfg: TrainConfig, out: Path) -> str:
         return base_cfg.split
     path = out / "split.json"
     if not path.exists():
-        from fashiontag.dataset import load_dataset
         from fashiontag.split import save_split
-        data = load_dataset(base_cfg.data, base_cfg.tasks, base_cfg.protocol, min_count=base_cfg.min_count,
-                            seed=base_cfg.seed, cache_dir=base_cfg.cache_dir or None, progress=base_cfg.progress)
-        save_split(data.split, path)
+        from fashiontag.train import training_data
+        save_split(training_data(base_cfg, None, base_cfg.progress).split, path)
     return str(path)
 
 

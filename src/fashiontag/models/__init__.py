@@ -11,22 +11,26 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fashiontag import INPUT_HW
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
     """Class decorator: makes the model family buildable by name."""
     def add(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = cls
         return cls
     return add
 
 
-def create_model(name: str, heads: dict[str, int], **kwargs) -> nn.Module:
-    """Build model `name` with one head per task (task -> number of classes)."""
+def create_model(name: str, heads: dict[str, int], input_hw: tuple[int, int] = INPUT_HW, **kwargs) -> nn.Module:
+    """Build model `name` with one head per task (task -> number of classes) for photos of input_hw pixels."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](heads=heads, **kwargs)
+    return _REGISTRY[name](heads=heads, input_hw=tuple(input_hw), **kwargs)
 
 
 def model_names() -> list[str]:

@@ -57,8 +57,9 @@ class ImageNetNormalize(nn.Module):
 
 @register("efficientnet-lite0")
 class EfficientNetLite0(TrunkAndHeads):
-    def __init__(self, heads: dict[str, int], upscale: float = 1.0, dropout: float = 0.2):
-        super().__init__()
+    def __init__(self, heads: dict[str, int], upscale: float = 1.0, dropout: float = 0.2,
+                 input_hw: tuple[int, int] = (80, 60)):
+        super().__init__()  # any input_hw: the trunk ends in adaptive pooling
         layers: list[nn.Module] = [ImageNetNormalize(upscale), conv_bn_act(3, STEM, 3, 2)]
         cin = STEM
         for expansion, kernel, stride, cout, repeats in STAGES:

@@ -1,4 +1,5 @@
-"""A residual CNN sized for 80x60 product photos: a shared trunk and one linear head per task."""
+"""A residual CNN sized for 80x60 product photos: a shared trunk and one linear head per task. Larger inputs are
+pooled after the stem back to about that size, so the cost of a photo grows only in the stem."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ class Block(nn.Module):
 @register("rescnn")
 class ResCNN(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], width: int = 32, depths: tuple[int, ...] = (1, 1, 2, 1),
-                 stem_stride: int = 1, dropout: float = 0.2):
+                 stem_stride: int = 1, dropout: float = 0.2, input_hw: tuple[int, int] = (80, 60)):
         super().__init__()
         widths = [width * 2 ** i for i in range(len(depths))]
         layers: list[nn.Module] = [Normalize(), conv_bn(3, widths[0], stem_stride), nn.ReLU(inplace=True)]
+        pool = max(1, round(min(input_hw[0] / 80, input_hw[1] / 60)))
+        if pool > 1:
+            layers.append(nn.MaxPool2d(pool))
         cin = widths[0]
         for i, (w, d) in enumerate(zip(widths, depths)):
             for j in range(d):

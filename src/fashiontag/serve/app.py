@@ -131,8 +131,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     # Swagger UI at /docs from files shipped in fastapi-offline: the docs work without the internet.
     app = FastAPIOffline(title="fashiontag", version=__version__, lifespan=lifespan, redoc_url=None,
                          favicon_url="/web/favicon.svg",
-                         description="Tag fashion product photos: gender, masterCategory, subCategory, articleType, "
-                                     "baseColour, season and usage. POST photos to /v1/tag; the web page is at /.")
+                         description=f"Tag fashion product photos: {', '.join(tagger.tasks)}. POST photos to /v1/tag; "
+                                     "the web page is at /.")
     app.add_middleware(HeadAsGet)
     app.state.tagger, app.state.batcher = tagger, batcher
 
@@ -167,8 +167,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
               openapi_extra={"requestBody": TAG_BODY})
     async def tag(request: Request, query: Annotated[TagOptions, Query()]):
         """Send photos in the repeatable multipart field `files`. Each photo gets, per task, a `label` and its
-        calibrated `confidence` (with `top` runners-up when top_k > 1). The category hierarchy (articleType,
-        subCategory, masterCategory) is always consistent. Any bad file refuses the whole request with a 4xx that
+        calibrated `confidence` (with `top` runners-up when top_k > 1; a multi-label task also lists its `labels`).
+        The model's hierarchy (GET /v1/model) is always consistent. Any bad file refuses the whole request with a 4xx that
         names every bad file, unless `partial=true`. The options may also come as form fields."""
         nonlocal uploading
         if batcher.pending > max_queue:

@@ -4,9 +4,10 @@
 
 (() => {
   const TOP_K = 3;
-  const TASK_NAMES = {
-    gender: "Gender", masterCategory: "Category", subCategory: "Subcategory", articleType: "Article type",
-    baseColour: "Colour", season: "Season", usage: "Usage",
+  // A task's column name for people: "articleType" -> "Article type", "sleeve_length" -> "Sleeve length".
+  const taskName = (task) => {
+    const words = task.replace(/([a-z])([A-Z])/g, "$1 $2").replace(/[_-]+/g, " ").toLowerCase();
+    return words.charAt(0).toUpperCase() + words.slice(1);
   };
   const state = { model: null, items: [], nextId: 1, threshold: 0 };
   const $ = (sel) => document.querySelector(sel);
@@ -26,7 +27,7 @@
     const m = state.model;
     const acc = m.metrics && m.metrics.val_acc ? m.metrics.val_acc : {};
     const accText = m.tasks.filter((t) => acc[t] != null)
-      .map((t) => `${TASK_NAMES[t] || t} ${(acc[t] * 100).toFixed(0)}%`).join(" · ");
+      .map((t) => `${taskName(t)} ${(acc[t] * 100).toFixed(0)}%`).join(" · ");
     const info = $("#model-info");
     info.textContent = "";
     const line1 = document.createElement("div");
@@ -207,11 +208,11 @@
     if (notes.length) tr.title = notes.join("\n");
     const name = document.createElement("td");
     name.className = "task";
-    name.textContent = TASK_NAMES[task] || task;
+    name.textContent = taskName(task);
 
     const pick = document.createElement("td");
     const select = document.createElement("select");
-    select.setAttribute("aria-label", `${TASK_NAMES[task] || task} of ${item.name}`);
+    select.setAttribute("aria-label", `${taskName(task)} of ${item.name}`);
     const options = [...state.model.classes[task]];
     if (!options.includes(shown)) options.unshift(shown);
     for (const label of options) {

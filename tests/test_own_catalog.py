@@ -1,0 +1,182 @@
+"""A shop's own catalog end to end: its columns, string SKUs, nested photos of any size and format, a hierarchy found
+in the data and a multi-label task; trained, evaluated, explored, tagged from the CLI, the Python API and the HTTP
+API, exported to ONNX; and one clear error for each bad description."""
+
+import csv
+import io
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fashiontag.catalog import KAGGLE_TASKS, CatalogError, CatalogSpec, read_catalog
+from fashiontag.cli import app
+from fashiontag.model_meta import MULTI, SINGLE, load_meta
+from fashiontag.tagger import Tagger
+from fashiontag.taxonomy import parse_image_size
+from helpers import tiny_config
+from shop import CATEGORIES, SHOP_TASKS, make_shop_catalog, occasions
+
+COLUMNS = ["--id-column", "sku", "--image-column", "photo", "--title-column", "title"]
+
+
+def no_kaggle_column(text: str) -> bool:
+    return not any(t in text for t in KAGGLE_TASKS)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return make_shop_catalog(tmp_path_factory.mktemp("shop"), n=240)
+
+
+@pytest.fixture(scope="module")
+def shop_model(shop, tmp_path_factory):
+    """Trained from the command line, as the README shows, with the test suite's tiny schedule."""
+    folder = tmp_path_factory.mktemp("shoprun")
+    config = folder / "tiny.json"
+    tiny_config("", "", epochs=16).save(config)
+    result = CliRunner().invoke(app, ["train", "--data", str(shop.file), *COLUMNS, "--tasks", ",".join(SHOP_TASKS),
+                                      "--out", str(folder / "run"), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "hierarchy, decoded jointly: category > department" in result.output
+    return folder / "run" / "best"
+
+
+def test_the_reader_takes_string_skus_nested_photos_and_sniffs_the_delimiter(shop, tmp_path):
+    c = read_catalog(shop.file, "sku", "photo", "title")
+    assert c.ids == shop.skus and not c.problems and not c.kaggle
+    assert {p.suffix for p in c.photos} == {".png", ".webp", ".jpg"} and all(p.is_file() for p in c.photos)
+    assert c.titles[0].endswith(f"for {c.columns['department'][0]}")
+    # the same catalog as TSV and as JSON Lines (with the multi-label cell as a list)
+    rows = list(csv.DictReader(shop.file.open()))
+    tsv = shop.file.with_suffix(".tsv")
+    tsv.write_text("\n".join("\t".join(r) for r in [rows[0].keys()] + [r.values() for r in rows]) + "\n")
+    jsonl = shop.file.with_suffix(".jsonl")
+    jsonl.write_text("\n".join(json.dumps({**r, "occasion": r["occasion"].split("|")}) for r in rows) + "\n")
+    for other in (tsv, jsonl):
+        o = read_catalog(other, "sku", "photo", "title")
+        assert o.ids == c.ids and o.columns == c.columns and o.photos == c.photos, other
+
+
+def test_explore_says_what_it_found(shop, tmp_path):
+    result = CliRunner().invoke(app, ["explore", "--data", str(shop.file), *COLUMNS, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "explore.json").read_text())
+    assert s["columns"] == {"title": "text", "photo": "photo", "department": SINGLE, "category": SINGLE,
+                            "colour": SINGLE, "pattern": SINGLE, "occasion": MULTI, "price": "number"}
+    assert s["tasks"] == list(SHOP_TASKS)
+    assert s["class_counts"]["occasion"].keys() == {"casual", "work", "party"}
+    assert {"child": "category", "parent": "department", "share": 1.0} in s["hierarchies"]
+    assert s["photo_sizes"]["max_hw"] == [1600, 1200] and s["input_size"]["hw"] == [160, 124]
+    assert s["repeated_ids"] == 0 and s["unusable_photos"] == {}
+    assert no_kaggle_column((tmp_path / "explore.md").read_text())
+
+
+def test_the_model_records_the_shops_tasks_kinds_hierarchy_and_size(shop_model):
+    meta = load_meta(shop_model)
+    assert list(meta["vocabs"]) == list(SHOP_TASKS)
+    assert meta["task_kinds"]["occasion"] == MULTI and meta["task_kinds"]["category"] == SINGLE
+    assert meta["hierarchy"][0] == ["category", "department"]
+    assert meta["input_hw"] == [160, 124]  # the median photo, 900x700, with its longer side at 160
+    assert meta["catalog"] == {"id_column": "sku", "image_column": "photo", "title_column": "title", "separator": "|"}
+    assert len(meta["class_thresholds"]["occasion"]) == len(meta["vocabs"]["occasion"])
+
+
+def test_evaluate_scores_single_and_multi_label_tasks(shop, shop_model, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(shop.file), "--model", str(shop_model),
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "metrics.json").read_text())["tasks"]
+    assert list(m) == list(SHOP_TASKS)
+    for t in ("department", "category", "colour"):
+        assert m[t]["accuracy"] > m[t]["majority_baseline"] + 0.1, (t, m[t]["accuracy"])
+    assert m["occasion"]["kind"] == MULTI and m["occasion"]["sample_f1"] > 0.6
+    assert set(m["occasion"]["per_class"]) == {"casual", "work", "party"}
+    assert "precision" in m["occasion"]["per_class"]["party"]
+    assert no_kaggle_column((tmp_path / "report.md").read_text())
+
+
+def test_tags_from_the_cli_the_python_api_the_http_api_and_onnx(shop, shop_model, tmp_path):
+    photos = shop.file.parent / "photos"
+    out = tmp_path / "tags.csv"
+    result = CliRunner().invoke(app, ["predict", str(photos), "--model", str(shop_model), "--out", str(out),
+                                      "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 240 and no_kaggle_column(",".join(rows[0]))
+    assert [c for c in rows[0] if c in SHOP_TASKS] == list(SHOP_TASKS)
+    for r in rows:  # the hierarchy holds, and an occasion set is one the catalog could hold
+        assert CATEGORIES[r["category"]][0] == r["department"]
+        assert set(filter(None, r["occasion"].split("|"))) <= {"casual", "work", "party"}  # may be empty
+
+    tagger = Tagger.load(shop_model, bf16=False)
+    first = sorted(photos.rglob("*.png"))[0]
+    result = tagger(first)
+    assert list(result.tags) == list(SHOP_TASKS)
+    occasion = result["occasion"].to_dict()
+    assert [v["label"] for v in occasion["labels"]] == result["occasion"].label.split("|")
+    right = sum(set(tagger(p)["occasion"].label.split("|")) == set(occasions(*_colour_pattern(shop, p)))
+                for p in sorted(photos.rglob("*"))[:60] if p.is_file())
+    assert right > 30
+
+    from fastapi.testclient import TestClient
+    from fashiontag.serve import create_app
+    with TestClient(create_app(shop_model)) as client:
+        r = client.post("/v1/tag", files=[("files", (first.name, first.read_bytes(), "image/png"))])
+        assert r.status_code == 200, r.text
+        tags = r.json()["results"][0]["tags"]
+        assert list(tags) == list(SHOP_TASKS) and "labels" in tags["occasion"]
+        assert client.get("/v1/model").json()["tasks"] == list(SHOP_TASKS)
+        assert no_kaggle_column(r.text)
+
+    result = CliRunner().invoke(app, ["export", "--model", str(shop_model)])
+    assert result.exit_code == 0, result.output
+    onnx = Tagger.load(shop_model, engine="onnx")
+    for p in sorted(photos.rglob("*.webp"))[:5]:
+        assert tagger(p).labels() == onnx(p).labels()
+
+
+def _colour_pattern(shop, path):
+    row = next(r for r in csv.DictReader(shop.file.open()) if r["sku"] == path.stem)
+    return row["colour"], row["pattern"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-column", "picture"], "image column 'picture' does not exist"),
+    (["--image-column", "photo", "--tasks", "department,fabric"], "task column 'fabric' does not exist"),
+    (["--image-column", "photo", "--tasks", "department,brand"], "task column 'brand' has 1 class"),
+    (["--image-column", "photo", "--tasks", "department,colour", "--hierarchy", "colour>department"],
+     r"colour>department: \d+\.\d% of the rows break it"),
+    (["--image-column", "photo", "--image-size", "big"], "write it as HEIGHTxWIDTH"),
+])
+def test_a_bad_description_gets_one_clear_error(shop, tmp_path, flags, message):
+    one_brand = tmp_path / "shop.csv"
+    one_brand.write_text("".join(line.rstrip("\n") + (",brand\n" if i == 0 else ",Acme\n")
+                                 for i, line in enumerate(io.StringIO(shop.file.read_text()))))
+    (tmp_path / "photos").symlink_to(shop.file.parent / "photos")
+    result = CliRunner().invoke(app, ["train", "--data", str(one_brand), "--id-column", "sku", *flags,
+                                      "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 2
+    assert __import__("re").search(message, result.output), result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_parse_image_size():
+    assert parse_image_size("160x120") == (160, 120) and parse_image_size(" 64 X 48 ") == (64, 48)
+    for bad in ("160", "160x", "0x10", "x120", "4000x3000"):
+        with pytest.raises(ValueError):
+            parse_image_size(bad)
+
+
+def test_a_photo_reference_may_be_an_id_like_name_or_an_absolute_path(tmp_path):
+    from PIL import Image
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (30, 40), "red").save(tmp_path / "images" / "A-1.webp")
+    Image.new("RGB", (30, 40), "blue").save(tmp_path / "elsewhere.png")
+    (tmp_path / "c.csv").write_text(f"ref,pic,kind\nA-1,A-1,x\nB-2,{tmp_path / 'elsewhere.png'},y\n")
+    c = CatalogSpec(str(tmp_path / "c.csv"), id_column="ref", image_column="pic").read()
+    assert c.photos == [tmp_path / "images" / "A-1.webp", tmp_path / "elsewhere.png"]
+    by_id = read_catalog(tmp_path / "c.csv", id_column="ref")
+    assert by_id.photos[0] == tmp_path / "images" / "A-1.webp"
+    with pytest.raises(CatalogError, match="id column 'sku' does not exist"):
+        read_catalog(tmp_path / "c.csv", id_column="sku")
