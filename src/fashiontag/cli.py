@@ -109,6 +109,9 @@ def train(
     max_train: Optional[int] = typer.Option(None, metavar="N", help="train on at most this many photos (quick runs)"),
     seed: Optional[int] = typer.Option(None, metavar="N", help="random seed of the split, the initial weights and "
                                        f"augmentation (default: {TrainConfig.seed})"),
+    precision: Optional[float] = typer.Option(None, metavar="P", help="auto-accept thresholds: per task the lowest "
+                                              "confidence whose validation precision reaches P (default: "
+                                              f"{TrainConfig.precision}; per task: --set task_precision=...)"),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="a config.json to start from"),
     set_: List[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help=SET_HELP),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
@@ -118,7 +121,8 @@ def train(
     from fashiontag.train import train as run_training
     try:
         cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress),
+                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress,
+                                         precision=precision),
                             _parse_sets(set_), need_data=not (resume and not data))
         best = run_training(cfg, resume=resume)
     except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:
@@ -153,6 +157,29 @@ def evaluate(
 
 
 @app.command()
+def calibrate(
+    model: str = typer.Option(..., metavar="DIR", help="model folder whose model.json receives the thresholds"),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="the catalog it was trained on (default: "
+                                       "$FASHIONTAG_DATA); its validation side is used"),
+    precision: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                              help="target precision of every task (default: the model's "
+                                                   "training config, else 0.98)"),
+    task_precision: List[str] = typer.Option([], metavar="TASK=P", help="one task's own target; repeatable"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+):
+    """Fit auto-accept thresholds onto an existing model folder (model.json; model.onnx re-exported if present)."""
+    from fashiontag.refit import calibrate as run_calibrate
+    try:
+        per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
+        record = run_calibrate(model, _data(data), precision, per_task, progress=progress)
+    except (CatalogError, FileNotFoundError, ValueError, TypeError) as e:
+        _fail(str(e))
+    for t, c in record["thresholds_val"].items():
+        typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of validation photos "
+                   f"at {record['threshold_precision'][t]:.0%} precision")
+
+
+@app.command()
 def predict(
     paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively); "
                                                                    "with --on also URIs (s3://bucket/prefix/)"),
@@ -163,9 +190,10 @@ def predict(
     format: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
     top_k: int = typer.Option(1, min=1, metavar="K", help="also write the K-1 runners-up per task"),
-    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, metavar="P",
-                                         help="flag tags less sure than this in <task>_needs_review columns "
-                                              "(the label is kept)"),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                                   help="flag tags less sure than this in <task>_needs_review "
+                                                        "columns (the label is kept); default: the model's "
+                                                        "auto-accept threshold per task; 0 flags nothing"),
     batch_size: int = typer.Option(512, min=1, metavar="N", help="photos per batch"),
     progress: bool = typer.Option(True, help="progress bar on stderr, when stderr is a terminal"),
     engine: str = typer.Option("torch", metavar="NAME",
@@ -203,7 +231,7 @@ def predict(
 
 
 def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Optional[str], top_k: int,
-                    min_confidence: float, batch_size: int, progress: bool, engine: str, flip: bool,
+                    min_confidence: Optional[float], batch_size: int, progress: bool, engine: str, flip: bool,
                     actors: Optional[int], csv: bool) -> None:
     if on != "ray" and not on.startswith("ray://"):
         _fail(f"--on {on}: use ray (RAY_ADDRESS, a cluster on this machine, or a new local one) or ray://HOST:PORT")

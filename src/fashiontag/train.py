@@ -30,7 +30,8 @@ from fashiontag.model_meta import load_meta
 from fashiontag.models import create_model
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
-from fashiontag.tagger import Tagger
+from fashiontag.tagger import Tagger, softmax
+from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
 
 
 COMPILE_MIN_STEPS = 2000
@@ -384,13 +385,20 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     """Calibrate the best model's confidences on the validation split and record the full history."""
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
-    logits = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last).logits_tensors(
-        data.cache.pixels[rows])
+    engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
+    logits = engine.logits_tensors(data.cache.pixels[rows])
     temps, ece = fit_temperatures(logits, {t: v[rows] for t, v in data.targets.items()})
     meta.update(temperatures=temps, calibration_val=ece, history=history, train_seconds=round(seconds, 1))
+    # The auto-accept thresholds judge tags as users get them: calibrated, then decoded jointly.
+    tagger = Tagger(engine, meta)
+    probs = {t: softmax(lg.float().numpy() / tagger.temperatures[t]) for t, lg in logits.items()}
+    meta.update(thresholds_from_probabilities(tagger, probs, {t: v[rows] for t, v in data.targets.items()},
+                                              precision_targets(meta["config"], tagger.tasks)))
     save_model(folder, model, meta, data.split)
     tqdm.write("calibrated: " + ", ".join(f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}"
                                           for t in temps))
+    tqdm.write("auto-accept: " + ", ".join(f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}"
+                                           for t, c in meta["thresholds_val"].items()))
 
 
 def _ece(value: float | None) -> str:

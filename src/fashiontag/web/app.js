@@ -8,7 +8,8 @@
     gender: "Gender", masterCategory: "Category", subCategory: "Subcategory", articleType: "Article type",
     baseColour: "Colour", season: "Season", usage: "Usage",
   };
-  const state = { model: null, items: [], nextId: 1, threshold: 0 };
+  // threshold null: the model's own auto-accept threshold per task, until the slider moves.
+  const state = { model: null, items: [], nextId: 1, threshold: null };
   const $ = (sel) => document.querySelector(sel);
   const results = $("#results");
 
@@ -101,7 +102,8 @@
       const threshold = state.threshold;
       let body = null, status = 0;
       try {
-        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true&min_confidence=${threshold}`,
+        const judge = threshold === null ? "" : `&min_confidence=${threshold}`;
+        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true${judge}`,
           { method: "POST", body: form });
         status = res.status;
         body = await res.json();
@@ -200,7 +202,7 @@
     const review = t.needs_review && !(task in item.corrected);
     tr.classList.toggle("review", review);
     const notes = [];
-    if (review) notes.push(`needs review: less sure than ${(item.threshold * 100).toFixed(0)}%`);
+    if (review) notes.push(`needs review: less sure than ${(t.threshold * 100).toFixed(0)}%`);
     if (t.top && t.top.length > 1) {
       notes.push("model: " + t.top.map((c) => `${c.label} ${(c.confidence * 100).toFixed(0)}%`).join(", "));
     }
