@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from fashiontag import __version__
 from fashiontag.catalog import CatalogError
@@ -314,6 +315,63 @@ def serve(
         run_server(host, port, model, access_log=access_log, engine=engine)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+
+
+class _StartByDefault(TyperGroup):
+    """`fashiontag review PATH...` is `fashiontag review start PATH...`; `review export` is its sibling."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(cls=_StartByDefault, no_args_is_help=True, rich_markup_mode=None,
+                         help="The review loop: `review PATH...` queues photos and serves the review page; "
+                              "`review export` writes the reviewed tags as a catalog CSV.")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("start")
+def review_start(
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="photos and folders to tag, or one predict "
+                                      "output (.csv, .tsv, .jsonl) to load"),
+    db: Optional[str] = typer.Option(None, metavar="URL", help="SQLAlchemy database URL (default: SQLite beside "
+                                     "the first PATH: photos/ -> photos.review.db, tags.csv -> tags.review.db)"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                                   help="review every tag less sure than P (default: the model's "
+                                                        "auto-accept threshold per task)"),
+    host: str = typer.Option("127.0.0.1", metavar="HOST", help="address to listen on"),
+    port: int = typer.Option(8000, metavar="PORT", min=1, max=65535),
+    engine: str = typer.Option("onnx", metavar="NAME", help="onnx, torch or onnx-int8"),
+    serve: bool = typer.Option(True, help="serve the review page once the queue is filled"),
+):
+    """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
+    from fashiontag.review import start_review
+    from fashiontag.review.store import StoreError
+    try:
+        start_review(paths, db, model, min_confidence, host, port, engine, serve,
+                     announce=lambda line: typer.echo(line, err=True))
+    except (FileNotFoundError, ValueError, StoreError) as e:
+        _fail(str(e))
+
+
+@review_app.command("export")
+def review_export(
+    db: str = typer.Option(..., metavar="URL", help="the review queue's database URL"),
+    out: str = typer.Option(..., metavar="FILE", help="CSV to write: the catalog's id column and one per task"),
+    all_: bool = typer.Option(False, "--all", help="also photos with tags still needing review (their model "
+                                                   "guesses)"),
+):
+    """Write the reviewed tags in the catalog's schema (id column, then the model's tasks; path where needed)."""
+    from fashiontag.review.export import export_reviewed
+    try:
+        counts = export_reviewed(db, out, all_)
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {counts['written']:,} photos to {out}; {counts['pending']:,} still need review"
+               + ("" if all_ else " (left out)"), err=True)
 
 
 @app.command()
