@@ -11,6 +11,7 @@ has looked), `accepted` (a person kept the label), `corrected` (a person chose a
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine, event,
@@ -79,9 +80,9 @@ class UnseenCombination(InvalidChange):
 class Conflict(RuntimeError):
     """Another reviewer wrote a tag since the version this change was based on; `photo` is its state now."""
 
-    def __init__(self, message: str, photo: dict | None = None):
+    def __init__(self, message: str, photo_id: int):
         super().__init__(message)
-        self.photo = photo
+        self.photo_id, self.photo = photo_id, None
 
 
 def engine_for(url: str) -> Engine:
@@ -156,11 +157,14 @@ class ReviewStore:
         if not known:
             with self.engine.begin() as conn:
                 conn.execute(settings.insert().values(key="model", value=json.dumps(model)))
+            self._model = model
 
-    def model(self) -> dict | None:
+    def model(self, conn: Connection | None = None) -> dict | None:
         if self._model is None:  # set once per queue (set_model), so read once
-            with self.engine.connect() as conn:
-                value = conn.execute(select(settings.c.value).where(settings.c.key == "model")).scalar()
+            if conn is None:
+                with self.engine.connect() as own:
+                    return self.model(own)
+            value = conn.execute(select(settings.c.value).where(settings.c.key == "model")).scalar()
             self._model = json.loads(value) if value else None
         return self._model
 
@@ -200,7 +204,7 @@ class ReviewStore:
             q_photos, q_tags = q_photos.where(photos.c.id == photo_id), q_tags.where(tags.c.photo_id == photo_id)
         out = {r.id: {"id": r.id, "path": r.path, "item_id": r.item_id, "error": r.error, "tags": {}}
                for r in conn.execute(q_photos)}
-        order = {t: i for i, t in enumerate((self.model() or {}).get("tasks", []))}
+        order = {t: i for i, t in enumerate((self.model(conn) or {}).get("tasks", []))}
         for r in sorted(conn.execute(q_tags), key=lambda r: order.get(r.task, len(order))):
             out[r.photo_id]["tags"][r.task] = {
                 "label": r.label, "status": r.status, "version": r.version, "reviewer": r.reviewer,
@@ -241,7 +245,7 @@ class ReviewStore:
                 raise InvalidChange(f"unknown task {task!r}")
             if d.get("label") not in vocabs[task]:
                 raise InvalidChange(f"{d.get('label')!r} is not a class of {task}")
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             current = self.photo(photo_id, conn)
             labels = {t: tag["label"] for t, tag in current["tags"].items()} | {
                 t: d["label"] for t, d in decisions.items()}
@@ -257,7 +261,7 @@ class ReviewStore:
         """Accept, as one action, every photo (of photo_ids, else all) whose tags are all at or above their
         thresholds and untouched. Returns {action, accepted: [photo ids]}."""
         reviewer = _reviewer(reviewer)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             state: dict[int, list] = {}
             for r in conn.execute(select(tags.c.photo_id, tags.c.task, tags.c.label, tags.c.status,
                                          tags.c.version)):
@@ -274,7 +278,7 @@ class ReviewStore:
         """Undo one action (default: the reviewer's latest one not undone yet), as a new action. Refused
         (Conflict) when a tag it changed has been written since. Returns {action, undone, photos}."""
         reviewer = _reviewer(reviewer)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             q = select(actions).where(actions.c.undone_by.is_(None), actions.c.kind != "undo")
             q = q.where(actions.c.id == action_id) if action_id is not None else q.where(
                 actions.c.reviewer == reviewer).order_by(actions.c.id.desc()).limit(1)
@@ -283,13 +287,31 @@ class ReviewStore:
                 raise NotFound("nothing to undo" if action_id is None else f"no action {action_id} to undo")
             undo_id = None
             by_photo: dict[int, dict] = {}
-            for c in conn.execute(select(changes).where(changes.c.action_id == target.id)):
-                by_photo.setdefault(c.photo_id, {})[c.task] = (c.before_label, c.before_status, c.after_version)
+            # A tag may be taken back while it still reads as the action left it: undoing a later action of the
+            # same reviewer first restores exactly that, under a newer version.
+            for c in conn.execute(select(changes, tags.c.label, tags.c.status, tags.c.version).join(
+                    tags, (tags.c.photo_id == changes.c.photo_id) & (tags.c.task == changes.c.task)).where(
+                    changes.c.action_id == target.id)):
+                if (c.label, c.status) != (c.after_label, c.after_status):
+                    raise Conflict(f"{c.task} of photo {c.photo_id} was changed since action {target.id} "
+                                   f"({c.after_label} -> {c.label}): it cannot be undone", c.photo_id)
+                by_photo.setdefault(c.photo_id, {})[c.task] = (c.before_label, c.before_status, c.version)
             for pid, todo in by_photo.items():
                 undo_id = self._apply(conn, reviewer, "undo", pid, todo, undo_id)
             conn.execute(update(actions).where(actions.c.id == target.id).values(undone_by=undo_id))
             return {"action": undo_id, "undone": target.id,
                     "photos": [self.photo(pid, conn) for pid in by_photo]}
+
+    @contextmanager
+    def _writing(self):
+        """A write transaction; a Conflict raised inside gets the photo's state once the transaction has rolled
+        back (reading it from another connection meanwhile would wait for this one's lock)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except Conflict as e:
+            e.photo = self.photo(e.photo_id)
+            raise
 
     def _apply(self, conn: Connection, reviewer: str, kind: str, photo_id: int,
                todo: dict[str, tuple[str, str, int | None]], action_id: int | None = None) -> int:
@@ -313,7 +335,7 @@ class ReviewStore:
                                            reviewer=reviewer, updated_at=now)).rowcount
             if written != 1:
                 raise Conflict(f"{task} of photo {photo_id} was changed by someone else since (version "
-                               f"{version}, now {before.version}): look again and redo", self.photo(photo_id))
+                               f"{version}, now {before.version}): look again and redo", photo_id)
             conn.execute(changes.insert().values(action_id=action_id, photo_id=photo_id, task=task,
                                                  before_label=before.label, before_status=before.status,
                                                  after_label=label, after_status=status, after_version=version + 1))
