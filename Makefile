@@ -36,9 +36,10 @@ test-deps:
 			|| echo "could not install postgresql: the PostgreSQL tests will be skipped"; \
 	fi
 
-# Refreshes docs/screenshot-web.png: the shipped model tagging real photos (needs ../shared/data/fashion-small).
+# Refreshes docs/screenshot-web.png and docs/screenshot-review.png: the shipped model on real photos (needs ../shared/data/fashion-small).
 screenshot: $(STAMP) test-deps
 	$(PY) tests/browser.py
+	$(PY) tests/browser.py --review
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

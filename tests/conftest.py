@@ -61,3 +61,13 @@ def db_url(request, tmp_path):
         return f"sqlite:///{tmp_path / 'review.db'}"
     from reviewdb import fresh_postgres_db
     return fresh_postgres_db(request.getfixturevalue("postgres"), tmp_path.name.lower()[:60])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright (skipped, saying why, where it is missing)."""
+    from browser import chromium, chromium_missing
+    if reason := chromium_missing():
+        pytest.skip(reason)
+    with chromium() as b:
+        yield b

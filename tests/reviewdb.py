@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -21,9 +22,7 @@ def postgres_missing() -> str | None:
     """Why a PostgreSQL server cannot be started here, or None."""
     if not (_pg_binary("initdb") and _pg_binary("pg_ctl")):
         return "PostgreSQL's initdb/pg_ctl are missing: `make test-deps` installs Debian's postgresql"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         return "the psycopg driver is missing: pip install 'fashiontag[postgres]'"
     if os.geteuid() == 0:
         try:

@@ -1,20 +1,11 @@
 """The review page in Debian's chromium (Playwright), from the keyboard: accept a photo, take a runner-up, edit
 with type-ahead, undo, bulk-accept, then reload and find everything as it was left."""
 
-import pytest
 
-from browser import chromium, chromium_missing, live_server, open_page
+from browser import live_server, open_page
 from fashiontag.review.queue import fill_queue
 from fashiontag.review.store import ReviewStore
 from fashiontag.serve import create_app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if reason := chromium_missing():
-        pytest.skip(reason)
-    with chromium() as b:
-        yield b
 
 
 def _current(page) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import (chromium, chromium_missing, live_server, open_page, screenshot, set_threshold, shown_tags,
+from browser import (live_server, open_page, screenshot, set_threshold, shown_tags,
                      upload_and_wait)
 from PIL import Image
 
@@ -429,14 +429,6 @@ def test_cli_serve_with_a_missing_model_fails_clearly(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- the browser
-
-@pytest.fixture(scope="module")
-def browser():
-    if reason := chromium_missing():
-        pytest.skip(reason)
-    with chromium() as b:
-        yield b
-
 
 def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalog, direct, tmp_path):
     images = catalog.root / "images"

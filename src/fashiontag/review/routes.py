@@ -45,7 +45,12 @@ def _refusal(e: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, str(e)), 422)
 
 
-REFUSED = (Conflict, NotFound, InvalidChange)
+def _answer(store: ReviewStore, write, *args):
+    """A writing route's answer: what the store did plus the progress now, or why it refused."""
+    try:
+        return write(*args) | {"progress": store.progress()}
+    except (Conflict, NotFound, InvalidChange) as e:
+        return _refusal(e)
 
 
 def review_router(store: ReviewStore) -> APIRouter:
@@ -78,27 +83,17 @@ def review_router(store: ReviewStore) -> APIRouter:
                             422: {"description": "unknown task or class, no reviewer, or an unseen combination "
                                                  "without confirm"}})
     def review(photo_id: int, body: ReviewBody):
-        try:
-            done = store.review(photo_id, {t: d.model_dump() for t, d in body.decisions.items()}, body.reviewer,
-                                body.confirm)
-        except REFUSED as e:
-            return _refusal(e)
-        return done | {"progress": store.progress()}
+        return _answer(store, store.review, photo_id, {t: d.model_dump() for t, d in body.decisions.items()},
+                       body.reviewer, body.confirm)
 
     @router.post("/bulk-accept", summary="Accept every photo whose tags are all at or above their thresholds")
     def bulk_accept(body: BulkBody):
-        try:
-            done = store.bulk_accept(body.reviewer, body.photo_ids)
-        except REFUSED as e:
-            return _refusal(e)
-        return done | {"photos": [store.photo(pid) for pid in done["accepted"]], "progress": store.progress()}
+        done = _answer(store, store.bulk_accept, body.reviewer, body.photo_ids)
+        return done if isinstance(done, JSONResponse) else done | {
+            "photos": [store.photo(pid) for pid in done["accepted"]]}
 
     @router.post("/undo", summary="Undo an action (default: the reviewer's latest)")
     def undo(body: UndoBody):
-        try:
-            done = store.undo(body.reviewer, body.action_id)
-        except REFUSED as e:
-            return _refusal(e)
-        return done | {"progress": store.progress()}
+        return _answer(store, store.undo, body.reviewer, body.action_id)
 
     return router

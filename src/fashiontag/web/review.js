@@ -227,7 +227,8 @@
       });
       const runners = document.createElement("td");
       runners.className = "runners";
-      tag.runners_up.slice(0, 9).forEach(([label, conf], i) => {
+      // All nine for the tag in focus (keys 1-9); two elsewhere, to keep the cards readable.
+      tag.runners_up.slice(0, current && task === focus ? 9 : 2).forEach(([label, conf], i) => {
         const s = document.createElement("span");
         s.textContent = `${i + 1} ${label} ${(conf * 100).toFixed(0)}%`;
         s.addEventListener("click", () => decide(photo, withParents(photo, task, label)));
