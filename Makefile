@@ -20,18 +20,26 @@ run: $(STAMP)
 test: $(STAMP) test-deps
 	$(PY) -m pytest -q -rs
 
-# System packages the tests use: Debian's chromium for the browser tests. Without apt-get (or root) nothing fails
-# here: those tests skip and say why.
+# System packages the tests use: Debian's chromium for the browser tests, Debian's postgresql for the review
+# store's PostgreSQL tests (they start their own throwaway server; the service apt-get may start is not used).
+# Without apt-get (or root) nothing fails here: those tests skip and say why.
 test-deps:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
 		echo "installing chromium for the browser tests (apt-get)"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 			|| echo "could not install chromium: the browser tests will be skipped"; \
 	fi
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+			&& command -v apt-get >/dev/null; then \
+		echo "installing postgresql for the review store tests (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+			|| echo "could not install postgresql: the PostgreSQL tests will be skipped"; \
+	fi
 
-# Refreshes docs/screenshot-web.png: the shipped model tagging real photos (needs ../shared/data/fashion-small).
+# Refreshes docs/screenshot-web.png and docs/screenshot-review.png: the shipped model on real photos (needs ../shared/data/fashion-small).
 screenshot: $(STAMP) test-deps
 	$(PY) tests/browser.py
+	$(PY) tests/browser.py --review
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

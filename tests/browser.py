@@ -127,18 +127,48 @@ def screenshot(browser, model: Path, data: Path, out: Path) -> None:
         page.screenshot(path=str(out), full_page=True)
 
 
+def review_screenshot(browser, model: Path, data: Path, out: Path, n: int = 12) -> None:
+    """The review page on real photos tagged by `model`: the first photo accepted and the next one's first tag to
+    review replaced by its runner-up, as a reviewer would, saved as `out`."""
+    import shutil
+    import tempfile
+
+    from fashiontag.review.queue import fill_queue
+    from fashiontag.review.store import ReviewStore
+    from fashiontag.serve import create_app
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "new-arrivals"
+        photos.mkdir()
+        for i in SCREENSHOT_IDS + sorted(p.stem for p in (data / "images").glob("1*.jpg"))[:n - len(SCREENSHOT_IDS)]:
+            shutil.copy(data / "images" / f"{i}.jpg", photos)
+        store = ReviewStore(f"sqlite:///{tmp}/review.db")
+        fill_queue(store, [str(photos)], model)
+        with live_server(create_app(model, review=store)) as url, open_page(browser, url) as page:
+            page.fill("#reviewer", "ann")
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("Enter")
+            page.wait_for_function("window.fashiontag.state.progress.reviewed === 1")
+            page.keyboard.press("1")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out), full_page=True)
+        store.close()
+
+
 def main() -> None:
     from fashiontag.model_meta import default_model_dir
     ap = argparse.ArgumentParser(description="Refresh the README's screenshot of the web page.")
     ap.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fashion-small",
                     help="the real catalog (styles.csv and images/)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot-web.png")
+    ap.add_argument("--review", action="store_true", help="the review page instead (docs/screenshot-review.png)")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if reason := chromium_missing():
         raise SystemExit(reason)
+    args.out = args.out or ROOT / "docs" / ("screenshot-review.png" if args.review else "screenshot-web.png")
     with chromium() as browser:
-        screenshot(browser, args.model or default_model_dir(), args.data.resolve(), args.out)
+        (review_screenshot if args.review else screenshot)(browser, args.model or default_model_dir(),
+                                                           args.data.resolve(), args.out)
     print(f"wrote {args.out}")
 
 

@@ -42,3 +42,32 @@ def real_data():
     if not (REAL_DATA / "styles.csv").exists():
         pytest.skip(f"real catalog not found at {REAL_DATA.resolve()} (only on the project's machines)")
     return REAL_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the whole session (skipped, saying why, where it cannot start)."""
+    from reviewdb import postgres_missing, postgres_server
+    if reason := postgres_missing():
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty review database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'review.db'}"
+    from reviewdb import fresh_postgres_db
+    return fresh_postgres_db(request.getfixturevalue("postgres"), tmp_path.name.lower()[:60])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright (skipped, saying why, where it is missing)."""
+    from browser import chromium, chromium_missing
+    if reason := chromium_missing():
+        pytest.skip(reason)
+    with chromium() as b:
+        yield b

@@ -164,7 +164,7 @@ def test_two_files_with_one_id_are_warned_about(trained, catalog, tmp_path):
 
 def test_min_confidence_keeps_the_guess_and_adds_needs_review_columns(trained, catalog, tmp_path):
     images = str(catalog.root / "images")
-    predict([images], str(tmp_path / "plain.csv"), str(trained))
+    predict([images], str(tmp_path / "plain.csv"), str(trained), min_confidence=0.0)
     predict([images], str(tmp_path / "strict.csv"), str(trained), min_confidence=0.9)
     plain = {r["path"]: r for r in csv.DictReader((tmp_path / "plain.csv").open())}
     strict = list(csv.DictReader((tmp_path / "strict.csv").open()))

@@ -5,6 +5,7 @@ API, exported to ONNX; and one clear error for each bad description."""
 import csv
 import io
 import json
+import random
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from fashiontag.model_meta import MULTI, SINGLE, load_meta
 from fashiontag.tagger import Tagger
 from fashiontag.taxonomy import parse_image_size
 from helpers import tiny_config
-from shop import CATEGORIES, SHOP_TASKS, make_shop_catalog, occasions
+from shop import CATEGORIES, SHOP_TASKS, draw_product, make_shop_catalog, occasions
 
 COLUMNS = ["--id-column", "sku", "--image-column", "photo", "--title-column", "title"]
 
@@ -180,3 +181,23 @@ def test_a_photo_reference_may_be_an_id_like_name_or_an_absolute_path(tmp_path):
     assert by_id.photos[0] == tmp_path / "images" / "A-1.webp"
     with pytest.raises(CatalogError, match="id column 'sku' does not exist"):
         read_catalog(tmp_path / "c.csv", id_column="sku")
+
+
+def test_reviewed_rows_train_and_never_validate_or_test(shop, shop_model, tmp_path):
+    from fashiontag.dataset import load_dataset
+    split = json.loads((shop_model / "split.json").read_text())
+    new_photo = tmp_path / "new.png"
+    draw_product("tie", "navy", "plain", (300, 200), random.Random(7)).save(new_photo)
+    on_test, on_train = split["test"][0], split["train"][0]
+    reviewed = tmp_path / "reviewed.csv"
+    reviewed.write_text("sku,category,department,path\n"
+                        f"SKU-NEW-1,tie,men,{new_photo}\n{on_test},tie,men,\n{on_train},dress,women,\n")
+    spec = CatalogSpec(str(shop.file), "sku", "photo", "title")
+    ds = load_dataset(spec, SHOP_TASKS, split_path=shop_model / "split.json", extra=(str(reviewed),), min_count=2,
+                      progress=False)
+    train_ids = {ds.catalog.ids[i] for i in ds.rows["train"]}
+    assert "SKU-NEW-1" in train_ids and on_test not in train_ids and on_test in ds.split["test"]
+    row = ds.catalog.ids.index(on_train)
+    assert ds.catalog.columns["category"][row] == "dress"  # the reviewed label replaces the catalog's
+    assert ds.catalog.photos[ds.catalog.ids.index("SKU-NEW-1")] == new_photo
+    assert ds.split["reviewed"] == sorted(["SKU-NEW-1", on_train])

@@ -32,7 +32,7 @@ from ray.data.block import BlockAccessor
 
 from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
 from fashiontag.predict import iter_image_paths, tag_row, write_rows
-from fashiontag.tagger import Tagger
+from fashiontag.tagger import Tagger, reviewed
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]
@@ -43,7 +43,7 @@ SHARD_ROWS = 4096  # rows per shard at least (the last may have fewer): what a k
 
 
 def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, engine: str = "onnx",
-               model: str | None = None, top_k: int = 1, min_confidence: float = 0.0, flip: bool = False,
+               model: str | None = None, top_k: int = 1, min_confidence: float | None = None, flip: bool = False,
                csv: bool = False, actors: int | None = None, batch_size: int = BATCH_SIZE,
                shard_rows: int = SHARD_ROWS, progress: bool = False) -> dict:
     """Tag every photo under `sources` (local files and folders, or URIs such as s3://bucket/prefix/) into Parquet
@@ -60,7 +60,7 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
     tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
-    schema = shard_schema(tagger.columns(top_k, review=min_confidence > 0))
+    schema = shard_schema(tagger.columns(top_k, review=reviewed(tagger.meta, min_confidence)))
     out_fs, out_dir = filesystem(out)
     out_fs.create_dir(out_dir, recursive=True)
     remove_partial_shards(out_fs, out_dir)
@@ -232,14 +232,15 @@ def _read_photos(batch: dict[str, np.ndarray], filesystems: list[pafs.FileSystem
 class _TagActor:
     """One model per actor, loaded when Ray starts the actor and reused for every batch it is sent."""
 
-    def __init__(self, schema: pa.Schema, model: str, engine: str, flip: bool, top_k: int, min_confidence: float):
+    def __init__(self, schema: pa.Schema, model: str, engine: str, flip: bool, top_k: int,
+                 min_confidence: float | None):
         self.tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
         self.schema, self.top_k, self.min_confidence = schema, top_k, min_confidence
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         readable = batch["error"] == ""
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
-        review = self.min_confidence > 0
+        review = reviewed(self.tagger.meta, self.min_confidence)
         rows = [tag_row(path, next(results) if ok else None, error, self.top_k, review)
                 | {"size": size, "mtime_ns": mtime_ns}
                 for path, ok, error, size, mtime_ns

@@ -94,6 +94,38 @@ class CatalogSpec:
         return cls(str(data), **{k: v for k, v in (record or {}).items() if k in cls.__dataclass_fields__})
 
 
+def with_reviewed(catalog: Catalog, reviewed: str | Path, id_column: str = "") -> tuple[Catalog, set[str]]:
+    """The catalog with the rows of a reviewed-tags file (`fashiontag review export`) added, and their ids.
+
+    A reviewed row whose id the catalog has replaces that row's values for the columns the file holds (a person
+    checked them last); a new id is appended, with its photo from the file's `path` column, else found as
+    images/<id>.<ext> beside the file."""
+    extra = read_catalog(reviewed, id_column=id_column or "id")
+    paths = extra.columns.get("path", [""] * len(extra))
+    row_of = {pid: i for i, pid in enumerate(catalog.ids)}
+    columns = {c: list(v) for c, v in catalog.columns.items()}
+    ids, photos = list(catalog.ids), list(catalog.photos)
+    shared = [c for c in extra.columns if c in columns]
+    for r, pid in enumerate(extra.ids):
+        photo = Path(paths[r]) if paths[r] else None
+        if photo is not None and not photo.is_absolute():
+            photo = extra.root / photo
+        i = row_of.get(pid)
+        if i is None:
+            i = row_of[pid] = len(ids)
+            ids.append(pid)
+            photos.append(photo or extra.photos[r])
+            for c in columns:
+                columns[c].append("")
+        elif photo is not None:
+            photos[i] = photo
+        for c in shared:
+            columns[c][i] = extra.columns[c][r]
+    problems = catalog.problems + [f"{extra.source.name}: {p}" for p in extra.problems]
+    merged = Catalog(catalog.source, ids, columns, photos, catalog.title_column, catalog.kaggle, problems)
+    return merged, set(extra.ids)
+
+
 def catalog_file(data: str | Path) -> Path:
     """The file to read: `data` itself, or the styles.csv of a Kaggle-layout folder."""
     path = Path(data)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from fashiontag import __version__
 from fashiontag.catalog import CatalogError
@@ -120,6 +121,8 @@ def train(
                                                   "(default: the one found in the data)"),
     image_size: Optional[str] = typer.Option(None, metavar="HxW", help="model input in pixels, e.g. 160x120 "
                                              "(default: the catalog's typical photo size, longer side at most 160)"),
+    extra: Optional[List[str]] = typer.Option(None, metavar="FILE", help="reviewed tags (`fashiontag review export`) "
+                                              "to train on as well; repeatable. They never join validation or test"),
     out: Optional[str] = typer.Option(None, metavar="DIR", help=f"run folder (default: {TrainConfig.out})"),
     model: Optional[str] = typer.Option(None, metavar="NAME",
                                         help="model family: rescnn (default), seed-cnn, mlp, efficientnet-lite0"),
@@ -134,6 +137,9 @@ def train(
     max_train: Optional[int] = typer.Option(None, metavar="N", help="train on at most this many photos (quick runs)"),
     seed: Optional[int] = typer.Option(None, metavar="N", help="random seed of the split, the initial weights and "
                                        f"augmentation (default: {TrainConfig.seed})"),
+    precision: Optional[float] = typer.Option(None, metavar="P", help="auto-accept thresholds: per task the lowest "
+                                              "confidence whose validation precision reaches P (default: "
+                                              f"{TrainConfig.precision}; per task: --set task_precision=...)"),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="a config.json to start from"),
     set_: List[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help=SET_HELP),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
@@ -146,7 +152,8 @@ def train(
                                          protocol=protocol, max_train=max_train, seed=seed, progress=progress,
                                          tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
                                          title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
-                                         image_size=image_size),
+                                         image_size=image_size, precision=precision,
+                                         extra=tuple(extra) if extra else None),
                             _parse_sets(set_), need_data=not (resume and not data))
         best = run_training(cfg, resume=resume)
     except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:
@@ -182,6 +189,29 @@ def evaluate(
 
 
 @app.command()
+def calibrate(
+    model: str = typer.Option(..., metavar="DIR", help="model folder whose model.json receives the thresholds"),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="the catalog it was trained on (default: "
+                                       "$FASHIONTAG_DATA); its validation side is used"),
+    precision: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                              help="target precision of every task (default: the model's "
+                                                   "training config, else 0.98)"),
+    task_precision: List[str] = typer.Option([], metavar="TASK=P", help="one task's own target; repeatable"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+):
+    """Fit auto-accept thresholds onto an existing model folder (model.json; model.onnx re-exported if present)."""
+    from fashiontag.refit import calibrate as run_calibrate
+    try:
+        per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
+        record = run_calibrate(model, _data(data), precision, per_task, progress=progress)
+    except (CatalogError, FileNotFoundError, ValueError, TypeError) as e:
+        _fail(str(e))
+    for t, c in record["thresholds_val"].items():
+        typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of validation photos "
+                   f"at {record['threshold_precision'][t]:.0%} precision")
+
+
+@app.command()
 def predict(
     paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively); "
                                                                    "with --on also URIs (s3://bucket/prefix/)"),
@@ -192,9 +222,10 @@ def predict(
     format: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
     top_k: int = typer.Option(1, min=1, metavar="K", help="also write the K-1 runners-up per task"),
-    min_confidence: float = typer.Option(0.0, min=0.0, max=1.0, metavar="P",
-                                         help="flag tags less sure than this in <task>_needs_review columns "
-                                              "(the label is kept)"),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                                   help="flag tags less sure than this in <task>_needs_review "
+                                                        "columns (the label is kept); default: the model's "
+                                                        "auto-accept threshold per task; 0 flags nothing"),
     batch_size: int = typer.Option(512, min=1, metavar="N", help="photos per batch"),
     progress: bool = typer.Option(True, help="progress bar on stderr, when stderr is a terminal"),
     engine: str = typer.Option("torch", metavar="NAME",
@@ -232,7 +263,7 @@ def predict(
 
 
 def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Optional[str], top_k: int,
-                    min_confidence: float, batch_size: int, progress: bool, engine: str, flip: bool,
+                    min_confidence: Optional[float], batch_size: int, progress: bool, engine: str, flip: bool,
                     actors: Optional[int], csv: bool) -> None:
     if on != "ray" and not on.startswith("ray://"):
         _fail(f"--on {on}: use ray (RAY_ADDRESS, a cluster on this machine, or a new local one) or ray://HOST:PORT")
@@ -323,6 +354,63 @@ def serve(
         run_server(host, port, model, access_log=access_log, engine=engine)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+
+
+class _StartByDefault(TyperGroup):
+    """`fashiontag review PATH...` is `fashiontag review start PATH...`; `review export` is its sibling."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(cls=_StartByDefault, no_args_is_help=True, rich_markup_mode=None,
+                         help="The review loop: `review PATH...` queues photos and serves the review page; "
+                              "`review export` writes the reviewed tags as a catalog CSV.")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("start")
+def review_start(
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="photos and folders to tag, or one predict "
+                                      "output (.csv, .tsv, .jsonl) to load"),
+    db: Optional[str] = typer.Option(None, metavar="URL", help="SQLAlchemy database URL (default: SQLite beside "
+                                     "the first PATH: photos/ -> photos.review.db, tags.csv -> tags.review.db)"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+                                                   help="review every tag less sure than P (default: the model's "
+                                                        "auto-accept threshold per task)"),
+    host: str = typer.Option("127.0.0.1", metavar="HOST", help="address to listen on"),
+    port: int = typer.Option(8000, metavar="PORT", min=1, max=65535),
+    engine: str = typer.Option("onnx", metavar="NAME", help="onnx, torch or onnx-int8"),
+    serve: bool = typer.Option(True, help="serve the review page once the queue is filled"),
+):
+    """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
+    from fashiontag.review import start_review
+    from fashiontag.review.store import StoreError
+    try:
+        start_review(paths, db, model, min_confidence, host, port, engine, serve,
+                     announce=lambda line: typer.echo(line, err=True))
+    except (FileNotFoundError, ValueError, StoreError) as e:
+        _fail(str(e))
+
+
+@review_app.command("export")
+def review_export(
+    db: str = typer.Option(..., metavar="URL", help="the review queue's database URL"),
+    out: str = typer.Option(..., metavar="FILE", help="CSV to write: the catalog's id column and one per task"),
+    all_: bool = typer.Option(False, "--all", help="also photos with tags still needing review (their model "
+                                                   "guesses)"),
+):
+    """Write the reviewed tags in the catalog's schema (id column, then the model's tasks; path where needed)."""
+    from fashiontag.review.export import export_reviewed
+    try:
+        counts = export_reviewed(db, out, all_)
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {counts['written']:,} photos to {out}; {counts['pending']:,} still need review"
+               + ("" if all_ else " (left out)"), err=True)
 
 
 @app.command()

@@ -9,6 +9,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from fashiontag.thresholds import precision_targets
+
 # "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
 PROTOCOLS = ("all", "notebook")
 SCHEDULES = ("cosine", "constant")
@@ -34,6 +36,7 @@ class TrainConfig:
     label_separator: str = "|"         # between the values of a multi-label cell (casual|party)
     hierarchy: tuple[str, ...] = ()    # declared "child>parent" chains; default: the Kaggle one, else found
     image_size: str = ""               # model input "HxW"; default: the catalog's typical photo size, capped
+    extra: tuple[str, ...] = ()        # reviewed-tags files (`fashiontag review export`) to train on as well
     out: str = "runs/default"          # run folder: best/ (the model), last/ (resume state), split.json
     model: str = "rescnn"              # a name from fashiontag.models
     model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
@@ -58,6 +61,10 @@ class TrainConfig:
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
+    # Auto-accept thresholds (thresholds.py): per task, the lowest confidence whose validation precision reaches
+    # the task's target in task_precision, else `precision`.
+    precision: float = 0.98
+    task_precision: dict = field(default_factory=dict)
     ema: float = 0.999                 # weight EMA decay; 0 turns it off
     patience: int = 8                  # early stopping: epochs without a better validation score
     min_count: int = 10                # classes with fewer training examples go to "Other"
@@ -81,6 +88,11 @@ class TrainConfig:
         self.protocol = protocol_name(self.protocol)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"config field schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        # Tasks left to the data are checked against it when training starts (train._train).
+        unknown = sorted(set(self.task_precision) - set(self.tasks)) if self.tasks else []
+        if unknown:
+            raise ValueError(f"config field task_precision: {', '.join(unknown)} is not a task of this run")
+        precision_targets(asdict(self), list(self.task_precision))  # every target a number above 0 and at most 1
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

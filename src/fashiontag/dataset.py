@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fashiontag.cache import ImageCache, build_cache
-from fashiontag.catalog import NOTEBOOK_MASTER, NOTEBOOK_MIN_SHARE, NOTEBOOK_TASKS, Catalog, CatalogSpec
+from fashiontag.catalog import NOTEBOOK_MASTER, NOTEBOOK_MIN_SHARE, NOTEBOOK_TASKS, Catalog, CatalogSpec, with_reviewed
 from fashiontag.config import protocol_name
 from fashiontag.split import SIDES, duplicate_groups, load_split, make_split
 from fashiontag.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, resolve_taxonomy
@@ -67,14 +67,20 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
                  split_path: str | Path | None = None, vocabs: dict[str, list[str]] | None = None,
                  min_count: int = 10, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
                  framing: bool = False, hw: tuple[int, int] | None = None, hierarchy: tuple[str, ...] = (),
-                 taxonomy: Taxonomy | None = None) -> TrainingData:
+                 taxonomy: Taxonomy | None = None, extra: tuple[str, ...] = ()) -> TrainingData:
     """Read and cache the catalog (photos at hw, default the catalog's typical size; framed with `framing`); load
     the split from split_path or make one; build or reuse vocabularies.
 
     tasks and hierarchy: see taxonomy.resolve_taxonomy; a trained model passes its own `taxonomy` instead. A task
-    with fewer than two classes of min_count training photos (one, if multi-label) is left out, with a warning."""
+    with fewer than two classes of min_count training photos (one, if multi-label) is left out, with a warning.
+    extra: reviewed-tags files (catalog.with_reviewed) whose rows train, and never validate or test: a row on the
+    validation or test side of the split, or whose photo equals one there, is left out."""
     spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
     catalog = spec.read()
+    reviewed: set[str] = set()
+    for path in extra:
+        catalog, ids = with_reviewed(catalog, path, spec.id_column)
+        reviewed |= ids
     if taxonomy is None:
         taxonomy = resolve_taxonomy(catalog, tuple(tasks), spec.separator, tuple(hierarchy))
     else:
@@ -89,10 +95,15 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     if split_path and Path(split_path).exists():
         split = load_split(split_path)
     else:
+        held = np.array([catalog.ids[i] not in reviewed for i in usable], bool)
+        usable_before, usable = usable, usable[held]  # the split is the catalog's own; reviewed rows join below
         strata_task = _strata_task(taxonomy, catalog)
         strata = [catalog.columns[strata_task][i] if strata_task else "" for i in usable]
         groups = duplicate_groups(cache.hashes[usable])
         split = make_split([catalog.ids[i] for i in usable], strata, groups, seed=seed, stratified_on=strata_task)
+        usable = usable_before
+    if reviewed:
+        split = _with_reviewed_rows(split, reviewed, catalog, cache)
     kinds = dict(taxonomy.kinds)
     if protocol_name(protocol) == "notebook":
         if not catalog.kaggle:
@@ -108,6 +119,19 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     targets = {t: (np.array(encode(catalog.columns[t], vocabs[t]), dtype=np.int64) if kinds[t] == SINGLE
                    else encode_multi(catalog.columns[t], vocabs[t], spec.separator)) for t in vocabs}
     return TrainingData(catalog, cache, split, vocabs, targets, rows, taxonomy, spec, tuple(hw), hw_note)
+
+
+def _with_reviewed_rows(split: dict, reviewed: set[str], catalog: Catalog, cache: ImageCache) -> dict:
+    """The split with the reviewed rows on its training side, except those whose id or photo is held out."""
+    held_out = set(split["val"]) | set(split["test"])
+    row_of = {pid: i for i, pid in enumerate(catalog.ids)}
+    held_hashes = {int(cache.hashes[row_of[p]]) for p in held_out if p in row_of and cache.ok[row_of[p]]}
+    leaking = {p for p in reviewed if p in held_out or int(cache.hashes[row_of[p]]) in held_hashes}
+    if leaking:
+        print(f"note: {len(leaking):,} reviewed rows left out of training: their id or photo is on the validation "
+              f"or test side (e.g. {sorted(leaking)[0]})", file=sys.stderr)
+    train = set(split["train"]) | (reviewed - leaking)
+    return {**split, "train": sorted(train), "reviewed": sorted(reviewed - leaking)}
 
 
 def _vocabs(catalog: Catalog, kinds: dict[str, str], train_rows: np.ndarray, min_count: int,

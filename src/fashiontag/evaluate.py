@@ -18,6 +18,7 @@ from fashiontag.dataset import load_dataset
 from fashiontag.model_meta import MULTI, hierarchy_of
 from fashiontag.tagger import Tagger
 from fashiontag.taxonomy import Taxonomy
+from fashiontag.thresholds import at_threshold, coverage_table, decoded_confidence
 
 # unseen: every photo the model did not train on; all: every photo; or one side of the model's split.
 SIDES = ("unseen", "test", "val", "train", "all")
@@ -88,15 +89,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     if side not in SIDES:
         raise ValueError(f"unknown side {side!r}: use {', '.join(SIDES)}")
     tagger = Tagger.load(model, engine=engine, bf16=bf16, flip=flip)
-    split_path = tagger.model_dir / "split.json"
-    meta = tagger.meta
-    hierarchy = hierarchy_of(meta)
-    ds = load_dataset(CatalogSpec.from_record(data, meta.get("catalog")),
-                      protocol=meta.get("config", {}).get("protocol", "all"), split_path=split_path,
-                      vocabs=tagger.vocabs, cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing,
-                      hw=tagger.input_hw, taxonomy=Taxonomy(tagger.kinds, tuple(hierarchy[0]) if hierarchy else ()))
-    if not split_path.exists():
-        print(f"note: {tagger.model_dir} has no split.json; scoring on a fresh split of this catalog")
+    ds = model_dataset(tagger, data, cache_dir, progress)
     rows, side = rows_to_score(ds, side)
     if len(rows) == 0:
         raise ValueError(f"{data}: no usable photos to score")
@@ -106,6 +99,10 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     chosen = tagger.choose(probs)
     metrics = {t: (multi_label_metrics if tagger.kinds[t] == MULTI else task_metrics)(
         ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
+    confidence, correct = decoded_confidence(probs, chosen, {t: ds.targets[t][rows] for t in tagger.tasks})
+    for t in tagger.tasks:
+        metrics[t]["coverage"] = coverage_table(confidence[t], correct[t])
+        metrics[t]["at_threshold"] = at_threshold(confidence[t], correct[t], tagger.thresholds[t])
     summary = {"model": str(tagger.model_dir), "model_version": tagger.info()["version"], "data": str(data),
                "side": side, "engine": engine, "flip": flip,
                "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
@@ -117,8 +114,25 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     figures = {}
     if plot:
         figures = plots.report_plots(out, ds, rows, pixels, probs, chosen, tagger.meta, metrics)
+        plots.risk_coverage(out / "risk_coverage.png", confidence, correct, tagger.thresholds)
+        figures["risk_coverage"] = "risk_coverage.png"
     (out / "report.md").write_text(render_report(summary, tagger.meta, figures))
     return summary
+
+
+def model_dataset(tagger: Tagger, data: str | Path, cache_dir: str | None = None, progress: bool = True):
+    """The catalog `data` as the model sees it: its vocabularies, its split (split.json in its folder) and its
+    photo preparation."""
+    split_path = tagger.model_dir / "split.json"
+    meta = tagger.meta
+    hierarchy = hierarchy_of(meta)
+    ds = load_dataset(CatalogSpec.from_record(data, meta.get("catalog")),
+                      protocol=meta.get("config", {}).get("protocol", "all"), split_path=split_path,
+                      vocabs=tagger.vocabs, cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing,
+                      hw=tagger.input_hw, taxonomy=Taxonomy(tagger.kinds, tuple(hierarchy[0]) if hierarchy else ()))
+    if not split_path.exists():
+        print(f"note: {tagger.model_dir} has no split.json; using a fresh split of this catalog")
+    return ds
 
 
 def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
@@ -140,7 +154,18 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
         lines.append(f"| {t} | {len(v['per_class'])} | {v['accuracy']:.2%} | {v['macro_f1']:.3f} | "
                      f"{v['balanced_accuracy']:.2%} | {v['top_k_accuracy']:.2%} ({v['top_k']}) | {v['majority_baseline']:.2%} | "
                      f"{v['ece']:.3f} |")
-    for key in ("distributions", "curves"):
+    lines += ["", "Auto-accept coverage: the share of photos whose tag can be taken without review at a given "
+              "precision (the lowest confidence threshold reaching it on these photos), and at the model's own "
+              "thresholds (chosen on its validation photos).", "",
+              "| task | " + " | ".join(f"at {float(p):.0%}" for p in next(iter(m.values()))["coverage"])
+              + " | model threshold | its coverage | its precision |",
+              "|---" * (len(next(iter(m.values()))["coverage"]) + 4) + "|"]
+    for t, v in m.items():
+        a = v["at_threshold"]
+        lines.append(f"| {t} | " + " | ".join(f"{c['coverage']:.1%}" for c in v["coverage"].values())
+                     + f" | {a['threshold']:.3f} | {a['coverage']:.1%} | "
+                     + ("n/a" if a["precision"] is None else f"{a['precision']:.2%}") + " |")
+    for key in ("distributions", "curves", "risk_coverage"):
         if key in figures:
             lines += ["", f"![{key}]({figures[key]})"]
     for t, v in m.items():

@@ -117,6 +117,11 @@ def validate_meta(meta: dict, header: dict, folder: Path) -> None:
                 or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in thresholds):
             raise ModelError(f"{where}: class_thresholds of {task!r} must be one number between 0 and 1 per class "
                              "of a multi-label task")
+    thresholds = meta.get("thresholds", {})
+    if not isinstance(thresholds, dict) or not set(thresholds) <= set(vocabs) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in thresholds.values()):
+        raise ModelError(f"{where}: 'thresholds' must map tasks of the model to numbers from 0 to 1, "
+                         f"got {thresholds!r}")
     hw = meta.get("input_hw", [80, 60])
     if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(x, int) and 8 <= x <= 4096 for x in hw)):
         raise ModelError(f"{where}: input_hw must be [height, width] in pixels (8 to 4096), got {hw!r}")

@@ -100,3 +100,27 @@ def report_plots(out: Path, ds, rows: np.ndarray, pixels: np.ndarray, probs: dic
                  [classes[i] for i in chosen[t][known]], t)
         figures[f"examples_{t}"] = f"examples_{t}.png"
     return figures
+
+
+def risk_coverage(path: Path, confidence: dict[str, np.ndarray], correct: dict[str, np.ndarray],
+                  thresholds: dict[str, float]) -> None:
+    """Per task, the error rate of the tags accepted against the share accepted, most confident first; a dot
+    where the model's own threshold lies."""
+    from fashiontag.thresholds import at_threshold, ranked
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for t in confidence:
+        if len(confidence[t]) == 0:
+            continue
+        _, coverage, precision = ranked(confidence[t], correct[t])
+        line, = ax.plot(coverage, 1 - precision, label=t)
+        a = at_threshold(confidence[t], correct[t], thresholds.get(t, 0.0))
+        if a["precision"] is not None:
+            ax.plot([a["coverage"]], [1 - a["precision"]], "o", color=line.get_color())
+    ax.axhline(0.02, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="coverage (share of photos accepted without review)", ylabel="risk (error rate of those)",
+           title="risk-coverage: dashed at 2% (98% precision), dots at the model's thresholds", ylim=(0, None))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
 from fashiontag.model_meta import load_meta, model_folder
-from fashiontag.tagger import PhotoResult, Tagger, check_options, row_columns
+from fashiontag.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 # torch measured faster than onnx on large batches with bf16 (benchmarks/speed.py); serve picks onnx.
@@ -114,7 +114,7 @@ def _load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray,
 
 
 def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path], batch_size: int = 512,
-              top_k: int = 1, min_confidence: float = 0.0, workers: int | None = None,
+              top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
               problems: Problems | None = None, photo_input: PhotoInput | None = None) -> Iterator[dict]:
     """Stream tag rows for image files and folders, in constant memory. Unreadable files give a row with `error`.
 
@@ -124,7 +124,6 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
     files = iter_image_paths(paths, problems)
     workers = workers or thread_split()[1]
     photo_input = photo_input or tagger.photo_input
-    review = min_confidence > 0
     with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
         ahead: deque[tuple[list[Path], Future]] = deque()
 
@@ -135,6 +134,7 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
             tagger = tagger()
+        review = reviewed(tagger.meta, min_confidence)
         while ahead:
             batch, job = ahead.popleft()
             read_ahead()
@@ -203,10 +203,11 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
-            top_k: int = 1, min_confidence: float = 0.0, batch_size: int = 512, progress: bool = False,
+            top_k: int = 1, min_confidence: float | None = None, batch_size: int = 512, progress: bool = False,
             engine: str = DEFAULT_ENGINE, flip: bool = False) -> dict:
     """The `fashiontag predict` command: tag files and folders into CSV, TSV or JSON lines (stdout without `out`).
 
+    min_confidence: the review threshold of every task; None takes the model's own thresholds.
     Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
     check_options(top_k, min_confidence)
     if out:
@@ -216,7 +217,7 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     meta = load_meta(folder)  # a bad model folder fails now, before any photo is read
     infer_threads, decode_threads = thread_split()
     problems = Problems()
-    columns = row_columns(list(meta["vocabs"]), top_k, review=min_confidence > 0)
+    columns = row_columns(list(meta["vocabs"]), top_k, review=reviewed(meta, min_confidence))
     total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_paths(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), paths,

@@ -53,8 +53,13 @@ class Tag:
     def needs_review(self) -> bool:
         return bool(below_threshold(self.confidence, self.threshold))
 
+    @property
+    def status(self) -> str:
+        return "needs_review" if self.needs_review else "accepted"
+
     def to_dict(self, top_k: int | None = None) -> dict:
-        out = {"label": self.label, "confidence": round(self.confidence, 4), "needs_review": self.needs_review}
+        out = {"label": self.label, "confidence": round(self.confidence, 4), "needs_review": self.needs_review,
+               "status": self.status, "threshold": round(self.threshold, 4)}
         if self.labels is not None:
             out["labels"] = [{"label": label, "confidence": round(conf, 4)} for label, conf in self.labels]
         runners = self._runners(top_k)
@@ -149,6 +154,8 @@ class Tagger:
         self.class_thresholds = {t: np.asarray(meta.get("class_thresholds", {}).get(t, [0.5] * len(self.vocabs[t])))
                                  for t in self.tasks if self.kinds[t] == MULTI}
         self.temperatures = {t: float(meta.get("temperatures", {}).get(t, 1.0)) for t in self.tasks}
+        # The auto-accept thresholds chosen at calibration (thresholds.py); a model without them flags nothing.
+        self.thresholds = {t: float(meta.get("thresholds", {}).get(t, 0.0)) for t in self.tasks}
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
         self._labels = {t: np.array(v, dtype=object) for t, v in self.vocabs.items()}
@@ -171,12 +178,13 @@ class Tagger:
 
     # ------------------------------------------------------------------------------------------- photos in
 
-    def __call__(self, images, top_k: int = 1, min_confidence: float = 0.0):
+    def __call__(self, images, top_k: int = 1, min_confidence: float | None = None):
         """Tag one photo (a path, bytes, PIL image or (H, W, 3) uint8 array) -> PhotoResult, or a list of them
         (or an (N, H, W, 3) array) -> list[PhotoResult] in the same order.
 
         One photo that cannot be read raises ImageError; in a list it gets a result with `error` set and the rest
-        are tagged. A wrong type, dtype or shape raises ValueError either way."""
+        are tagged. A wrong type, dtype or shape raises ValueError either way. min_confidence: the review threshold
+        of every task (default: the model's own thresholds, see reviews())."""
         check_options(top_k, min_confidence)
         if _is_batch(images):
             results: list[PhotoResult] = []
@@ -192,7 +200,7 @@ class Tagger:
         """The letterboxed (H, W, 3) uint8 model input for one photo; ImageError if it cannot be read."""
         return self.photo_input.load(image)
 
-    def _tag_items(self, items: Sequence, top_k: int, min_confidence: float) -> list[PhotoResult]:
+    def _tag_items(self, items: Sequence, top_k: int, min_confidence: float | None) -> list[PhotoResult]:
         pixels, errors = [], []
         for item in items:
             try:
@@ -228,7 +236,8 @@ class Tagger:
                 chosen[t] = best[:, j]
         return chosen
 
-    def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float = 0.0) -> list[PhotoResult]:
+    def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float | None = None
+                   ) -> list[PhotoResult]:
         """Tag letterboxed uint8 (N, H, W, 3) photos (see prepare) into one PhotoResult each."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (*self.input_hw, 3):
             raise ValueError(f"tag_pixels takes letterboxed uint8 photos of shape (N, {self.input_hw[0]}, "
@@ -239,11 +248,11 @@ class Tagger:
         probs = self.probabilities(pixels)
         chosen = self.choose(probs)
         idx = np.arange(len(pixels))
+        thresholds = self.thresholds if min_confidence is None else dict.fromkeys(self.tasks, min_confidence)
         per_task = {}
         for t in self.tasks:  # a task at a time in numpy: per-photo Python work adds up at thousands a second
             if self.kinds[t] == MULTI:
-                per_task[t] = self._multi_label_tags(probs[t], chosen[t], self._labels[t], top_k,
-                                                      min_confidence)
+                per_task[t] = self._multi_label_tags(probs[t], chosen[t], self._labels[t], top_k, thresholds[t])
                 continue
             p, c, labels = probs[t], chosen[t], self._labels[t]
             runners: list = [()] * len(pixels)
@@ -254,12 +263,12 @@ class Tagger:
                 ranks = top[keep].reshape(len(top), top.shape[1] - 1)
                 runners = [tuple(zip(ls, cs)) for ls, cs in zip(labels[ranks].tolist(),
                                                                 np.take_along_axis(p, ranks, 1).tolist())]
-            per_task[t] = [Tag(label, conf, r, min_confidence)
+            per_task[t] = [Tag(label, conf, r, thresholds[t])
                            for label, conf, r in zip(labels[c].tolist(), p[idx, c].tolist(), runners)]
         return [PhotoResult(dict(zip(self.tasks, row))) for row in zip(*per_task.values())]
 
     def _multi_label_tags(self, p: np.ndarray, chosen: np.ndarray, labels: np.ndarray, top_k: int,
-                          min_confidence: float) -> list[Tag]:
+                          threshold: float) -> list[Tag]:
         """One Tag per photo for a multi-label task: its labels most probable first, the classes left out as
         runners-up."""
         order = np.argsort(-p, axis=1)
@@ -269,7 +278,7 @@ class Tagger:
             held = tuple((labels[i], float(p[row, i])) for i in o if c[i])
             runners = tuple((labels[i], float(p[row, i])) for i in o if not c[i])[:max(0, top_k - 1)]
             tags.append(Tag(self.separator.join(label for label, _ in held), float(sure[row]), runners,
-                            min_confidence, held))
+                            threshold, held))
         return tags
 
     # ------------------------------------------------------------------------------------------ describing
@@ -288,6 +297,7 @@ class Tagger:
             "fashiontag_version": meta.get("fashiontag_version"), "engine": self.engine.name,
             "input_hw": list(self.input_hw), "tasks": self.tasks, "kinds": self.kinds, "classes": self.vocabs,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
+            "thresholds": self.thresholds, "threshold_precision": meta.get("threshold_precision", {}),
             "metrics": {"val_acc": meta.get("val_acc", {}),
                         "calibration_ece_val": {t: v.get("after") for t, v in calibration.items()
                                                 if isinstance(v, dict)}},
@@ -307,10 +317,16 @@ def row_columns(tasks: list[str], top_k: int = 1, review: bool = False) -> list[
     return cols + ["error"]
 
 
-def check_options(top_k: int, min_confidence: float) -> None:
+def reviewed(meta: dict, min_confidence: float | None) -> bool:
+    """Whether tags judged against min_confidence (None: the model's thresholds) can need review at all, i.e.
+    whether outputs carry needs_review columns."""
+    return any(meta.get("thresholds", {}).values()) if min_confidence is None else min_confidence > 0
+
+
+def check_options(top_k: int, min_confidence: float | None) -> None:
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a whole number of 1 or more, got {top_k!r}")
-    if not 0.0 <= min_confidence <= 1.0:
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min_confidence must be from 0 to 1, got {min_confidence!r}")
 
 

@@ -32,8 +32,9 @@ from fashiontag.model_meta import load_meta
 from fashiontag.models import create_model
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
-from fashiontag.tagger import Tagger
+from fashiontag.tagger import Tagger, sigmoid, softmax
 from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
+from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
 
 
 COMPILE_MIN_STEPS = 2000
@@ -200,6 +201,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     split_file = out / "split.json"
     data = training_data(cfg, cfg.split or split_file, progress=cfg.progress and main)
     kinds = data.kinds
+    unknown = sorted(set(cfg.task_precision) - set(kinds))
+    if unknown:
+        raise ValueError(f"config field task_precision: {', '.join(unknown)} is not a task of this run "
+                         f"({', '.join(kinds)})")
     if main:
         cfg.save(out / "config.json")
         save_split(data.split, split_file)
@@ -425,7 +430,8 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
     spec = CatalogSpec(cfg.data, cfg.id_column, cfg.image_column, cfg.title_column, cfg.label_separator)
     return load_dataset(spec, cfg.tasks, cfg.protocol, split_path=split_path, min_count=cfg.min_count, seed=cfg.seed,
                         cache_dir=cfg.cache_dir or None, progress=progress, framing=cfg.framing,
-                        hw=parse_image_size(cfg.image_size) if cfg.image_size else None, hierarchy=cfg.hierarchy)
+                        hw=parse_image_size(cfg.image_size) if cfg.image_size else None, hierarchy=cfg.hierarchy,
+                        extra=cfg.extra)
 
 
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
@@ -443,19 +449,27 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     per single-label task, a decision threshold per class of a multi-label task."""
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
-    logits = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last).logits_tensors(
-        data.cache.pixels[rows])
+    engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
+    logits = engine.logits_tensors(data.cache.pixels[rows])
+    targets = {t: v[rows] for t, v in data.targets.items()}
     kinds = data.kinds
     single = [t for t in logits if kinds[t] == SINGLE]
-    temps, ece = fit_temperatures({t: logits[t] for t in single}, {t: data.targets[t][rows] for t in single})
-    thresholds = {t: fit_class_thresholds(logits[t].float().sigmoid().numpy(), data.targets[t][rows])
-                  for t in logits if kinds[t] == MULTI}
+    temps, ece = fit_temperatures({t: logits[t] for t in single}, {t: targets[t] for t in single})
+    class_thresholds = {t: fit_class_thresholds(logits[t].float().sigmoid().numpy(), targets[t])
+                        for t in logits if kinds[t] == MULTI}
     meta.update(temperatures={t: temps.get(t, 1.0) for t in logits}, calibration_val=ece, history=history,
-                train_seconds=round(seconds, 1), class_thresholds=thresholds)
+                train_seconds=round(seconds, 1), class_thresholds=class_thresholds)
+    # The auto-accept thresholds judge tags as users get them: calibrated, then decoded jointly.
+    tagger = Tagger(engine, meta)
+    probs = {t: (sigmoid if kinds[t] == MULTI else softmax)(lg.float().numpy() / tagger.temperatures[t])
+             for t, lg in logits.items()}
+    meta.update(thresholds_from_probabilities(tagger, probs, targets, precision_targets(meta["config"], tagger.tasks)))
     save_model(folder, model, meta, data.split)
     tqdm.write("calibrated: " + ", ".join(
         [f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in temps]
-        + [f"{t} thresholds {min(v):.2f}-{max(v):.2f}" for t, v in thresholds.items()]))
+        + [f"{t} class thresholds {min(v):.2f}-{max(v):.2f}" for t, v in class_thresholds.items()]))
+    tqdm.write("auto-accept: " + ", ".join(f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}"
+                                           for t, c in meta["thresholds_val"].items()))
 
 
 def _ece(value: float | None) -> str:

@@ -98,14 +98,15 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 0.0,
                max_queue: int = 4096, max_uploads: int = 128, body_timeout: float = 30.0,
                threads: int | None = None, decode_threads: int | None = None, tagger: Tagger | None = None,
-               engine: str = SERVE_ENGINE) -> FastAPI:
+               engine: str = SERVE_ENGINE, review=None) -> FastAPI:
     """The service, with the model loaded now (a bad model folder fails here, not on the first request).
 
     max_batch: photos per forward pass; max_files / max_file_bytes / max_upload_bytes: per request;
     max_queue: photos waiting before new requests get 503; max_uploads: requests to /v1/tag being read or tagged
     at once before new ones get 503 (memory stays under max_uploads x max_upload_bytes); body_timeout: seconds
     an upload may stall mid-body; threads: inference threads (default: the CPUs this process may use);
-    decode_threads: threads decoding uploads; engine: the Tagger's.
+    decode_threads: threads decoding uploads; engine: the Tagger's; review: a review.ReviewStore, whose queue
+    the page at / then shows (review mode; the tagging page stays at /web/index.html).
     """
     cpus = available_cpus()
     threads = threads or cpus
@@ -239,9 +240,13 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         body, media = web[name]
         return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
 
+    if review is not None:
+        from fashiontag.review.routes import review_router
+        app.include_router(review_router(review))
+
     @app.get("/", include_in_schema=False)
     async def index():
-        return _asset("index.html")
+        return _asset("index.html" if review is None else "review.html")
 
     @app.get("/web/{name}", include_in_schema=False)
     async def asset(name: str):

@@ -3,6 +3,8 @@ the OpenAPI description from these models, and the same options model validates 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 MAX_TOP_K = 20
@@ -12,9 +14,9 @@ class TagOptions(BaseModel):
     """The options of POST /v1/tag: query parameters or form fields (a form field wins over the query)."""
 
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="also return the K-1 runners-up per task")
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0,
-                                  description="a task's tag less sure than this is flagged needs_review (its "
-                                              "label is kept)")
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0,
+                                         description="a task's tag less sure than this is flagged needs_review (its "
+                                                     "label is kept); default: the model's threshold per task")
     partial: bool = Field(False, description="tag the good photos and report the bad ones per file with 200, "
                                              "instead of refusing the whole request")
 
@@ -33,7 +35,9 @@ class Candidate(BaseModel):
 class TaskTag(BaseModel):
     label: str = Field(description="the model's answer")
     confidence: float = Field(description="its calibrated probability")
-    needs_review: bool = Field(description="confidence below min_confidence: a person should check it")
+    needs_review: bool = Field(description="confidence below the threshold: a person should check it")
+    status: Literal["accepted", "needs_review"] = Field(description="accepted: at or above the threshold")
+    threshold: float = Field(description="min_confidence, else the model's auto-accept threshold for the task")
     top: list[Candidate] | None = Field(None, description="the answer and its runners-up, when top_k > 1")
 
 
@@ -48,7 +52,7 @@ class PhotoResult(BaseModel):
 class TagAnswer(BaseModel):
     model: str = Field(description="the model's version")
     top_k: int
-    min_confidence: float
+    min_confidence: float | None
     tagged: int
     failed: int
     results: list[PhotoResult] = Field(description="one per uploaded file, in upload order")

@@ -9,7 +9,8 @@
     const words = task.replace(/([a-z])([A-Z])/g, "$1 $2").replace(/[_-]+/g, " ").toLowerCase();
     return words.charAt(0).toUpperCase() + words.slice(1);
   };
-  const state = { model: null, items: [], nextId: 1, threshold: 0 };
+  // threshold null: the model's own auto-accept threshold per task, until the slider moves.
+  const state = { model: null, items: [], nextId: 1, threshold: null };
   const $ = (sel) => document.querySelector(sel);
   const results = $("#results");
 
@@ -102,7 +103,8 @@
       const threshold = state.threshold;
       let body = null, status = 0;
       try {
-        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true&min_confidence=${threshold}`,
+        const judge = threshold === null ? "" : `&min_confidence=${threshold}`;
+        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true${judge}`,
           { method: "POST", body: form });
         status = res.status;
         body = await res.json();
@@ -201,7 +203,7 @@
     const review = t.needs_review && !(task in item.corrected);
     tr.classList.toggle("review", review);
     const notes = [];
-    if (review) notes.push(`needs review: less sure than ${(item.threshold * 100).toFixed(0)}%`);
+    if (review) notes.push(`needs review: less sure than ${(t.threshold * 100).toFixed(0)}%`);
     if (t.top && t.top.length > 1) {
       notes.push("model: " + t.top.map((c) => `${c.label} ${(c.confidence * 100).toFixed(0)}%`).join(", "));
     }

@@ -1,0 +1,53 @@
+"""`fashiontag calibrate`: fit auto-accept thresholds onto a model folder that was trained without them.
+
+Training chooses them itself (train.finish_model); this is for models made before, such as the shipped one. Only
+model.json changes: the weights, and the vocabularies their header records, stay as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fashiontag.evaluate import model_dataset
+from fashiontag.model_meta import META, load_meta
+from fashiontag.tagger import Tagger
+from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
+
+
+def calibrate(model: str | Path, data: str | Path, precision: float | None = None,
+              task_precision: dict[str, float] | None = None, cache_dir: str | None = None,
+              progress: bool = True) -> dict:
+    """Choose each task's threshold on the validation side of the model's split of `data`, write them into the
+    folder's model.json, and re-export its model.onnx when it has one (the export records the model version,
+    which model.json is part of). Targets: task_precision per task, else precision, else the model's config's.
+    Returns model.json's threshold record (thresholds, threshold_precision, thresholds_val)."""
+    tagger = Tagger.load(model)
+    unknown = sorted(set(task_precision or {}) - set(tagger.tasks))
+    if unknown:
+        raise ValueError(f"--task-precision names tasks the model does not have: {', '.join(unknown)}; its tasks: "
+                         f"{', '.join(tagger.tasks)}")
+    config = dict(tagger.meta.get("config", {}))
+    config.update({k: v for k, v in (("precision", precision), ("task_precision", task_precision)) if v is not None})
+    ds = model_dataset(tagger, data, cache_dir, progress)
+    rows = ds.rows["val"]
+    if len(rows) == 0:
+        raise ValueError(f"{data}: none of the model's validation photos is in this catalog; pass the catalog it "
+                         "was trained on")
+    probs = tagger.probabilities(np.asarray(ds.cache.pixels[rows]))
+    record = thresholds_from_probabilities(tagger, probs, {t: ds.targets[t][rows] for t in tagger.tasks},
+                                           precision_targets(config, tagger.tasks))
+    folder = tagger.model_dir
+    meta = json.loads((folder / META).read_text())
+    meta.update(record)
+    tmp = folder / f".{META}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / META)
+    load_meta(folder)  # what was written must load
+    if (folder / "model.onnx").exists():
+        from fashiontag.export import export_onnx
+        export_onnx(folder)
+    return record

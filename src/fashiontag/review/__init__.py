@@ -1,0 +1,32 @@
+"""The review loop: tag new photos, let people check what the model is unsure of, put the result in the catalog.
+
+`queue` fills a review queue (photos tagged now, or a `predict` output), `store` keeps it in a database (SQLite by
+default, any SQLAlchemy URL), `routes` serves it to the review page (web/review.html) beside the tagging API, and
+`export` writes the reviewed tags in the catalog's schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fashiontag.review.queue import default_db, fill_queue
+from fashiontag.review.store import ReviewStore
+
+
+def start_review(paths: list[str], db: str | None = None, model: str | Path | None = None,
+                 min_confidence: float | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 engine: str = "onnx", serve: bool = True, announce=print) -> dict:
+    """`fashiontag review`: add the photos under `paths` (or a predict output) to the queue in `db` (default: SQLite
+    beside them), then serve the review page until Ctrl-C (unless not serve). Returns fill_queue's counts."""
+    store = ReviewStore(db or default_db(paths))
+    try:
+        counts = fill_queue(store, paths, model, min_confidence, engine)
+        announce(f"queue {store.shown_url}: {counts['added']:,} photos added, {counts['queued']:,} "
+                 f"in all; {counts['errors']:,} could not be read, {counts['missing']:,} paths missing")
+        if serve:
+            from fashiontag.serve.app import serve as run_server
+            announce(f"review page: http://{host}:{port}/")
+            run_server(host, port, model, engine=engine, review=store)
+    finally:
+        store.close()
+    return counts

@@ -1,0 +1,108 @@
+"""Auto-accept thresholds: per task, the lowest confidence above which the model's tags reach a target precision.
+
+A catalog team accepts the tags at or above a task's threshold as they are and reviews the rest. The threshold is
+chosen on the validation photos (calibration time, or `fashiontag calibrate`) and stored in model.json; tagging
+judges each tag against it (tagger.Tag.needs_review). numpy only: the inference side imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_PRECISION = 0.98
+# The precisions whose coverage evaluation reports.
+REPORTED_PRECISIONS = (0.90, 0.95, 0.98, 0.99)
+# Where no confidence reaches the target, nothing is auto-accepted: no calibrated probability exceeds 1.
+UNREACHABLE = 1.0
+
+
+def ranked(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every candidate threshold (each distinct confidence, highest first): the threshold, the share of photos
+    at or above it (coverage) and the precision of those photos."""
+    order = np.argsort(-confidence, kind="stable")
+    conf, hits = confidence[order], np.asarray(correct, float)[order]
+    # A threshold accepts every photo at or above it, so only the last photo of a run of equal confidences ends a
+    # candidate set.
+    ends = np.flatnonzero(np.r_[conf[1:] != conf[:-1], True])
+    taken = ends + 1
+    return conf[ends], taken / len(conf), np.cumsum(hits)[ends] / taken
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float) -> dict:
+    """The lowest threshold whose accepted photos reach `precision`, with its coverage and measured precision.
+
+    Precision is not monotone in the threshold; the largest accepted set that still reaches the target is taken,
+    which is what a team wants: as much automatic as the target allows."""
+    if len(confidence) == 0:
+        return {"threshold": UNREACHABLE, "coverage": 0.0, "precision": None, "n": 0}
+    thresholds, coverage, prec = ranked(np.asarray(confidence, float), correct)
+    ok = np.flatnonzero(prec >= precision)
+    if len(ok) == 0:
+        return {"threshold": UNREACHABLE, "coverage": 0.0, "precision": None, "n": len(confidence)}
+    i = ok[-1]
+    return {"threshold": float(thresholds[i]), "coverage": float(coverage[i]), "precision": float(prec[i]),
+            "n": len(confidence)}
+
+
+def coverage_table(confidence: np.ndarray, correct: np.ndarray,
+                   precisions: tuple[float, ...] = REPORTED_PRECISIONS) -> dict[str, dict]:
+    """Per target precision ("0.98"): the threshold and the share of photos auto-accepted at it."""
+    return {f"{p:.2f}": choose_threshold(confidence, correct, p) for p in precisions}
+
+
+def precision_targets(config: dict, tasks: list[str]) -> dict[str, float]:
+    """Each task's target: the config's `task_precision` entry, else its `precision`, else DEFAULT_PRECISION."""
+    default = config.get("precision", DEFAULT_PRECISION)
+    per_task = config.get("task_precision") or {}
+    targets = {t: float(per_task.get(t, default)) for t in tasks}
+    for t, p in targets.items():
+        if not (math.isfinite(p) and 0 < p <= 1):
+            raise ValueError(f"the precision target of {t} is {p}; it must be above 0 and at most 1")
+    return targets
+
+
+def fit_thresholds(confidence: dict[str, np.ndarray], correct: dict[str, np.ndarray], targets: dict[str, float]
+                   ) -> dict:
+    """model.json's record: "thresholds" {task: float}, "threshold_precision" {task: target} and
+    "thresholds_val" {task: {threshold, coverage, precision, n}} measured on the photos given."""
+    chosen = {t: choose_threshold(confidence[t], correct[t], targets[t]) for t in targets}
+    return {"thresholds": {t: c["threshold"] for t, c in chosen.items()}, "threshold_precision": dict(targets),
+            "thresholds_val": chosen}
+
+
+def decoded_confidence(probs: dict[str, np.ndarray], chosen: dict[str, np.ndarray], targets: dict[str, np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per task, over photos whose label is known: the confidence of the tag given (after joint decoding, as
+    tagging reports it) and whether it was right. A multi-label tag (chosen: a row of booleans) is right when its
+    set is, and as sure as its least sure class decision (tagger.Tagger._multi_label_tags)."""
+    conf, correct = {}, {}
+    for t, p in probs.items():
+        y = targets[t]
+        if y.ndim == 2:
+            known = y[:, 0] >= 0
+            c = chosen[t][known]
+            conf[t] = np.where(c, p[known], 1 - p[known]).min(1)
+            correct[t] = (c == (y[known] > 0)).all(1)
+            continue
+        known = y >= 0
+        c = chosen[t][known]
+        conf[t] = p[known][np.arange(len(c)), c]
+        correct[t] = c == y[known]
+    return conf, correct
+
+
+def thresholds_from_probabilities(tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+                                  precision: dict[str, float]) -> dict:
+    """fit_thresholds on calibrated validation probabilities, decoded as `tagger` (a Tagger) decodes them."""
+    confidence, correct = decoded_confidence(probs, tagger.choose(probs), targets)
+    return fit_thresholds(confidence, correct, precision)
+
+
+def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
+    """What a given threshold does on these photos: the share accepted and their precision (None: none)."""
+    accepted = np.asarray(confidence) >= threshold
+    n = int(accepted.sum())
+    return {"threshold": float(threshold), "coverage": n / max(len(accepted), 1),
+            "precision": float(np.asarray(correct)[accepted].mean()) if n else None}
