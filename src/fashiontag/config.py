@@ -59,6 +59,7 @@ class TrainConfig:
     seller_augment: bool = False       # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
     framing: bool = False              # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
+    init: str = ""                     # a model folder to start from (fine-tuning): its weights and vocabularies
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
     # Auto-accept thresholds (thresholds.py): per task, the lowest confidence whose validation precision reaches

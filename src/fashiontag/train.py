@@ -231,6 +231,8 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
     raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
+    if cfg.init and not resume:
+        start_from(raw_model, cfg.init)
     if cfg.pretrained and not resume:
         if not hasattr(raw_model, "load_pretrained"):
             raise ValueError(f"model {cfg.model!r} has no pretrained weights")
@@ -428,10 +430,31 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
     """The catalog of cfg as training sees it: columns, tasks, hierarchy, photo size, split (from split_path when
     it exists, else made) and vocabularies."""
     spec = CatalogSpec(cfg.data, cfg.id_column, cfg.image_column, cfg.title_column, cfg.label_separator)
-    return load_dataset(spec, cfg.tasks, cfg.protocol, split_path=split_path, min_count=cfg.min_count, seed=cfg.seed,
+    hw = parse_image_size(cfg.image_size) if cfg.image_size else None
+    start = load_meta(cfg.init) if cfg.init else {}
+    if start and hw and list(hw) != start["input_hw"]:
+        raise ValueError(f"image size {cfg.image_size} differs from {cfg.init}'s input, {start['input_hw']}")
+    return load_dataset(spec, cfg.tasks or tuple(start.get("vocabs", ())), cfg.protocol, split_path=split_path,
+                        vocabs=start.get("vocabs"), min_count=cfg.min_count, seed=cfg.seed,
                         cache_dir=cfg.cache_dir or None, progress=progress, framing=cfg.framing,
-                        hw=parse_image_size(cfg.image_size) if cfg.image_size else None, hierarchy=cfg.hierarchy,
+                        hw=hw or (tuple(start["input_hw"]) if start else None), hierarchy=cfg.hierarchy,
                         extra=cfg.extra)
+
+
+def start_from(model: nn.Module, folder: str) -> None:
+    """Copy a model folder's weights into `model` wherever name and shape agree (fine-tuning, or a larger model
+    grown from a smaller one); an architecture that shares almost nothing with it is an error."""
+    from safetensors.torch import load_file
+
+    from fashiontag.model_meta import WEIGHTS, model_folder
+    source = load_file(str(model_folder(folder) / WEIGHTS))
+    own = model.state_dict()
+    taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if len(taken) < len(own) / 2:
+        raise ValueError(f"{folder}: only {len(taken)} of this model's {len(own)} tensors match its weights; "
+                         "start from a model of the same family and size")
+    model.load_state_dict(taken, strict=False)
+    tqdm.write(f"started from {folder}: {len(taken)} of {len(own)} tensors")
 
 
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
