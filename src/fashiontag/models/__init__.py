@@ -26,11 +26,15 @@ def register(name: str):
     return add
 
 
-def create_model(name: str, heads: dict[str, int], input_hw: tuple[int, int] = INPUT_HW, **kwargs) -> nn.Module:
-    """Build model `name` with one head per task (task -> number of classes) for photos of input_hw pixels."""
+def create_model(name: str, heads: dict[str, int], input_hw: tuple[int, int] = INPUT_HW, title: dict | None = None,
+                 **kwargs) -> nn.Module:
+    """Build model `name` with one head per task (task -> number of classes) for photos of input_hw pixels. With
+    `title` (TitleFusion's arguments: tokenizer, dim, hidden, fusion), the family's trunk fused with a title
+    encoder: forward(x, tokens)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](heads=heads, input_hw=tuple(input_hw), **kwargs)
+    model = _REGISTRY[name](heads=heads, input_hw=tuple(input_hw), **kwargs)
+    return model if title is None else TitleFusion(model, heads, **title)
 
 
 def model_names() -> list[str]:
@@ -71,3 +75,4 @@ class Heads(nn.Module):
 
 
 from fashiontag.models import efficientnet_lite, mlp, rescnn, seed_cnn  # noqa: E402,F401  (registers the families)
+from fashiontag.models.title import TitleFusion  # noqa: E402

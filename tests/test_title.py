@@ -1,0 +1,121 @@
+"""Titles as model input: deterministic hashed tokens, degradations, and the photo + title model (torch and ONNX)."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fashiontag.models import create_model
+from fashiontag.text import TitleDropout, Tokenizer, drop_words, normalise, remove_words, truncate, words_of
+
+HEADS = {"gender": 5, "baseColour": 7}
+TITLE = {"dim": 16, "tokenizer": {"buckets": 512, "max_len": 48}}
+TITLES = ["Puma Men Blue Running Shoes", "Ｎｉｋｅ Women's  NAVY-Blue Top", "", "Titan Women Silver Watch"]
+
+
+def test_normalise_folds_case_width_and_punctuation():
+    assert normalise("Ｎｉｋｅ Women's  NAVY-Blue Top!") == "nike women s navy blue top"
+
+
+def test_tokens_are_deterministic_across_processes_and_padded_with_zero():
+    tok = Tokenizer(**TITLE["tokenizer"])
+    x = tok(TITLES)
+    assert x.dtype == np.int64 and x.shape == (4, 48)
+    assert (x[2] == 0).all() and (x[0] > 0).sum() > 10 and x.max() < 512
+    # A fresh interpreter has another str-hash salt: the ids must not change.
+    code = ("import sys; from fashiontag.text import Tokenizer; "
+            "sys.stdout.write(' '.join(map(str, Tokenizer(buckets=512, max_len=48)(['Puma Men Blue Running Shoes'])[0])))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert other.split() == [str(v) for v in x[0]]
+
+
+def test_long_titles_are_cut_at_max_len_keeping_the_words():
+    tok = Tokenizer(buckets=512, max_len=8, chars=(0, 0), word_ngrams=1)
+    x = tok(["a b c d e f g h i j k"])
+    assert (x > 0).all() and list(x[0]) == tok.ids("a b c d e f g h")
+
+
+def test_degradations():
+    rng = np.random.default_rng(0)
+    assert truncate("Puma Men Blue Running Shoes", 2) == "Puma Men"
+    assert drop_words("Puma Men Blue Running Shoes", 0.0, rng) == "Puma Men Blue Running Shoes"
+    assert drop_words("Puma Men Blue Running Shoes", 1.0, rng) == ""
+    colours, genders = words_of(["Navy Blue", "Off White"]), words_of(["Men", "Women"])
+    assert remove_words("Nike Women's Navy-Blue Top", colours | genders) == "nike s top"
+    out = TitleDropout(drop=0.3, truncate=0.2, word_drop=0.1)(["Puma Men Blue Running Shoes"] * 2000, rng)
+    assert 0.25 < np.mean([t == "" for t in out]) < 0.35
+    assert 0.15 < np.mean([0 < len(t.split()) < 5 for t in out]) < 0.6
+
+
+@pytest.mark.parametrize("fusion", ["late", "gated"])
+def test_fused_model_with_and_without_title(fusion):
+    torch.manual_seed(0)
+    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": fusion}).eval()
+    x = torch.rand(4, 3, 80, 60)
+    tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
+    with torch.no_grad():
+        none, blank, both = model(x), model(x, torch.zeros_like(tokens)), model(x, tokens)
+    for t, n in HEADS.items():
+        assert none[t].shape == (4, n)
+        torch.testing.assert_close(none[t], blank[t])  # all padding is "no title"
+        torch.testing.assert_close(both[t][2], none[t][2])  # the empty title in the batch
+
+
+def test_late_fusion_starts_as_the_photo_model():
+    torch.manual_seed(0)
+    photo = create_model("rescnn", HEADS, width=8).eval()
+    from fashiontag.models.title import TitleFusion
+    fused = TitleFusion(photo, HEADS, **TITLE).eval()
+    x = torch.rand(3, 3, 80, 60)
+    tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES[:3]))
+    with torch.no_grad():
+        want, got = photo(x), fused(x, tokens)
+    for t in HEADS:
+        torch.testing.assert_close(got[t], want[t])
+
+
+def test_fused_model_round_trips_through_safetensors(tmp_path):
+    model = create_model("rescnn", HEADS, width=8, title=TITLE).eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    again = create_model("rescnn", HEADS, width=8, title=TITLE).eval()
+    again.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
+    x, tokens = torch.rand(2, 3, 80, 60), torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES[:2]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, tokens), again(x, tokens))
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, tokens):
+        return tuple(self.model(image, tokens).values())
+
+
+@pytest.mark.parametrize("fusion", ["late", "gated"])
+def test_onnx_export_takes_pixels_and_tokens(fusion, tmp_path):
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": fusion}).eval()
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_TwoInputs(model), (torch.rand(2, 3, 80, 60), torch.ones(2, 48, dtype=torch.int64)),
+                                    dynamo=True, input_names=["image", "tokens"], output_names=list(HEADS),
+                                    dynamic_shapes=({0: batch}, {0: batch}), verbose=False)
+    program.save(str(tmp_path / "m.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    tok = Tokenizer(**TITLE["tokenizer"])
+    for titles in (TITLES, TITLES[:1], [""] * 3):
+        x = np.random.default_rng(len(titles)).random((len(titles), 3, 80, 60), dtype=np.float32)
+        tokens = tok(titles)
+        got = session.run(list(HEADS), {"image": x, "tokens": tokens})
+        with torch.no_grad():
+            want = model(torch.from_numpy(x), torch.from_numpy(tokens))
+        for t, g in zip(HEADS, got):
+            assert np.abs(g - want[t].numpy()).max() < 1e-4, t
