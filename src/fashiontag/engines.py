@@ -27,7 +27,7 @@ ENGINES = ("torch", "onnx", "onnx-int8")
 # Photos per forward pass: activations stay in cache; larger batches were slower on CPU.
 INFER_BATCH = 128
 ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
-ONNX_INPUT = "image"
+ONNX_INPUT, ONNX_TOKENS = "image", "tokens"
 # The key under which an export records model_version() of the folder it was made from.
 ONNX_VERSION_KEY = "fashiontag_weights_sha256"
 
@@ -36,7 +36,7 @@ class Engine(Protocol):
     name: str
     tasks: list[str]
 
-    def logits(self, pixels: np.ndarray) -> dict[str, np.ndarray]: ...
+    def logits(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def check_engine(name: str) -> str:
@@ -94,11 +94,12 @@ class TorchEngine:
         return cls(fold_batch_norms(net), list(meta["vocabs"]), device,
                    bf16_supported(dev) if bf16 is None else bf16, threads=threads)
 
-    def logits(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {t: v.numpy() for t, v in self.logits_tensors(pixels).items()}
+    def logits(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return {t: v.numpy() for t, v in self.logits_tensors(pixels, tokens).items()}
 
-    def logits_tensors(self, pixels: np.ndarray) -> dict[str, "torch.Tensor"]:
-        """Logits as CPU float tensors, for training code that goes on in torch."""
+    def logits_tensors(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, "torch.Tensor"]:
+        """Logits as CPU float tensors, for training code that goes on in torch. tokens: the titles' token rows
+        (text.Tokenizer), for a model that takes titles; None: no titles."""
         import torch
         # OpenMP's thread count belongs to the calling thread: a service's inference thread must set its own.
         if self.threads and torch.get_num_threads() != self.threads:
@@ -111,7 +112,11 @@ class TorchEngine:
                 x = torch_input(torch.from_numpy(np.ascontiguousarray(pixels[s:s + self.batch_size])), device,
                                 self.channels_last)
                 with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
-                    out = self.model(x)
+                    if getattr(self.model, "takes_titles", False):
+                        ids = None if tokens is None else torch.from_numpy(tokens[s:s + self.batch_size]).to(device)
+                        out = self.model(x, ids)
+                    else:
+                        out = self.model(x)
                 for t in self.tasks:
                     chunks[t].append(out[t].float().cpu())
         return {t: torch.cat(v) if v else torch.zeros(0, 0) for t, v in chunks.items()}
@@ -152,10 +157,15 @@ class OnnxEngine:
             session = _current_session(folder, int8, threads)
         return cls(session, tasks, "onnx-int8" if int8 else "onnx")
 
-    def logits(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def logits(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
         chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        takes = {i.name: i for i in self.session.get_inputs()}
         for s in range(0, len(pixels), self.batch_size):
-            outputs = self.session.run(self.tasks, {ONNX_INPUT: nchw_float(pixels[s:s + self.batch_size])})
+            feed = {ONNX_INPUT: nchw_float(pixels[s:s + self.batch_size])}
+            if ONNX_TOKENS in takes:  # a row of zeros is "no title"
+                feed[ONNX_TOKENS] = (tokens[s:s + self.batch_size] if tokens is not None else
+                                     np.zeros((len(feed[ONNX_INPUT]), takes[ONNX_TOKENS].shape[1]), np.int64))
+            outputs = self.session.run(self.tasks, feed)
             for t, v in zip(self.tasks, outputs):
                 chunks[t].append(v)
         return {t: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for t, v in chunks.items()}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fashiontag.checkpoint import load_model
-from fashiontag.engines import INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_VERSION_KEY, nchw_float
+from fashiontag.engines import INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_TOKENS, ONNX_VERSION_KEY, nchw_float
 from fashiontag.images import PhotoInput
 from fashiontag.model_meta import model_folder, model_version
 from fashiontag.predict import _load, iter_image_paths
@@ -39,8 +39,8 @@ class _TupleOutputs(nn.Module):
         super().__init__()
         self.model, self.tasks = model, tasks
 
-    def forward(self, image):
-        out = self.model(image)
+    def forward(self, image, tokens=None):
+        out = self.model(image) if tokens is None else self.model(image, tokens)
         return tuple(out[t] for t in self.tasks)
 
 
@@ -65,10 +65,16 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices from inside torch.export
         quiet.setLevel(logging.ERROR)
+        batch = torch.export.Dim("batch")
+        inputs, names, dims = (torch.rand(2, 3, h, w),), [ONNX_INPUT], ({0: batch},)
+        if getattr(model, "takes_titles", False):  # token rows beside the photos; a row of zeros is "no title"
+            max_len = meta["arch_args"]["title"]["tokenizer"]["max_len"]
+            inputs, names, dims = inputs + (torch.randint(0, 2, (2, max_len)),), names + [ONNX_TOKENS], dims + (
+                {0: batch},)
         try:
-            program = torch.onnx.export(_TupleOutputs(model, tasks).eval(), (torch.rand(2, 3, h, w),), dynamo=True,
-                                        input_names=[ONNX_INPUT], output_names=tasks, opset_version=OPSET,
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+            program = torch.onnx.export(_TupleOutputs(model, tasks).eval(), inputs, dynamo=True,
+                                        input_names=names, output_names=tasks, opset_version=OPSET,
+                                        dynamic_shapes=dims, verbose=False)
         finally:
             quiet.setLevel(level)
     graph = program.model_proto
@@ -119,10 +125,16 @@ def quantize_onnx(src: Path, dest: Path, photos: np.ndarray) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    token_input = [i for i in onnx.load(str(src), load_external_data=False).graph.input if i.name == ONNX_TOKENS]
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             x = nchw_float(photos)
-            self.batches = iter([{ONNX_INPUT: x[s:s + 32]} for s in range(0, len(x), 32)])
+            feeds = [{ONNX_INPUT: x[s:s + 32]} for s in range(0, len(x), 32)]
+            for feed in feeds if token_input else ():  # calibrated on photos alone: the text branch is a look-up
+                feed[ONNX_TOKENS] = np.zeros((len(feed[ONNX_INPUT]),
+                                              token_input[0].type.tensor_type.shape.dim[1].dim_value), np.int64)
+            self.batches = iter(feeds)
 
         def get_next(self):
             return next(self.batches, None)

@@ -24,6 +24,7 @@ from PIL import Image
 from fashiontag.engines import Engine, load_engine
 from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
+from fashiontag.text import tokenizer_of
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
@@ -158,6 +159,7 @@ class Tagger:
         self.thresholds = {t: float(meta.get("thresholds", {}).get(t, 0.0)) for t in self.tasks}
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
+        self.tokenizer = tokenizer_of(meta)  # None: a photo-only model, which ignores titles
         self._labels = {t: np.array(v, dtype=object) for t, v in self.vocabs.items()}
         hierarchy = hierarchy_of(meta)
         self._combos = None
@@ -178,21 +180,28 @@ class Tagger:
 
     # ------------------------------------------------------------------------------------------- photos in
 
-    def __call__(self, images, top_k: int = 1, min_confidence: float | None = None):
+    def __call__(self, images, top_k: int = 1, min_confidence: float | None = None,
+                 title: str | Sequence[str | None] | None = None):
         """Tag one photo (a path, bytes, PIL image or (H, W, 3) uint8 array) -> PhotoResult, or a list of them
         (or an (N, H, W, 3) array) -> list[PhotoResult] in the same order.
 
-        One photo that cannot be read raises ImageError; in a list it gets a result with `error` set and the rest
-        are tagged. A wrong type, dtype or shape raises ValueError either way. min_confidence: the review threshold
-        of every task (default: the model's own thresholds, see reviews())."""
+        title: the product's title (for a list, one per photo, None or "" where there is none); a photo + title
+        model reads it, a photo-only model ignores it. One photo that cannot be read raises ImageError; in a list it
+        gets a result with `error` set and the rest are tagged. A wrong type, dtype or shape raises ValueError
+        either way. min_confidence: the review threshold of every task (default: the model's own thresholds)."""
         check_options(top_k, min_confidence)
         if _is_batch(images):
             results: list[PhotoResult] = []
             items = list(images)
+            titles = check_titles(title, len(items))
             for s in range(0, len(items), CALL_CHUNK):
-                results += self._tag_items(items[s:s + CALL_CHUNK], top_k, min_confidence)
+                results += self._tag_items(items[s:s + CALL_CHUNK], top_k, min_confidence,
+                                           titles[s:s + CALL_CHUNK] if titles else None)
             return results
-        result = self.tag_pixels(self.prepare(images)[None], top_k, min_confidence)[0]
+        if title is not None and not isinstance(title, str):
+            raise ValueError(f"one photo takes one title (a str), got {type(title).__name__}")
+        titles = None if title is None else [title]
+        result = self.tag_pixels(self.prepare(images)[None], top_k, min_confidence, titles)[0]
         result.source = _source_name(images)
         return result
 
@@ -200,7 +209,8 @@ class Tagger:
         """The letterboxed (H, W, 3) uint8 model input for one photo; ImageError if it cannot be read."""
         return self.photo_input.load(image)
 
-    def _tag_items(self, items: Sequence, top_k: int, min_confidence: float | None) -> list[PhotoResult]:
+    def _tag_items(self, items: Sequence, top_k: int, min_confidence: float | None,
+                   titles: Sequence[str | None] | None) -> list[PhotoResult]:
         pixels, errors = [], []
         for item in items:
             try:
@@ -208,18 +218,22 @@ class Tagger:
                 errors.append("")
             except ImageError as e:
                 errors.append(str(e))
-        tagged = iter(self.tag_pixels(np.stack(pixels), top_k, min_confidence) if pixels else ())
+        kept = [t for t, e in zip(titles, errors) if not e] if titles is not None else None
+        tagged = iter(self.tag_pixels(np.stack(pixels), top_k, min_confidence, kept) if pixels else ())
         return [replace(next(tagged) if not err else PhotoResult(error=err), source=_source_name(item))
                 for item, err in zip(items, errors)]
 
     # -------------------------------------------------------------------------------------- logits to tags
 
-    def probabilities(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos: a distribution over
-        the classes (single-label tasks), or each class's own probability (multi-label tasks)."""
+    def probabilities(self, pixels: np.ndarray, titles: Sequence[str | None] | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos (and their titles, one
+        per photo, for a photo + title model): a distribution over the classes (single-label tasks), or each class's
+        own probability (multi-label tasks)."""
         views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
+        tokens = self.tokenizer(titles) if self.tokenizer is not None and titles is not None else None
         probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / self.temperatures[t])
-                  for t, lg in self.engine.logits(view).items()} for view in views]
+                  for t, lg in self.engine.logits(view, tokens).items()} for view in views]
         return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
 
     def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -236,16 +250,17 @@ class Tagger:
                 chosen[t] = best[:, j]
         return chosen
 
-    def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float | None = None
-                   ) -> list[PhotoResult]:
-        """Tag letterboxed uint8 (N, H, W, 3) photos (see prepare) into one PhotoResult each."""
+    def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float | None = None,
+                   titles: Sequence[str | None] | None = None) -> list[PhotoResult]:
+        """Tag letterboxed uint8 (N, H, W, 3) photos (see prepare), with their titles if given, into one
+        PhotoResult each."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (*self.input_hw, 3):
             raise ValueError(f"tag_pixels takes letterboxed uint8 photos of shape (N, {self.input_hw[0]}, "
                              f"{self.input_hw[1]}, 3), got {pixels.dtype} {pixels.shape}: use the Tagger itself "
                              "(tagger(photos)) for photos of any size")
         if len(pixels) == 0:
             return []
-        probs = self.probabilities(pixels)
+        probs = self.probabilities(pixels, check_titles(titles, len(pixels)))
         chosen = self.choose(probs)
         idx = np.arange(len(pixels))
         thresholds = self.thresholds if min_confidence is None else dict.fromkeys(self.tasks, min_confidence)
@@ -321,6 +336,15 @@ def reviewed(meta: dict, min_confidence: float | None) -> bool:
     """Whether tags judged against min_confidence (None: the model's thresholds) can need review at all, i.e.
     whether outputs carry needs_review columns."""
     return any(meta.get("thresholds", {}).values()) if min_confidence is None else min_confidence > 0
+
+
+def check_titles(titles, n: int) -> list[str | None] | None:
+    """titles as a list of n str or None, or None; a ValueError for anything else."""
+    if titles is None:
+        return None
+    if isinstance(titles, str) or len(titles) != n or not all(t is None or isinstance(t, str) for t in titles):
+        raise ValueError(f"titles: one str (or None) per photo, {n} in all, got {titles!r:.200}")
+    return list(titles)
 
 
 def check_options(top_k: int, min_confidence: float | None) -> None:

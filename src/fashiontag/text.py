@@ -96,6 +96,12 @@ class Tokenizer:
         return out
 
 
+def tokenizer_of(meta: dict) -> Tokenizer | None:
+    """The tokenizer a model folder's model.json records, or None for a photo-only model."""
+    title = meta.get("arch_args", {}).get("title")
+    return Tokenizer(**title.get("tokenizer", {})) if title is not None else None
+
+
 # Degradations: what a model must survive when a listing's title is missing, short or vague. "" is no title.
 
 def truncate(title: str, words: int) -> str:

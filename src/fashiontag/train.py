@@ -29,11 +29,12 @@ from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
 from fashiontag.model_meta import load_meta
-from fashiontag.models import create_model
+from fashiontag.models import TitleFusion, create_model
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
 from fashiontag.tagger import Tagger, sigmoid, softmax
 from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
+from fashiontag.text import TitleDropout, Tokenizer, tokenizer_of
 from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
 
 
@@ -183,6 +184,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
+    if "title" in cfg.model_args:  # the tokenizer's settings in full: the model folder must reproduce its ids
+        title = cfg.model_args["title"]
+        cfg = cfg.override(model_args={**cfg.model_args, "title": {
+            **title, "tokenizer": Tokenizer(**title.get("tokenizer", {})).config()}})
     state = load_state(out / "last") if resume else None
     if resume and state is None:
         raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
@@ -226,13 +231,18 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     train_y = {t: torch.from_numpy(v[train_rows]) for t, v in data.targets.items()}
     val_pixels = data.cache.pixels[data.rows["val"]]
     val_y = {t: v[data.rows["val"]] for t, v in data.targets.items()}
+    # Photo + title: each training title degraded afresh (dropped, cut, words left out), validation's kept whole.
+    tokenizer = tokenizer_of({"arch_args": cfg.model_args})
+    titles = np.array(data.catalog.titles, dtype=object)
+    degrade = TitleDropout(**cfg.title_dropout)
+    val_tokens = tokenizer(list(titles[data.rows["val"]])) if tokenizer else None
 
     soft = teacher_probabilities(cfg.teachers, data, train_pixels.numpy(), device, bf16) if cfg.teachers else None
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
-    raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
-    if cfg.init and not resume:
-        start_from(raw_model, cfg.init)
+    raw_model = initial_model(cfg, heads, data.hw, resume)
+    if cfg.freeze_trunk:
+        raw_model.trunk.requires_grad_(False)
     if cfg.pretrained and not resume:
         if not hasattr(raw_model, "load_pretrained"):
             raise ValueError(f"model {cfg.model!r} has no pretrained weights")
@@ -255,7 +265,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
         model = torch.compile(model)
     decay, no_decay = [], []
-    for p in raw_model.parameters():
+    for p in (p for p in raw_model.parameters() if p.requires_grad):
         (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "rmsprop":
@@ -322,6 +332,8 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
             perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
             mine = perm[rank::world][: steps_per_epoch * cfg.batch_size]
             raw_model.train()
+            if cfg.freeze_trunk:
+                raw_model.trunk.eval()  # its batch-norm statistics stay as trained
             correct = {t: 0 for t in heads}
             seen = {t: 0 for t in heads}
             loss_sum, last_save, t0 = 0.0, time.time(), time.time()
@@ -348,7 +360,12 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 for g in opt.param_groups:
                     g["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, cfg)
                 with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    logits = model(x)
+                    if tokenizer is None:
+                        logits = model(x)
+                    else:
+                        rng = np.random.default_rng([cfg.seed, epoch, step])  # the same titles on resume
+                        ids = tokenizer(degrade(list(titles[train_rows[idx.numpy()]]), rng))
+                        logits = model(x, torch.from_numpy(ids).to(device))
                 losses = task_losses(logits, y, cfg, class_weights, kinds)
                 if partner is not None:
                     other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights, kinds)
@@ -385,7 +402,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
             if main:
                 eval_model = ema.module if ema is not None else raw_model
                 val_logits = TorchEngine(eval_model, list(heads), str(device), bf16,
-                                         cfg.channels_last).logits_tensors(val_pixels)
+                                         cfg.channels_last).logits_tensors(val_pixels, val_tokens)
                 val_acc = accuracies(val_logits, val_y, kinds)
                 score = float(np.nanmean(list(val_acc.values())))
                 history.append({"epoch": epoch, "seconds": round(time.time() - t0, 1),
@@ -441,6 +458,22 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
                         extra=cfg.extra)
 
 
+def initial_model(cfg: TrainConfig, heads: dict[str, int], hw: tuple[int, int], resume: bool) -> nn.Module:
+    """cfg's model, started from cfg.init's weights unless resuming. A photo-only init given a title branch
+    (model_args "title") keeps its trunk and heads whole: the photo + title model starts exactly as accurate."""
+    title = cfg.model_args.get("title")
+    if cfg.init and not resume and title is not None and "title" not in load_meta(cfg.init).get("arch_args", {}):
+        photo, meta = load_model(cfg.init)
+        if meta["arch"] != cfg.model or {**meta["arch_args"], "title": title} != cfg.model_args:
+            raise ValueError(f"{cfg.init} is a {meta['arch']} {meta['arch_args']}: give the run the same model and "
+                             "model_args, plus \"title\"")
+        return TitleFusion(photo.train(), heads, **title)
+    model = create_model(cfg.model, heads, hw, **cfg.model_args)
+    if cfg.init and not resume:
+        start_from(model, cfg.init)
+    return model
+
+
 def start_from(model: nn.Module, folder: str) -> None:
     """Copy a model folder's weights into `model` wherever name and shape agree (fine-tuning, or a larger model
     grown from a smaller one); an architecture that shares almost nothing with it is an error."""
@@ -473,7 +506,9 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
     engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
-    logits = engine.logits_tensors(data.cache.pixels[rows])
+    tokenizer = tokenizer_of(meta)
+    logits = engine.logits_tensors(data.cache.pixels[rows],
+                                   tokenizer([data.catalog.titles[i] for i in rows]) if tokenizer else None)
     targets = {t: v[rows] for t, v in data.targets.items()}
     kinds = data.kinds
     single = [t for t in logits if kinds[t] == SINGLE]

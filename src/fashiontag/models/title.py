@@ -49,6 +49,8 @@ class TitleFusion(TrunkAndHeads):
     fusion "gated": a gated multimodal unit (Arevalo et al. 2017): per feature, a learned gate from both inputs
     mixes tanh projections of each, so the title can override the photo feature by feature."""
 
+    takes_titles = True  # engines and training pass tokens to models that have this
+
     def __init__(self, image: TrunkAndHeads, heads: dict[str, int], tokenizer: dict | None = None, dim: int = 64,
                  hidden: int = 0, fusion: str = "late"):
         super().__init__()

@@ -1,0 +1,72 @@
+"""Photo + title end to end: a photo model grows a title branch by fine-tuning, and every way in takes titles."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from fashiontag.engines import OnnxEngine
+from fashiontag.model_meta import load_meta
+from fashiontag.tagger import Tagger
+from helpers import tiny_config
+
+TITLE = {"dim": 16, "tokenizer": {"buckets": 4096, "max_len": 48}}
+
+
+@pytest.fixture(scope="module")
+def titled(trained, catalog, tmp_path_factory):
+    """The tiny photo model with a title branch, fine-tuned with its trunk frozen."""
+    from fashiontag.train import train
+    photo = load_meta(trained)
+    cfg = tiny_config(catalog.root, tmp_path_factory.mktemp("titled"), epochs=6, init=str(trained),
+                      freeze_trunk=True, model_args={**photo["arch_args"], "title": TITLE},
+                      title_dropout={"drop": 0.3})
+    return train(cfg)
+
+
+def titles_of(catalog, paths):
+    names = {row["id"]: row["productDisplayName"] for row in csv.DictReader((catalog.root / "styles.csv").open())
+             if row["id"].isdigit()}
+    return [names[p.stem] for p in paths]
+
+
+def test_the_title_branch_is_recorded_and_the_trunk_kept(trained, titled):
+    meta = load_meta(titled)
+    assert meta["arch_args"]["title"]["tokenizer"] == {"buckets": 4096, "max_len": 48, "chars": [3, 5],
+                                                       "word_ngrams": 2}
+    from safetensors.torch import load_file
+    before, after = load_file(str(trained / "model.safetensors")), load_file(str(titled / "model.safetensors"))
+    trunk = [k for k in before if k.startswith("trunk.")]
+    assert trunk and all(np.array_equal(before[k], after[k]) for k in trunk)  # frozen means frozen
+
+
+def test_titles_lift_accuracy_and_photo_only_still_works(titled, catalog):
+    tagger = Tagger.load(titled, bf16=False)
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:120]
+    titles = titles_of(catalog, paths)
+    with_titles = tagger(paths, title=titles, min_confidence=0)
+    photo_only = tagger(paths, min_confidence=0)
+    truth = {row["id"]: row for row in csv.DictReader((catalog.root / "styles.csv").open())}
+    for task in ("baseColour", "gender"):
+        right = [sum(r[task].label == truth[p.stem][task] for r, p in zip(results, paths))
+                 for results in (with_titles, photo_only)]
+        assert right[0] >= right[1] and right[0] > 0.9 * len(paths), (task, right)
+    one = tagger(paths[0], title=titles[0])
+    assert one.labels() == with_titles[0].labels()
+    with pytest.raises(ValueError, match="one str"):
+        tagger(paths[:2], title=titles[0])
+
+
+def test_onnx_takes_tokens_and_matches_torch(titled, catalog, tmp_path):
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(titled, folder)
+    torch_tagger, onnx_tagger = Tagger.load(folder, bf16=False), Tagger.load(folder, engine="onnx")
+    assert isinstance(onnx_tagger.engine, OnnxEngine)
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:16]
+    pixels = np.stack([torch_tagger.prepare(p) for p in paths])
+    titles = titles_of(catalog, paths)
+    titles[3] = ""  # no title for one of them
+    a, b = torch_tagger.probabilities(pixels, titles), onnx_tagger.probabilities(pixels, titles)
+    for t in a:
+        np.testing.assert_allclose(a[t], b[t], atol=1e-4)
