@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from fashiontag.catalog import read_catalog
 from fashiontag.engines import OnnxEngine
 from fashiontag.model_meta import load_meta
 from fashiontag.tagger import Tagger
@@ -70,3 +71,36 @@ def test_onnx_takes_tokens_and_matches_torch(titled, catalog, tmp_path):
     a, b = torch_tagger.probabilities(pixels, titles), onnx_tagger.probabilities(pixels, titles)
     for t in a:
         np.testing.assert_allclose(a[t], b[t], atol=1e-4)
+
+
+def test_predict_data_tags_every_catalog_row_with_its_title(titled, catalog, tmp_path):
+    from fashiontag.predict import predict
+    out = tmp_path / "tags.csv"
+    counts = predict([], str(out), str(titled), data=str(catalog.root), min_confidence=0)
+    rows = list(csv.DictReader(out.open()))
+    truth = {row["id"]: row for row in csv.DictReader((catalog.root / "styles.csv").open())}
+    assert counts["rows"] == len(rows) == len(read_catalog(catalog.root))
+    assert list(rows[0])[:3] == ["path", "id", "title"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["title"] == truth[r["id"]]["productDisplayName"] for r in good)
+    assert sum(r["baseColour"] == truth[r["id"]]["baseColour"] for r in good) > 0.9 * len(good)
+    with pytest.raises(ValueError, match="not both"):
+        predict([str(catalog.root / "images")], str(out), str(titled), data=str(catalog.root))
+
+
+def test_the_http_api_takes_titles_aligned_with_files(titled, catalog):
+    from fastapi.testclient import TestClient
+
+    from fashiontag.serve import create_app
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:3]
+    titles = titles_of(catalog, paths)
+    direct = Tagger.load(titled, engine="onnx")
+    with TestClient(create_app(titled)) as client:
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+        r = client.post("/v1/tag", files=files, data={"titles": titles})
+        assert r.status_code == 200, r.text
+        for result, p, title in zip(r.json()["results"], paths, titles):
+            want = direct(p, title=title, min_confidence=0)
+            assert {t: v["label"] for t, v in result["tags"].items()} == want.labels()
+        r = client.post("/v1/tag", files=files, data={"titles": titles[:2]})
+        assert r.status_code == 422 and "2 titles for 3 files" in r.text

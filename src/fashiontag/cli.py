@@ -213,8 +213,14 @@ def calibrate(
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(..., metavar="PATH...", help="image files and folders (searched recursively); "
-                                                                   "with --on also URIs (s3://bucket/prefix/)"),
+    paths: Optional[List[str]] = typer.Argument(None, metavar="PATH...",
+                                                help="image files and folders (searched recursively); with --on also "
+                                                     "URIs (s3://bucket/prefix/)"),
+    data: Optional[str] = typer.Option(None, metavar="CATALOG",
+                                       help="instead of PATH...: tag every row of a catalog (its photo and title, "
+                                            "read with the model's columns), keyed by the catalog's id"),
+    title_column: str = typer.Option("", metavar="NAME", help="with --data: the title column (default: the model's, "
+                                     "else productDisplayName)"),
     out: Optional[str] = typer.Option(None, metavar="FILE",
                                       help="output file: .csv, .tsv or .jsonl (default: CSV on stdout); with --on "
                                            "the folder or URI that receives the Parquet shards"),
@@ -244,13 +250,16 @@ def predict(
     photos that could be read are written all the same). With --on, a re-run into the same --out tags only the
     photos that are new or changed since."""
     if on:
-        return _predict_on_ray(on, paths, out, model, top_k, min_confidence, batch_size, progress, engine, flip,
-                               actors, csv)
+        if data:
+            _fail("--data is not taken with --on yet: tag the catalog's photo folder")
+        return _predict_on_ray(on, paths or [], out, model, top_k, min_confidence, batch_size, progress, engine,
+                               flip, actors, csv)
     from fashiontag.predict import predict as run_predict
     try:
-        counts = run_predict(paths, out, model, format, top_k, min_confidence, batch_size,
-                             progress and sys.stderr.isatty(), engine=engine, flip=flip)
-    except (FileNotFoundError, ValueError) as e:
+        counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
+                             progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
+                             title_column=title_column)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     tagged = counts["rows"] - counts["errors"]
     typer.echo(f"tagged {tagged:,} photos; {counts['errors']:,} could not be read"

@@ -1,4 +1,5 @@
-"""`fashiontag predict`: photo files and folders in, one row of tags per photo out (CSV, TSV or JSON Lines).
+"""`fashiontag predict`: photo files and folders (or a catalog's rows: photo and title) in, one row of tags per
+photo out (CSV, TSV or JSON Lines).
 
 Streams in constant memory: folders are walked lazily, decoding threads read the next batches while the model
 tags this one, and rows are written as they come. Nothing is lost quietly: an unreadable photo gets a row with its
@@ -113,15 +114,32 @@ def _load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray,
     return pixels[:n], errors
 
 
+@dataclass(frozen=True)
+class Photo:
+    """What predict tags: a photo file and, for a catalog's row, the product's id and title."""
+    path: Path
+    id: str = ""
+    title: str | None = None
+
+
 def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path], batch_size: int = 512,
               top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
               problems: Problems | None = None, photo_input: PhotoInput | None = None) -> Iterator[dict]:
     """Stream tag rows for image files and folders, in constant memory. Unreadable files give a row with `error`.
+    See tag_photos."""
+    return tag_photos(tagger, (Photo(p) for p in iter_image_paths(paths, problems)), batch_size, top_k,
+                      min_confidence, workers, photo_input)
+
+
+def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], batch_size: int = 512,
+               top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
+               photo_input: PhotoInput | None = None) -> Iterator[dict]:
+    """Stream tag rows for photos (with their titles where given), in constant memory.
 
     Decoding threads work on the next batches while the model tags this one and the caller writes its rows.
     `tagger` may be a function that loads one: decoding then starts while the model loads (photo_input needed).
     """
-    files = iter_image_paths(paths, problems)
+    files = iter(photos)
     workers = workers or thread_split()[1]
     photo_input = photo_input or tagger.photo_input
     with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
@@ -129,7 +147,7 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
             while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
-                ahead.append((batch, pool.submit(_load_batch, batch, photo_input)))
+                ahead.append((batch, pool.submit(_load_batch, [p.path for p in batch], photo_input)))
 
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
@@ -139,16 +157,29 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
             batch, job = ahead.popleft()
             read_ahead()
             pixels, errors = job.result()
-            results = iter(tagger.tag_pixels(pixels, top_k, min_confidence))
-            for path, error in zip(batch, errors):
-                yield tag_row(str(path), None if error else next(results), error, top_k, review)
+            titles = [p.title or "" for p, e in zip(batch, errors) if not e] if batch[0].title is not None else None
+            results = iter(tagger.tag_pixels(pixels, top_k, min_confidence, titles))
+            for photo, error in zip(batch, errors):
+                row = tag_row(str(photo.path), None if error else next(results), error, top_k, review, photo.id)
+                yield row if photo.title is None else {"title": photo.title, **row}
 
 
-def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, review: bool) -> dict:
-    """One output row: path, id (the file name without its extension), the task columns (none for a photo that
-    could not be read), error. Every writer of rows (predict, Ray) makes them here."""
-    return {"path": path, "id": PurePosixPath(path).stem,
+def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, review: bool, pid: str = "") -> dict:
+    """One output row: path, id (the catalog's, else the file name without its extension), the task columns (none
+    for a photo that could not be read), error. Every writer of rows (predict, Ray) makes them here."""
+    return {"path": path, "id": pid or PurePosixPath(path).stem,
             **(result.to_row(top_k, review) if result is not None else {}), "error": error}
+
+
+def catalog_photos(data: str, meta: dict, title_column: str = "", problems: Problems | None = None) -> list[Photo]:
+    """Every row of a catalog read with the model's columns (title_column replaces its title column): its photo,
+    id and title. The catalog's malformed rows are reported as problems."""
+    from fashiontag.catalog import CatalogSpec
+    record = {**meta.get("catalog", {}), **({"title_column": title_column} if title_column else {})}
+    catalog = CatalogSpec.from_record(data, record).read()
+    for p in catalog.problems:
+        (problems or Problems()).warn(p)
+    return [Photo(path, pid, title) for path, pid, title in zip(catalog.photos, catalog.ids, catalog.titles)]
 
 
 def thread_split(cores: int | None = None) -> tuple[int, int]:
@@ -204,12 +235,17 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
             top_k: int = 1, min_confidence: float | None = None, batch_size: int = 512, progress: bool = False,
-            engine: str = DEFAULT_ENGINE, flip: bool = False) -> dict:
-    """The `fashiontag predict` command: tag files and folders into CSV, TSV or JSON lines (stdout without `out`).
+            engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None, title_column: str = "") -> dict:
+    """The `fashiontag predict` command: tag files and folders, or with `data` every row of a catalog (its photo
+    and title; rows keyed by the catalog's id, with a title column), into CSV, TSV or JSON lines (stdout without
+    `out`).
 
     min_confidence: the review threshold of every task; None takes the model's own thresholds.
     Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
     check_options(top_k, min_confidence)
+    if bool(paths) == bool(data):
+        raise ValueError("give photo files or folders, or --data CATALOG, not both" if paths else
+                         "nothing to tag: give photo files or folders, or --data CATALOG")
     if out:
         check_out(out)
     fmt = output_format(out, fmt)
@@ -218,11 +254,15 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     infer_threads, decode_threads = thread_split()
     problems = Problems()
     columns = row_columns(list(meta["vocabs"]), top_k, review=reviewed(meta, min_confidence))
-    total = count_images(paths) if progress else None
+    if data:
+        photos: Iterable[Photo] = catalog_photos(data, meta, title_column, problems)
+        total, columns = len(photos), columns[:2] + ["title"] + columns[2:]
+    else:
+        photos = (Photo(p) for p in iter_image_paths(paths, problems))
+        total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
-    rows = tag_paths(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), paths,
-                     batch_size, top_k, min_confidence, workers=decode_threads, problems=problems,
-                     photo_input=PhotoInput.of(meta))
+    rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
+                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput.of(meta))
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 

@@ -34,6 +34,7 @@ WEB_DIR = Path(__file__).parent.parent / "web"
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
              ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 OPTION_FIELDS = tuple(TagOptions.model_fields)
+TITLES_FIELD = "titles"
 # A service's passes are small (a few photos each); at 1-16 photos onnxruntime's passes take a quarter to half the
 # time of torch's, whose bf16 kernels pay a fixed cost per call (benchmarks/speed.py prints both).
 SERVE_ENGINE = "onnx"
@@ -179,16 +180,20 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         uploading += 1
         try:
             uploads, form = await read_form(request, max_files, max_file_bytes, max_upload_bytes, OPTION_FIELDS,
-                                            body_timeout)
+                                            body_timeout, list_fields=(TITLES_FIELD,))
+            titles = form.pop(TITLES_FIELD)
+            if titles and len(titles) != len(uploads):
+                raise ServeError(422, "invalid_option", f"{len(titles)} titles for {len(uploads)} files: send one "
+                                 f"{TITLES_FIELD!r} field per file, in the same order (empty for none)")
             try:
                 options = TagOptions.model_validate(query.model_dump() | {k: v for k, v in form.items() if v})
             except ValidationError as e:
                 raise ServeError(422, "invalid_option", _problems(e.errors(), "form")) from None
-            return await _tag(uploads, options)
+            return await _tag(uploads, options, titles or None)
         finally:
             uploading -= 1
 
-    async def _tag(uploads, options: TagOptions) -> JSONResponse:
+    async def _tag(uploads, options: TagOptions, titles: list[str] | None) -> JSONResponse:
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(decoder["pool"], decode_uploads, uploads, tagger.prepare)
         bad = [u for u in uploads if u.status]
@@ -200,7 +205,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                              [u.describe() for u in bad])
         good = [u for u in uploads if not u.status]
         tagged = dict(zip((u.index for u in good),
-                          await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k)))
+                          await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k,
+                                            [titles[u.index] for u in good] if titles else None)))
         results = []
         for u in uploads:
             if u.status:

@@ -25,6 +25,7 @@ class _Job:
     pixels: np.ndarray
     top_k: int
     future: asyncio.Future
+    titles: list[str] | None = None
 
 
 class MicroBatcher:
@@ -67,15 +68,16 @@ class MicroBatcher:
         if self._executor:
             self._executor.shutdown(wait=True)
 
-    async def tag(self, pixels: np.ndarray, top_k: int = 1) -> list[PhotoResult]:
-        """Results (see Tagger.tag_pixels) for (N, H, W, 3) uint8 photos, with up to top_k - 1 runners-up."""
+    async def tag(self, pixels: np.ndarray, top_k: int = 1, titles: list[str] | None = None) -> list[PhotoResult]:
+        """Results (see Tagger.tag_pixels) for (N, H, W, 3) uint8 photos (and their titles), with up to top_k - 1
+        runners-up."""
         if not self.ready or self._queue is None:
             raise ServeError(503, "not_ready", "the model is still loading")
         future = asyncio.get_running_loop().create_future()
         self.pending += len(pixels)
         self.stats["requests"] += 1
         try:
-            self._queue.put_nowait(_Job(pixels, top_k, future))
+            self._queue.put_nowait(_Job(pixels, top_k, future, titles))
             return await future
         finally:
             self.pending -= len(pixels)
@@ -110,10 +112,13 @@ class MicroBatcher:
             if not jobs:
                 continue
             pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([j.pixels for j in jobs])
+            # A request without titles joins one with titles as photos whose title is "" (none).
+            titles = ([t for j in jobs for t in (j.titles or [""] * len(j.pixels))]
+                      if any(j.titles for j in jobs) else None)
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.tagger.tag_pixels, pixels,
-                                                     max(j.top_k for j in jobs))
+                                                     max(j.top_k for j in jobs), None, titles)
             except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker lives on
                 for j in jobs:
                     if not j.future.done():

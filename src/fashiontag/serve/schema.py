@@ -25,6 +25,8 @@ class TagForm(TagOptions):
     """The multipart/form-data body of POST /v1/tag (read by the service's own streaming reader, not by FastAPI)."""
 
     files: list[bytes] = Field(description="one or more product photos (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    titles: list[str] = Field(default=[], description="optional: one product title per file, in the same order "
+                              "(\"\" for none); read by a photo + title model, ignored by a photo-only one")
 
 
 class Candidate(BaseModel):

@@ -64,6 +64,9 @@ def accepted_type(content_type: str) -> bool:
     return ct in ("", "application/octet-stream") or ct.startswith("image/")
 
 
+MAX_TEXT = 2000  # bytes kept of one repeatable text field's value (a product title)
+
+
 class FormReader:
     """Streams a multipart/form-data body into memory, enforcing the limits as it goes.
 
@@ -74,11 +77,12 @@ class FormReader:
     """
 
     def __init__(self, boundary: bytes, max_files: int, max_file_bytes: int, max_upload_bytes: int,
-                 option_fields: Iterable[str] = ()):
+                 option_fields: Iterable[str] = (), list_fields: Iterable[str] = ()):
         self.max_files, self.max_file_bytes, self.max_upload_bytes = max_files, max_file_bytes, max_upload_bytes
         self.option_fields = tuple(option_fields)
         self.files: list[Upload] = []
         self.fields: dict[str, str] = {}
+        self.lists: dict[str, list[str]] = {name: [] for name in list_fields}  # repeatable text fields, in order
         self.file_parts = 0
         self.received = 0      # bytes of body read
         self.kept = 0          # bytes of photos held in memory
@@ -125,14 +129,14 @@ class FormReader:
                     upload.refuse(415, f"content type {upload.content_type!r} is not an image")
                 self.files.append(upload)
                 self._part = upload
-        elif name in self.option_fields:
+        elif name in self.option_fields or name in self.lists:
             self._field = (name, bytearray())
         elif name == FILE_FIELD:
             self._fail(ServeError(400, "not_a_file", f"field {FILE_FIELD!r} must carry files (with a filename), "
                                   "not text"))
         else:
             self._fail(ServeError(400, "unexpected_field", f"unknown form field {name!r}: expected "
-                                  f"{', '.join(map(repr, (FILE_FIELD, *self.option_fields)))}"))
+                                  f"{', '.join(map(repr, (FILE_FIELD, *self.lists, *self.option_fields)))}"))
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         n = end - start
@@ -147,7 +151,7 @@ class FormReader:
             else:
                 self._part.data += data[start:end]
                 self.kept += n
-        elif self._field is not None and len(self._field[1]) + n <= 100:
+        elif self._field is not None and len(self._field[1]) + n <= (MAX_TEXT if self._field[0] in self.lists else 100):
             self._field[1].extend(data[start:end])
 
     def _over(self, part: Upload | None) -> None:
@@ -157,7 +161,11 @@ class FormReader:
 
     def _end(self) -> None:
         if self._field is not None:
-            self.fields[self._field[0]] = self._field[1].decode("utf-8", "replace").strip()
+            text = self._field[1].decode("utf-8", "replace").strip()
+            if self._field[0] in self.lists:
+                self.lists[self._field[0]].append(text)
+            else:
+                self.fields[self._field[0]] = text
         self._part = self._field = None
 
     def _done(self) -> None:
@@ -202,10 +210,11 @@ class FormReader:
 
 
 async def read_form(request: Request, max_files: int, max_file_bytes: int, max_upload_bytes: int,
-                    option_fields: Iterable[str] = (), body_timeout: float = 30.0
-                    ) -> tuple[list[Upload], dict[str, str]]:
-    """The uploads and option fields of a multipart/form-data request. A client that sends nothing for
-    `body_timeout` seconds mid-body gets 408: a connection trickling its body must not be held forever."""
+                    option_fields: Iterable[str] = (), body_timeout: float = 30.0, list_fields: Iterable[str] = ()
+                    ) -> tuple[list[Upload], dict[str, str | list[str]]]:
+    """The uploads and option fields of a multipart/form-data request (each of list_fields as the list of its
+    values, in order). A client that sends nothing for `body_timeout` seconds mid-body gets 408: a connection
+    trickling its body must not be held forever."""
     ctype = request.headers.get("content-type", "")
     kind, opts = parse_options_header(ctype)
     if kind != b"multipart/form-data":
@@ -213,7 +222,7 @@ async def read_form(request: Request, max_files: int, max_file_bytes: int, max_u
                          f"{FILE_FIELD!r}, got {ctype or 'no content type'!r}")
     if not opts.get(b"boundary"):
         raise ServeError(400, "bad_multipart", "multipart/form-data without a boundary")
-    reader = FormReader(opts[b"boundary"], max_files, max_file_bytes, max_upload_bytes, option_fields)
+    reader = FormReader(opts[b"boundary"], max_files, max_file_bytes, max_upload_bytes, option_fields, list_fields)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > 2 * max_upload_bytes + 8 * MiB:
         raise ServeError(413, "upload_too_large", f"the request body ({int(declared) / MiB:.1f} MiB) is over the "
@@ -228,7 +237,7 @@ async def read_form(request: Request, max_files: int, max_file_bytes: int, max_u
             raise ServeError(408, "timeout", f"no data for {body_timeout:g} s in the middle of the upload") from None
         if chunk and not reader.feed(chunk):
             break
-    return reader.finish(), reader.fields
+    return reader.finish(), {**reader.fields, **reader.lists}
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
