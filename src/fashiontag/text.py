@@ -46,7 +46,7 @@ class Tokenizer:
     (arch_args.title.tokenizer) and all a tokenizer needs to reproduce the ids."""
 
     buckets: int = 2 ** 16
-    max_len: int = 160                 # covers every title of the Kaggle catalog but 0.3% (p99: 138 ids)
+    max_len: int = 160                 # Kaggle titles: 79 ids at the median, 138 at p99, 214 at most
     chars: tuple[int, int] = (3, 5)    # shortest and longest character n-gram; (0, 0) for none
     word_ngrams: int = 2               # 1: words only, 2: words and adjacent pairs
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)

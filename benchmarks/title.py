@@ -1,0 +1,300 @@
+"""Photo + title (issue 12): title baselines, the hashed n-gram text encoder, photo + title fusion, dominant colours
+and speed, on the shipped model's split (train side to fit, test side to score). Run by hand, one part at a time
+(each a few minutes on two CPU cores), each printing a markdown table:
+
+    PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/title.py svm      # TF-IDF char 2-5 + LinearSVC, title only
+    ... benchmarks/title.py text [--buckets 16384 65536 262144] [--dim 64]   # TextEncoder alone, per size
+    ... benchmarks/title.py fusion [--fusion late gated]                    # shipped trunk, frozen, + title
+    ... benchmarks/title.py colour                                           # dominant colours for baseColour
+    ... benchmarks/title.py speed                                            # tokens/s, colours/s, fused photos/s
+
+fusion: the shipped photo model's trunk stays frozen, its features are computed once (cached in /tmp), and the
+text encoder, fusion and heads train on them with TitleDropout; 10% of the photos with a title are replaced by a
+blank white photo so that title-only tagging is learnt too. Scored photo-only, title-only (blank photo), both, and
+with degraded titles. Accuracy is argmax per task, without calibration or joint category decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fashiontag import TASKS
+from fashiontag.checkpoint import load_model
+from fashiontag.colours import colour_centroids, colour_features, kmeans_colours, nearest_class
+from fashiontag.dataset import load_dataset
+from fashiontag.models import Heads, create_model
+from fashiontag.models.title import TextEncoder, TitleFusion
+from fashiontag.text import TitleDropout, Tokenizer, drop_words, remove_words, truncate, words_of
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
+SHIPPED = ROOT / "src" / "fashiontag" / "default_model"
+FEATURES = Path("/tmp/fashiontag-shipped-trunk-features.npy")
+BATCH = 256
+
+
+def dataset():
+    _, meta = load_model(SHIPPED)
+    return load_dataset(DATA, split_path=SHIPPED / "split.json", vocabs=meta["vocabs"], progress=False)
+
+
+def titles(ds, side):
+    return [ds.catalog.names[i] for i in ds.rows[side]]
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    known = y >= 0
+    return 100 * float((pred[known] == y[known]).mean())
+
+
+def print_table(rows: dict[str, dict[str, float]], title: str) -> None:
+    tasks = [t for t in TASKS if any(t in r for r in rows.values())]
+    print(f"\n{title}\n\n| | {' | '.join(tasks)} |\n|---|{'---|' * len(tasks)}")
+    for name, r in rows.items():
+        print(f"| {name} | {' | '.join(f'{r[t]:.1f}' if t in r else '' for t in tasks)} |")
+
+
+def svm(args):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+    ds = dataset()
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
+    xtr, xte = vec.fit_transform(titles(ds, "train")), vec.transform(titles(ds, "test"))
+    row = {}
+    for t in ds.vocabs:
+        ytr, yte = ds.targets[t][ds.rows["train"]], ds.targets[t][ds.rows["test"]]
+        row[t] = accuracy(LinearSVC(C=0.5).fit(xtr[ytr >= 0], ytr[ytr >= 0]).predict(xte), yte)
+    print_table({"TF-IDF char 2-5 + LinearSVC": row}, "Title only, test side")
+
+
+def fit(epoch_batches, modules: list[nn.Module], targets: dict[str, np.ndarray], n: int, epochs: int, lr: float,
+        seed: int = 0):
+    """Adam, the learning rate decaying linearly to 0, on the summed cross-entropy of every task.
+    epoch_batches(rng) -> logits_of(batch indices) -> {task: logits}: each epoch can draw its own title
+    degradations. Embedding tables get sparse gradients and SparseAdam: a batch touches a few thousand of their
+    rows, and a dense Adam step over all of them made an epoch 5x slower."""
+    embeddings = [m for module in modules for m in module.modules() if isinstance(m, nn.Embedding)]
+    for m in embeddings:
+        m.sparse = True
+    sparse = {id(m.weight) for m in embeddings}
+    dense = [p for module in modules for p in module.parameters() if p.requires_grad and id(p) not in sparse]
+    opts = [torch.optim.SparseAdam([m.weight for m in embeddings], lr=lr), torch.optim.Adam(dense, lr=lr)]
+    steps = epochs * -(-n // BATCH)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1 - step / steps) for o in opts]
+    ys = {t: torch.from_numpy(y) for t, y in targets.items()}
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        start, total = time.perf_counter(), 0.0
+        order = rng.permutation(n)
+        batches = epoch_batches(rng)
+        for i in range(0, n, BATCH):
+            idx = order[i:i + BATCH]
+            out = batches(idx)
+            loss = sum(nn.functional.cross_entropy(out[t], ys[t][idx], ignore_index=-1) for t in out)
+            for o in opts:
+                o.zero_grad()
+            loss.backward()
+            for o, s in zip(opts, scheds):
+                o.step()
+                s.step()
+            total += float(loss.detach()) * len(idx)
+        print(f"  epoch {epoch + 1}: loss {total / n:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def predict(logits_of, n: int) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        parts = [logits_of(np.arange(i, min(n, i + 1024))) for i in range(0, n, 1024)]
+    return {t: torch.cat([p[t] for p in parts]).argmax(1).numpy() for t in parts[0]}
+
+
+def side_targets(ds, side):
+    return {t: y[ds.rows[side]] for t, y in ds.targets.items()}
+
+
+def text(args):
+    ds = dataset()
+    heads = {t: len(v) for t, v in ds.vocabs.items()}
+    rows = {}
+    for buckets in args.buckets:
+        torch.manual_seed(0)
+        tok = Tokenizer(buckets=buckets)
+        train_tokens, test_tokens = (torch.from_numpy(tok(titles(ds, s))) for s in ("train", "test"))
+        encoder, head = TextEncoder(buckets, args.dim, args.hidden), Heads(args.dim if not args.hidden else args.hidden,
+                                                                           heads)
+        print(f"buckets {buckets}, dim {args.dim}, hidden {args.hidden}: "
+              f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f} M parameters")
+        fit(lambda rng: lambda idx: head(encoder(train_tokens[idx])[0]), [encoder, head],
+            side_targets(ds, "train"), len(train_tokens), args.epochs, args.lr)
+        pred = predict(lambda idx: head(encoder(test_tokens[idx])[0]), len(test_tokens))
+        test = side_targets(ds, "test")
+        rows[f"TextEncoder {buckets} x {args.dim}"] = {t: accuracy(pred[t], test[t]) for t in pred}
+    print_table(rows, f"Title only, test side ({args.epochs} epochs)")
+
+
+def trunk_features(ds) -> np.ndarray:
+    """The shipped trunk's features for every catalog row (zeros where the photo is unusable), and the last row
+    for a blank white photo; computed once."""
+    if FEATURES.exists():
+        return np.load(FEATURES)
+    model, _ = load_model(SHIPPED)
+    pixels = ds.cache.pixels
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), 512):
+            x = torch.from_numpy(np.asarray(pixels[i:i + 512])).permute(0, 3, 1, 2).float() / 255
+            out.append(model.trunk(x).numpy())
+        out.append(model.trunk(torch.ones(1, 3, 80, 60)).numpy())
+    feats = np.concatenate(out)
+    np.save(FEATURES, feats)
+    return feats
+
+
+class FusedBatches:
+    """logits_of for fit(): the train side's frozen photo features with degraded titles, drawn anew each epoch."""
+
+    def __init__(self, model, feats, blank, names, tok, dropout: TitleDropout, photo_drop: float):
+        self.model, self.feats, self.blank, self.names, self.tok = model, feats, blank, names, tok
+        self.dropout, self.photo_drop = dropout, photo_drop
+
+    def epoch(self, rng):
+        tokens = torch.from_numpy(self.tok(self.dropout(self.names, rng)))
+        # A photo goes blank only where its title stays: a product with neither teaches nothing.
+        blank = torch.from_numpy((rng.random(len(tokens)) < self.photo_drop) & (tokens[:, 0] > 0).numpy())
+        feats = torch.where(blank[:, None], self.blank, self.feats)
+        return lambda idx: self.model.heads(self.model.fuse(feats[idx], tokens[idx]))
+
+
+def fusion(args):
+    ds = dataset()
+    if args.subset:  # a random part of the train side: a quicker, rougher comparison
+        ds.rows["train"] = np.sort(np.random.default_rng(0).permutation(ds.rows["train"])[:args.subset])
+    feats = torch.from_numpy(trunk_features(ds))
+    blank = feats[-1]
+    photo_model, meta = load_model(SHIPPED)
+    heads = {t: len(v) for t, v in ds.vocabs.items()}
+    tok = Tokenizer(buckets=args.buckets)
+    train_feats, test_feats = feats[ds.rows["train"]], feats[ds.rows["test"]]
+    test_names, test = titles(ds, "test"), side_targets(ds, "test")
+    strip = {"no colour words": words_of(ds.vocabs["baseColour"]), "no gender words": words_of(ds.vocabs["gender"])}
+    rng = np.random.default_rng(1)
+    modes = {"photo only": (test_feats, None), "title only (blank photo)": (blank.expand_as(test_feats), test_names),
+             "photo + title": (test_feats, test_names),
+             **{f"photo + title, {k}": (test_feats, [remove_words(n, w) for n in test_names]) for k, w in strip.items()},
+             "photo + title, first 2 words": (test_feats, [truncate(n, 2) for n in test_names]),
+             "photo + title, half the words": (test_feats, [drop_words(n, 0.5, rng) for n in test_names])}
+    rows = {"shipped photo model": {t: accuracy(p, test[t]) for t, p in
+                                    predict(lambda idx: photo_model.heads(test_feats[idx]), len(test_feats)).items()}}
+    for fusion_kind in args.fusion:
+        torch.manual_seed(0)
+        model = TitleFusion(photo_model, heads, tokenizer=tok.config(), dim=args.dim, hidden=args.hidden,
+                            fusion=fusion_kind)
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+        print(f"{fusion_kind} fusion, buckets {args.buckets}, dim {args.dim}")
+        batches = FusedBatches(model, train_feats, blank, titles(ds, "train"), tok,
+                               TitleDropout(args.title_drop, args.truncate, args.word_drop), args.photo_drop)
+        fit(batches.epoch, [model], side_targets(ds, "train"),
+            len(train_feats), args.epochs, args.lr)
+        model.eval()
+        for mode, (f, names) in modes.items():
+            tokens = None if names is None else torch.from_numpy(tok(names))
+            pred = predict(lambda idx: model.heads(model.fuse(f[idx], None if tokens is None else tokens[idx])),
+                           len(f))
+            rows[f"{fusion_kind}: {mode}"] = {t: accuracy(pred[t], test[t]) for t in pred}
+    print_table(rows, f"Photo + title, test side (frozen shipped trunk, {args.subset or 'all'} train photos, "
+                      f"{args.epochs} epochs, title drop "
+                      f"{args.title_drop}, photo drop {args.photo_drop})")
+
+
+def colour(args):
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    ds = dataset()
+    y = {s: ds.targets["baseColour"][ds.rows[s]] for s in ("train", "test")}
+    start = time.perf_counter()
+    photos = {s: np.asarray(ds.cache.pixels[ds.rows[s]]) for s in ("train", "test")}
+    feats = {s: colour_features(p) for s, p in photos.items()}
+    print(f"colour features: {sum(map(len, feats.values())) / (time.perf_counter() - start):,.0f} photos/s")
+    scale = StandardScaler().fit(feats["train"])
+    feats = {s: scale.transform(f) for s, f in feats.items()}
+    known = y["train"] >= 0
+    names = {s: titles(ds, s) for s in ("train", "test")}
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2).fit(names["train"])
+    words = {s: vec.transform(n) for s, n in names.items()}
+    labels = [ds.catalog.labels["baseColour"][i] for i in ds.rows["train"]]
+    centroids = colour_centroids(photos["train"], labels)
+    dominant = kmeans_colours(photos["test"])[0][:, 0]
+    vocab = ds.vocabs["baseColour"]
+    nearest = np.array([vocab.index(c) if c in vocab else -2 for c in
+                        (nearest_class(lab, centroids) for lab in dominant)])
+    rows = {"nearest learnt centroid (largest colour)": accuracy(nearest, y["test"]),
+            "logistic regression, colour features": accuracy(
+                LogisticRegression(max_iter=300).fit(feats["train"][known], y["train"][known]).predict(feats["test"]),
+                y["test"])}
+    for name, x in {"LinearSVC, title TF-IDF": words,
+                    "LinearSVC, title TF-IDF + colour features": {
+                        s: hstack([words[s], csr_matrix(feats[s] * args.colour_weight)]).tocsr() for s in words}}.items():
+        rows[name] = accuracy(LinearSVC(C=0.5).fit(x["train"][known], y["train"][known]).predict(x["test"]), y["test"])
+    print_table({k: {"baseColour": v} for k, v in rows.items()}, "baseColour, test side")
+
+
+def speed(args):
+    ds = dataset()
+    names = ds.catalog.names
+    tok = Tokenizer(buckets=args.buckets)
+    start = time.perf_counter()
+    tok(names)
+    print(f"tokenise (cold cache): {len(names) / (time.perf_counter() - start):,.0f} titles/s")
+    photos = np.asarray(ds.cache.pixels[:4096])
+    start = time.perf_counter()
+    colour_features(photos)
+    print(f"dominant colours: {len(photos) / (time.perf_counter() - start):,.0f} photos/s")
+    _, meta = load_model(SHIPPED)
+    heads = {t: len(v) for t, v in meta["vocabs"].items()}
+    for fusion_kind in args.fusion:
+        model = create_model(meta["arch"], heads, **meta["arch_args"],
+                             title={"tokenizer": tok.config(), "dim": args.dim, "fusion": fusion_kind}).eval()
+        for with_title in (False, True):
+            n, start = 0, time.perf_counter()
+            with torch.inference_mode():
+                for i in range(0, len(photos), BATCH):
+                    x = torch.from_numpy(photos[i:i + BATCH]).permute(0, 3, 1, 2).float() / 255
+                    model(x, torch.from_numpy(tok(names[i:i + BATCH])) if with_title else None)
+                    n += len(x)
+            print(f"{fusion_kind} fused model, batch {BATCH}, {'with' if with_title else 'without'} titles "
+                  f"(tokenising included): {n / (time.perf_counter() - start):,.0f} photos/s "
+                  f"({torch.get_num_threads()} threads)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "speed"])
+    p.add_argument("--buckets", type=int, nargs="+", default=[2 ** 16])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--fusion", nargs="+", default=["late", "gated"])
+    p.add_argument("--title-drop", type=float, default=0.3)
+    p.add_argument("--truncate", type=float, default=0.15)
+    p.add_argument("--word-drop", type=float, default=0.15)
+    p.add_argument("--subset", type=int, default=0, help="fusion: train on this many train-side photos (0: all)")
+    p.add_argument("--photo-drop", type=float, default=0.1)
+    p.add_argument("--colour-weight", type=float, default=0.3, help="colour features' scale beside TF-IDF")
+    args = p.parse_args()
+    if args.part in ("fusion", "speed"):
+        args.buckets = args.buckets[0]
+    {"svm": svm, "text": text, "fusion": fusion, "colour": colour, "speed": speed}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
