@@ -167,7 +167,7 @@ class FusedBatches:
         # A photo goes blank only where its title stays: a product with neither teaches nothing.
         blank = torch.from_numpy((rng.random(len(tokens)) < self.photo_drop) & (tokens[:, 0] > 0).numpy())
         feats = torch.where(blank[:, None], self.blank, self.feats)
-        return lambda idx: self.model.heads(self.model.fuse(feats[idx], tokens[idx]))
+        return lambda idx: self.model.from_features(feats[idx], tokens[idx])
 
 
 def fusion(args):
@@ -204,7 +204,7 @@ def fusion(args):
         model.eval()
         for mode, (f, names) in modes.items():
             tokens = None if names is None else torch.from_numpy(tok(names))
-            pred = predict(lambda idx: model.heads(model.fuse(f[idx], None if tokens is None else tokens[idx])),
+            pred = predict(lambda idx: model.from_features(f[idx], None if tokens is None else tokens[idx]),
                            len(f))
             rows[f"{fusion_kind}: {mode}"] = {t: accuracy(pred[t], test[t]) for t in pred}
     print_table(rows, f"Photo + title, test side (frozen shipped trunk, {args.subset or 'all'} train photos, "

@@ -101,3 +101,35 @@ def fit_class_thresholds(probs: np.ndarray, y: np.ndarray, default: float = 0.5)
         f1 = 2 * tp / np.maximum(pred.sum(1) + y[:, c].sum(), 1)
         thresholds.append(round(float(grid[f1.argmax()]), 2))
     return thresholds
+
+
+def fit_title_scales(photo: dict[str, torch.Tensor], title: dict[str, torch.Tensor],
+                     targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per task, the factor s on the title's part of the logits that minimises the validation loss of
+    photo + s * title (cross-entropy; binary cross-entropy for a multi-label task, whose targets are rows).
+
+    The title branch learns against the photo model's confidence on its own training photos, which is higher than
+    on photos it never saw, so it comes out too shy; validation photos set the balance."""
+    scales = {}
+    for t, lg in title.items():
+        y = torch.from_numpy(targets[t])
+        known = (y[:, 0] if y.ndim == 2 else y) >= 0
+        p, q, y = photo[t][known].float(), lg[known].float(), y[known]
+        if len(y) == 0:
+            scales[t] = 1.0
+            continue
+        log_s = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([log_s], lr=0.1, max_iter=100)
+
+        def closure():
+            opt.zero_grad()
+            mixed = p + log_s.exp() * q
+            loss = (F.binary_cross_entropy_with_logits(mixed, y.float()) if y.ndim == 2
+                    else F.cross_entropy(mixed, y))
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        s = float(log_s.detach().exp().clamp(0.0, 20.0))
+        scales[t] = s if math.isfinite(s) else 1.0
+    return scales

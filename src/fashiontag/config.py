@@ -60,7 +60,7 @@ class TrainConfig:
     framing: bool = False              # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     init: str = ""                     # a model folder to start from (fine-tuning): its weights and vocabularies
-    freeze_trunk: bool = False         # train only what follows the photo trunk (e.g. a title branch added on init)
+    freeze_photo: bool = False         # photo + title: train the title branch only, the photo model's part as init has it
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill

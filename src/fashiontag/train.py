@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fashiontag import __version__
 from fashiontag.augment import colour_tasks, seller_augment, studio_augment
-from fashiontag.calibration import fit_class_thresholds, fit_temperatures
+from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
 from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.config import TrainConfig
@@ -142,7 +142,9 @@ def expected_epoch_seconds(model: nn.Module, x: torch.Tensor, steps: int, device
             start = time.perf_counter()
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 out = trial(x)
-            sum(v.float().mean() for v in out.values()).backward()
+            loss = sum(v.float().mean() for v in out.values())
+            if loss.requires_grad:  # a frozen photo part without titles has nothing to learn here
+                loss.backward()
             seconds = time.perf_counter() - start
     return seconds * steps
 
@@ -240,9 +242,12 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     soft = teacher_probabilities(cfg.teachers, data, train_pixels.numpy(), device, bf16) if cfg.teachers else None
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
-    raw_model = initial_model(cfg, heads, data.hw, resume)
-    if cfg.freeze_trunk:
-        raw_model.trunk.requires_grad_(False)
+    raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
+    if cfg.init and not resume:
+        start_from(raw_model, cfg.init)
+    frozen = photo_part(raw_model) if cfg.freeze_photo else []
+    for part in frozen:
+        part.requires_grad_(False)
     if cfg.pretrained and not resume:
         if not hasattr(raw_model, "load_pretrained"):
             raise ValueError(f"model {cfg.model!r} has no pretrained weights")
@@ -332,8 +337,8 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
             perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
             mine = perm[rank::world][: steps_per_epoch * cfg.batch_size]
             raw_model.train()
-            if cfg.freeze_trunk:
-                raw_model.trunk.eval()  # its batch-norm statistics stay as trained
+            for part in frozen:
+                part.eval()  # batch-norm statistics stay as trained
             correct = {t: 0 for t in heads}
             seen = {t: 0 for t in heads}
             loss_sum, last_save, t0 = 0.0, time.time(), time.time()
@@ -458,20 +463,11 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
                         extra=cfg.extra)
 
 
-def initial_model(cfg: TrainConfig, heads: dict[str, int], hw: tuple[int, int], resume: bool) -> nn.Module:
-    """cfg's model, started from cfg.init's weights unless resuming. A photo-only init given a title branch
-    (model_args "title") keeps its trunk and heads whole: the photo + title model starts exactly as accurate."""
-    title = cfg.model_args.get("title")
-    if cfg.init and not resume and title is not None and "title" not in load_meta(cfg.init).get("arch_args", {}):
-        photo, meta = load_model(cfg.init)
-        if meta["arch"] != cfg.model or {**meta["arch_args"], "title": title} != cfg.model_args:
-            raise ValueError(f"{cfg.init} is a {meta['arch']} {meta['arch_args']}: give the run the same model and "
-                             "model_args, plus \"title\"")
-        return TitleFusion(photo.train(), heads, **title)
-    model = create_model(cfg.model, heads, hw, **cfg.model_args)
-    if cfg.init and not resume:
-        start_from(model, cfg.init)
-    return model
+def photo_part(model: nn.Module) -> list[nn.Module]:
+    """What freeze_photo keeps still: a photo + title model's photo part."""
+    if not isinstance(model, TitleFusion):
+        raise ValueError("freeze_photo is for photo + title models: add a \"title\" entry to model_args")
+    return model.photo_part()
 
 
 def start_from(model: nn.Module, folder: str) -> None:
@@ -507,9 +503,17 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     rows = data.rows["val"]
     engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
     tokenizer = tokenizer_of(meta)
-    logits = engine.logits_tensors(data.cache.pixels[rows],
-                                   tokenizer([data.catalog.titles[i] for i in rows]) if tokenizer else None)
+    pixels = data.cache.pixels[rows]
+    tokens = tokenizer([data.catalog.titles[i] for i in rows]) if tokenizer else None
+    logits = engine.logits_tensors(pixels, tokens)
     targets = {t: v[rows] for t, v in data.targets.items()}
+    if isinstance(model, TitleFusion) and model.fusion == "late":
+        photo = engine.logits_tensors(pixels)
+        scales = fit_title_scales(photo, {t: logits[t] - photo[t] for t in logits}, targets)
+        model.scale_titles(scales)
+        logits = {t: photo[t] + scales[t] * (logits[t] - photo[t]) for t in logits}
+        meta["title_scales"] = scales
+        tqdm.write("title weights: " + ", ".join(f"{t} x{s:.2f}" for t, s in scales.items()))
     kinds = data.kinds
     single = [t for t in logits if kinds[t] == SINGLE]
     temps, ece = fit_temperatures({t: logits[t] for t in single}, {t: targets[t] for t in single})

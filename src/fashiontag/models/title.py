@@ -41,13 +41,16 @@ class TextEncoder(nn.Module):
 
 
 class TitleFusion(TrunkAndHeads):
-    """A photo family's trunk, a TextEncoder and one head per task on the fused features.
+    """A photo family's trunk and heads, a TextEncoder, and what joins them.
 
-    fusion "late": heads on [photo features, text features], i.e. per-task logits = photo part + text part. The
-    photo model's heads are copied into the photo columns and the text columns start at zero, so a fused model
-    built on a trained photo model starts out exactly as accurate as it, with or without a title.
+    fusion "late": per task, logits = the photo model's own head on the photo features + a title head (no bias,
+    zero at the start) on the title's features; without a title, nothing is added. The photo part keeps the photo
+    model's names (trunk.*, heads.*), so a photo model's weights load into it as they are: started from one, the
+    fused model tags photo-only exactly as that model does, whatever the title branch learns, and training can
+    leave the photo part frozen (TrainConfig.freeze_trunk).
     fusion "gated": a gated multimodal unit (Arevalo et al. 2017): per feature, a learned gate from both inputs
-    mixes tanh projections of each, so the title can override the photo feature by feature."""
+    mixes tanh projections of each, so the title can override the photo feature by feature; new heads read the
+    result, and a learned stand-in takes the title's place when there is none."""
 
     takes_titles = True  # engines and training pass tokens to models that have this
 
@@ -61,35 +64,44 @@ class TitleFusion(TrunkAndHeads):
         photo = next(iter(image.heads.heads.values())).in_features
         self.text = TextEncoder(Tokenizer(**(tokenizer or {})).buckets, dim, hidden)
         text = self.text.features
-        self.no_title = nn.Parameter(torch.zeros(text))
         if fusion == "late":
-            self.heads = Heads(photo + text, heads)
-            self._start_from(image.heads, photo)
+            self.heads = image.heads
+            self.title_heads = nn.ModuleDict({t: nn.Linear(text, n, bias=False) for t, n in heads.items()})
+            for head in self.title_heads.values():
+                nn.init.zeros_(head.weight)
         else:
+            self.no_title = nn.Parameter(torch.zeros(text))
             self.photo_proj, self.text_proj = nn.Linear(photo, photo), nn.Linear(text, photo)
             self.gate = nn.Linear(photo + text, photo)
             self.heads = Heads(photo, heads)
 
+    def photo_part(self) -> list[nn.Module]:
+        """The modules that came from the photo model (what TrainConfig.freeze_photo keeps as it is)."""
+        return [self.trunk, self.heads] if self.fusion == "late" else [self.trunk]
+
     @torch.no_grad()
-    def _start_from(self, photo_heads: Heads, photo: int) -> None:
-        for task, head in self.heads.heads.items():
-            head.weight[:, :photo] = photo_heads.heads[task].weight
-            head.weight[:, photo:] = 0
-            head.bias.copy_(photo_heads.heads[task].bias)
+    def scale_titles(self, scales: dict[str, float]) -> None:
+        """Late fusion: weigh each task's title part by its factor (fitted on validation photos, see train.py)."""
+        for t, factor in scales.items():
+            self.title_heads[t].weight.mul_(factor)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.fuse(self.trunk(x), tokens))
+        return self.from_features(self.trunk(x), tokens)
 
-    def fuse(self, photo: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        """Photo features (N, F) and tokens (N, L) or None -> the features the heads read. Public so that a
-        frozen trunk's features can be computed once and the rest trained on them."""
+    def from_features(self, photo: torch.Tensor, tokens: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Logits from photo features (N, F) and tokens (N, L) or None. Public so that a frozen trunk's features
+        can be computed once and the rest trained on them."""
+        if self.fusion == "late":
+            out = self.heads(photo)
+            if tokens is None:
+                return out
+            encoded, present = self.text(tokens)
+            encoded = encoded * present  # a photo without a title gets nothing added
+            return {t: out[t] + head(encoded) for t, head in self.title_heads.items()}
         if tokens is None:
             text = self.no_title.expand(len(photo), -1)
         else:
             encoded, present = self.text(tokens)
             text = torch.where(present, encoded, self.no_title)
-        both = torch.cat([photo, text], 1)
-        if self.fusion == "late":
-            return both
-        gate = torch.sigmoid(self.gate(both))
-        return gate * torch.tanh(self.photo_proj(photo)) + (1 - gate) * torch.tanh(self.text_proj(text))
+        gate = torch.sigmoid(self.gate(torch.cat([photo, text], 1)))
+        return self.heads(gate * torch.tanh(self.photo_proj(photo)) + (1 - gate) * torch.tanh(self.text_proj(text)))
