@@ -105,3 +105,27 @@ def test_the_http_api_takes_titles_aligned_with_files(titled, catalog):
             assert {t: v["label"] for t, v in result["tags"].items()} == want.labels()
         r = client.post("/v1/tag", files=files, data={"titles": titles[:2]})
         assert r.status_code == 422 and "2 titles for 3 files" in r.text
+
+
+def test_dominant_colours_beside_the_colour_tag(titled, catalog, tmp_path):
+    meta = load_meta(titled)
+    assert set(meta["colour_centroids"]["baseColour"]) == set(meta["vocabs"]["baseColour"]) - {"Other"}
+    tagger = Tagger.load(titled, engine="onnx")
+    truth = {row["id"]: row["baseColour"] for row in csv.DictReader((catalog.root / "styles.csv").open())}
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:40]
+    results = tagger(paths, colours=True)
+    assert all(r.colours and r.colours[0][0].startswith("#") and 0 < r.colours[0][1] <= 1 for r in results)
+    named = sum(r.colours[0][2] == truth[p.stem] for r, p in zip(results, paths))
+    assert named > 0.8 * len(paths), named
+    assert "colours" in results[0].to_dict() and "colours" in results[0].to_row()
+    assert tagger(paths[0]).colours is None  # only when asked: it costs a millisecond a photo
+
+    from fastapi.testclient import TestClient
+
+    from fashiontag.serve import create_app
+    with TestClient(create_app(titled)) as client:
+        r = client.post("/v1/tag", files=[("files", (paths[0].name, paths[0].read_bytes(), "image/jpeg"))],
+                        params={"colours": "true"})
+        assert r.status_code == 200, r.text
+        (colour, *_) = r.json()["results"][0]["colours"]
+        assert colour["hex"].startswith("#") and colour["class"] == truth[paths[0].stem]

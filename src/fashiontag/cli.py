@@ -237,6 +237,8 @@ def predict(
     engine: str = typer.Option("torch", metavar="NAME",
                                help="torch, onnx (onnxruntime: fastest start) or onnx-int8 (quantized)"),
     flip: bool = typer.Option(False, help="test-time flip: a little more accurate, half the speed"),
+    colours: bool = typer.Option(False, "--colours", help="also a colours column: the product's dominant colours "
+                                 "(hex, share of its area, nearest colour class)"),
     on: Optional[str] = typer.Option(None, metavar="ray[://HOST:PORT]",
                                      help="tag on a Ray cluster (pip install 'fashiontag[ray]'); a re-run into the "
                                           "same --out skips the photos tagged before"),
@@ -258,7 +260,7 @@ def predict(
     try:
         counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
                              progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
-                             title_column=title_column)
+                             title_column=title_column, colours=colours)
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     tagged = counts["rows"] - counts["errors"]

@@ -133,8 +133,9 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
 
 def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], batch_size: int = 512,
                top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
-               photo_input: PhotoInput | None = None) -> Iterator[dict]:
-    """Stream tag rows for photos (with their titles where given), in constant memory.
+               photo_input: PhotoInput | None = None, colours: bool = False) -> Iterator[dict]:
+    """Stream tag rows for photos (with their titles where given; with colours, a `colours` column), in constant
+    memory.
 
     Decoding threads work on the next batches while the model tags this one and the caller writes its rows.
     `tagger` may be a function that loads one: decoding then starts while the model loads (photo_input needed).
@@ -158,7 +159,7 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
             read_ahead()
             pixels, errors = job.result()
             titles = [p.title or "" for p, e in zip(batch, errors) if not e] if batch[0].title is not None else None
-            results = iter(tagger.tag_pixels(pixels, top_k, min_confidence, titles))
+            results = iter(tagger.tag_pixels(pixels, top_k, min_confidence, titles, colours))
             for photo, error in zip(batch, errors):
                 row = tag_row(str(photo.path), None if error else next(results), error, top_k, review, photo.id)
                 yield row if photo.title is None else {"title": photo.title, **row}
@@ -235,10 +236,11 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
             top_k: int = 1, min_confidence: float | None = None, batch_size: int = 512, progress: bool = False,
-            engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None, title_column: str = "") -> dict:
+            engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None, title_column: str = "",
+            colours: bool = False) -> dict:
     """The `fashiontag predict` command: tag files and folders, or with `data` every row of a catalog (its photo
     and title; rows keyed by the catalog's id, with a title column), into CSV, TSV or JSON lines (stdout without
-    `out`).
+    `out`). colours: a `colours` column with the product's dominant colours (hex, share, nearest colour class).
 
     min_confidence: the review threshold of every task; None takes the model's own thresholds.
     Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
@@ -254,6 +256,8 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     infer_threads, decode_threads = thread_split()
     problems = Problems()
     columns = row_columns(list(meta["vocabs"]), top_k, review=reviewed(meta, min_confidence))
+    if colours:
+        columns.insert(-1, "colours")
     if data:
         photos: Iterable[Photo] = catalog_photos(data, meta, title_column, problems)
         total, columns = len(photos), columns[:2] + ["title"] + columns[2:]
@@ -262,7 +266,8 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
         total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
-                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput.of(meta))
+                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput.of(meta),
+                      colours=colours)
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from fashiontag.colours import dominant_colours, nearest_class
 from fashiontag.engines import Engine, load_engine
 from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
@@ -81,6 +82,8 @@ class PhotoResult:
     tags: dict[str, Tag] = field(default_factory=dict)
     source: str | None = None
     error: str = ""
+    # The product's dominant colours when asked for (colours=True): (hex, share of its area, nearest colour class)
+    colours: tuple[tuple[str, float, str], ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,7 +108,10 @@ class PhotoResult:
             return self.with_min_confidence(min_confidence).to_dict(top_k)
         if self.error:
             return {"source": self.source, "error": self.error}
-        return {"source": self.source, "tags": {t: tag.to_dict(top_k) for t, tag in self.tags.items()}}
+        out = {"source": self.source, "tags": {t: tag.to_dict(top_k) for t, tag in self.tags.items()}}
+        if self.colours is not None:
+            out["colours"] = [{"hex": h, "share": round(share, 3), "class": c} for h, share, c in self.colours]
+        return out
 
     def to_row(self, top_k: int | None = None, review: bool = False) -> dict:
         """Flat columns: <task>, <task>_confidence[, <task>_needs_review][, <task>_top2, <task>_top2_confidence...].
@@ -119,6 +125,8 @@ class PhotoResult:
             for r, (label, conf) in enumerate(tag._runners(top_k), start=2):
                 row[f"{t}_top{r}"] = label
                 row[f"{t}_top{r}_confidence"] = round(conf, 4)
+        if self.colours is not None:
+            row["colours"] = "; ".join(f"{h} {share:.0%} {c}".rstrip() for h, share, c in self.colours)
         return row
 
     def __repr__(self) -> str:
@@ -160,6 +168,9 @@ class Tagger:
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
         self.tokenizer = tokenizer_of(meta)  # None: a photo-only model, which ignores titles
+        # Dominant colours are named after the first colour task's classes (model.json colour_centroids).
+        centroids = next(iter(meta.get("colour_centroids", {}).values()), {})
+        self.colour_centroids = {c: np.asarray(lab, np.float32) for c, lab in centroids.items()}
         self._labels = {t: np.array(v, dtype=object) for t, v in self.vocabs.items()}
         hierarchy = hierarchy_of(meta)
         self._combos = None
@@ -181,14 +192,15 @@ class Tagger:
     # ------------------------------------------------------------------------------------------- photos in
 
     def __call__(self, images, top_k: int = 1, min_confidence: float | None = None,
-                 title: str | Sequence[str | None] | None = None):
+                 title: str | Sequence[str | None] | None = None, colours: bool = False):
         """Tag one photo (a path, bytes, PIL image or (H, W, 3) uint8 array) -> PhotoResult, or a list of them
         (or an (N, H, W, 3) array) -> list[PhotoResult] in the same order.
 
         title: the product's title (for a list, one per photo, None or "" where there is none); a photo + title
         model reads it, a photo-only model ignores it. One photo that cannot be read raises ImageError; in a list it
         gets a result with `error` set and the rest are tagged. A wrong type, dtype or shape raises ValueError
-        either way. min_confidence: the review threshold of every task (default: the model's own thresholds)."""
+        either way. min_confidence: the review threshold of every task (default: the model's own thresholds).
+        colours: also the product's dominant colours (PhotoResult.colours; about 1 ms a photo)."""
         check_options(top_k, min_confidence)
         if _is_batch(images):
             results: list[PhotoResult] = []
@@ -196,12 +208,12 @@ class Tagger:
             titles = check_titles(title, len(items))
             for s in range(0, len(items), CALL_CHUNK):
                 results += self._tag_items(items[s:s + CALL_CHUNK], top_k, min_confidence,
-                                           titles[s:s + CALL_CHUNK] if titles else None)
+                                           titles[s:s + CALL_CHUNK] if titles else None, colours)
             return results
         if title is not None and not isinstance(title, str):
             raise ValueError(f"one photo takes one title (a str), got {type(title).__name__}")
         titles = None if title is None else [title]
-        result = self.tag_pixels(self.prepare(images)[None], top_k, min_confidence, titles)[0]
+        result = self.tag_pixels(self.prepare(images)[None], top_k, min_confidence, titles, colours)[0]
         result.source = _source_name(images)
         return result
 
@@ -210,7 +222,7 @@ class Tagger:
         return self.photo_input.load(image)
 
     def _tag_items(self, items: Sequence, top_k: int, min_confidence: float | None,
-                   titles: Sequence[str | None] | None) -> list[PhotoResult]:
+                   titles: Sequence[str | None] | None, colours: bool) -> list[PhotoResult]:
         pixels, errors = [], []
         for item in items:
             try:
@@ -219,7 +231,7 @@ class Tagger:
             except ImageError as e:
                 errors.append(str(e))
         kept = [t for t, e in zip(titles, errors) if not e] if titles is not None else None
-        tagged = iter(self.tag_pixels(np.stack(pixels), top_k, min_confidence, kept) if pixels else ())
+        tagged = iter(self.tag_pixels(np.stack(pixels), top_k, min_confidence, kept, colours) if pixels else ())
         return [replace(next(tagged) if not err else PhotoResult(error=err), source=_source_name(item))
                 for item, err in zip(items, errors)]
 
@@ -251,9 +263,9 @@ class Tagger:
         return chosen
 
     def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float | None = None,
-                   titles: Sequence[str | None] | None = None) -> list[PhotoResult]:
+                   titles: Sequence[str | None] | None = None, colours: bool = False) -> list[PhotoResult]:
         """Tag letterboxed uint8 (N, H, W, 3) photos (see prepare), with their titles if given, into one
-        PhotoResult each."""
+        PhotoResult each; with colours, each also gets the product's dominant colours."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (*self.input_hw, 3):
             raise ValueError(f"tag_pixels takes letterboxed uint8 photos of shape (N, {self.input_hw[0]}, "
                              f"{self.input_hw[1]}, 3), got {pixels.dtype} {pixels.shape}: use the Tagger itself "
@@ -280,7 +292,16 @@ class Tagger:
                                                                 np.take_along_axis(p, ranks, 1).tolist())]
             per_task[t] = [Tag(label, conf, r, thresholds[t])
                            for label, conf, r in zip(labels[c].tolist(), p[idx, c].tolist(), runners)]
-        return [PhotoResult(dict(zip(self.tasks, row))) for row in zip(*per_task.values())]
+        results = [PhotoResult(dict(zip(self.tasks, row))) for row in zip(*per_task.values())]
+        for result, photo in zip(results, pixels) if colours else ():
+            result.colours = self.colours_of(photo)
+        return results
+
+    def colours_of(self, photo: np.ndarray) -> tuple[tuple[str, float, str], ...]:
+        """The product's dominant colours in a letterboxed photo, largest first: (hex, share of the product's area,
+        the nearest class of the model's colour task, or "" for a model without one)."""
+        return tuple((h, share, nearest_class(h, self.colour_centroids) if self.colour_centroids else "")
+                     for h, share in dominant_colours(photo))
 
     def _multi_label_tags(self, p: np.ndarray, chosen: np.ndarray, labels: np.ndarray, top_k: int,
                           threshold: float) -> list[Tag]:

@@ -25,6 +25,7 @@ from fashiontag.augment import colour_tasks, seller_augment, studio_augment
 from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
 from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
+from fashiontag.colours import colour_centroids
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
@@ -39,6 +40,7 @@ from fashiontag.thresholds import precision_targets, thresholds_from_probabiliti
 
 
 COMPILE_MIN_STEPS = 2000
+CENTROID_PHOTOS = 5000  # training photos the colour classes' centroids are taken from (a few seconds)
 
 
 def pick_device(name: str) -> torch.device:
@@ -526,12 +528,27 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     probs = {t: (sigmoid if kinds[t] == MULTI else softmax)(lg.float().numpy() / tagger.temperatures[t])
              for t, lg in logits.items()}
     meta.update(thresholds_from_probabilities(tagger, probs, targets, precision_targets(meta["config"], tagger.tasks)))
+    meta["colour_centroids"] = colour_class_centroids(data)
     save_model(folder, model, meta, data.split)
     tqdm.write("calibrated: " + ", ".join(
         [f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in temps]
         + [f"{t} class thresholds {min(v):.2f}-{max(v):.2f}" for t, v in class_thresholds.items()]))
     tqdm.write("auto-accept: " + ", ".join(f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}"
                                            for t, c in meta["thresholds_val"].items()))
+
+
+def colour_class_centroids(data: TrainingData, photos: int = CENTROID_PHOTOS) -> dict[str, dict[str, list[float]]]:
+    """Per single-label colour task, each class's Lab centroid (colours.py) from up to `photos` training photos:
+    what the dominant colours shown beside the colour tag are named after."""
+    rows = data.rows["train"][:: max(1, len(data.rows["train"]) // photos)]
+    out = {}
+    for t in colour_tasks(data.vocabs):
+        if data.kinds[t] == SINGLE:
+            y = data.targets[t][rows]
+            labels = [data.vocabs[t][i] if i >= 0 else "" for i in y]
+            out[t] = {c: [round(float(v), 2) for v in lab]
+                      for c, lab in colour_centroids(np.asarray(data.cache.pixels[rows]), labels).items()}
+    return out
 
 
 def _ece(value: float | None) -> str:

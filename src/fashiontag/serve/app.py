@@ -207,13 +207,19 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         tagged = dict(zip((u.index for u in good),
                           await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k,
                                             [titles[u.index] for u in good] if titles else None)))
+        if options.colours:
+            found = await loop.run_in_executor(decoder["pool"], lambda: [tagger.colours_of(pixels[u.index])
+                                                                         for u in good])
+            for u, colours in zip(good, found):
+                tagged[u.index].colours = colours
         results = []
         for u in uploads:
             if u.status:
                 results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
             else:
                 rendered = tagged[u.index].to_dict(options.top_k, options.min_confidence)
-                results.append({"file": u.name, "index": u.index, "tags": rendered["tags"]})
+                results.append({"file": u.name, "index": u.index, "tags": rendered["tags"],
+                                **({"colours": rendered["colours"]} if options.colours else {})})
         # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
         return JSONResponse({"model": info["version"], "top_k": options.top_k,
                              "min_confidence": options.min_confidence, "tagged": len(good), "failed": len(bad),

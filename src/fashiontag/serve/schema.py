@@ -19,6 +19,8 @@ class TagOptions(BaseModel):
                                                      "label is kept); default: the model's threshold per task")
     partial: bool = Field(False, description="tag the good photos and report the bad ones per file with 200, "
                                              "instead of refusing the whole request")
+    colours: bool = Field(False, description="also each photo's dominant product colours: hex, share of the "
+                                             "product's area and the nearest colour class")
 
 
 class TagForm(TagOptions):
@@ -43,10 +45,17 @@ class TaskTag(BaseModel):
     top: list[Candidate] | None = Field(None, description="the answer and its runners-up, when top_k > 1")
 
 
+class Colour(BaseModel):
+    hex: str = Field(description="#rrggbb")
+    share: float = Field(description="its share of the product's area")
+    class_: str = Field(alias="class", description="the nearest class of the model's colour task")
+
+
 class PhotoResult(BaseModel):
     file: str
     index: int = Field(description="position in the upload, from 0")
     tags: dict[str, TaskTag] | None = Field(None, description="per task; absent for a photo that failed")
+    colours: list[Colour] | None = Field(None, description="the product's dominant colours (colours=true)")
     error: str | None = Field(None, description="why the photo could not be tagged (partial=true only)")
     status: int | None = Field(None, description="the HTTP status the photo alone would have got")
 
