@@ -332,6 +332,7 @@ class Tagger:
             "arch": meta.get("arch"), "arch_args": meta.get("arch_args", {}), "created": meta.get("created"),
             "fashiontag_version": meta.get("fashiontag_version"), "engine": self.engine.name,
             "input_hw": list(self.input_hw), "tasks": self.tasks, "kinds": self.kinds, "classes": self.vocabs,
+            "takes_titles": self.tokenizer is not None,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
             "thresholds": self.thresholds, "threshold_precision": meta.get("threshold_precision", {}),
             "metrics": {"val_acc": meta.get("val_acc", {}),

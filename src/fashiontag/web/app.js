@@ -62,7 +62,7 @@
     showNotice("");
     const items = files.map((file) => ({
       id: state.nextId++, file, name: file.name || "photo", url: URL.createObjectURL(file),
-      status: "pending", tags: null, error: "", corrected: {},
+      status: "pending", tags: null, colours: [], title: "", error: "", corrected: {},
     }));
     state.items.push(...items);
     items.forEach(render);
@@ -100,11 +100,12 @@
     for (const group of chunk(items)) {
       const form = new FormData();
       group.forEach((item) => form.append("files", item.file, item.name));
+      if (state.model.takes_titles) group.forEach((item) => form.append("titles", item.title));
       const threshold = state.threshold;
       let body = null, status = 0;
       try {
         const judge = threshold === null ? "" : `&min_confidence=${threshold}`;
-        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true${judge}`,
+        const res = await fetch(`/v1/tag?top_k=${TOP_K}&partial=true&colours=true${judge}`,
           { method: "POST", body: form });
         status = res.status;
         body = await res.json();
@@ -117,7 +118,10 @@
           const item = group[i];
           if (!item || !state.items.includes(item)) return; // removed meanwhile
           if (r.error) fail(item, r.error);
-          else { item.status = "done"; item.tags = r.tags; item.threshold = threshold; render(item); }
+          else {
+            Object.assign(item, { status: "done", tags: r.tags, colours: r.colours || [], threshold });
+            render(item);
+          }
         });
       } else {
         const perFile = new Map((body && body.files || []).map((f) => [f.index, f.reason]));
@@ -181,6 +185,16 @@
       card.querySelector(".file-name").textContent = item.name;
       card.querySelector(".file-name").title = item.name;
       card.querySelector(".remove").addEventListener("click", () => remove(item));
+      // A photo + title model reads the title too: a changed title tags the photo again.
+      const title = card.querySelector(".title");
+      title.hidden = !state.model.takes_titles;
+      title.setAttribute("aria-label", `title of ${item.name}`);
+      title.addEventListener("change", () => {
+        item.title = title.value.trim();
+        item.status = "pending";
+        render(item);
+        upload([item]);
+      });
       results.append(card);
     }
     card.classList.toggle("done", item.status === "done");
@@ -190,8 +204,18 @@
     card.querySelector(".badge").hidden = !Object.keys(item.corrected).length;
     const tbody = card.querySelector("tbody");
     tbody.textContent = "";
+    const swatches = card.querySelector(".colours");
+    swatches.textContent = "";
     if (item.status !== "done") return;
     for (const task of state.model.tasks) tbody.append(tagRow(item, task));
+    for (const c of item.colours) {
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = c.hex;
+      swatch.style.flexGrow = Math.max(1, Math.round(c.share * 100));
+      swatch.title = `${c.class || c.hex} · ${(c.share * 100).toFixed(0)}% of the product`;
+      swatches.append(swatch);
+    }
   }
 
   function tagRow(item, task) {
@@ -282,19 +306,20 @@
 
   function toCsv() {
     const tasks = state.model.tasks;
-    const header = ["file"];
+    const header = ["file", "title"];
     tasks.forEach((t) => header.push(t, `${t}_confidence`, `${t}_needs_review`, `${t}_model`, `${t}_corrected`));
-    header.push("error");
+    header.push("colours", "error");
     const lines = [header];
     for (const item of state.items) {
-      const row = [item.name];
+      const row = [item.name, item.title];
       for (const t of tasks) {
         if (item.status === "done") {
           row.push(finalLabel(item, t), item.tags[t].confidence.toFixed(4), item.tags[t].needs_review ? "yes" : "",
             modelLabel(item, t), t in item.corrected ? "yes" : "");
         } else row.push("", "", "", "", "");
       }
-      row.push(item.status === "error" ? item.error : "");
+      row.push(item.colours.map((c) => `${c.hex} ${(c.share * 100).toFixed(0)}% ${c.class}`.trim()).join("; "),
+        item.status === "error" ? item.error : "");
       lines.push(row);
     }
     return lines.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
