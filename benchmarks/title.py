@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashiontag import TASKS
+from fashiontag.catalog import KAGGLE_TASKS as TASKS
 from fashiontag.checkpoint import load_model
 from fashiontag.colours import colour_centroids, colour_features, kmeans_colours, nearest_class
 from fashiontag.dataset import load_dataset
@@ -45,7 +45,7 @@ def dataset():
 
 
 def titles(ds, side):
-    return [ds.catalog.names[i] for i in ds.rows[side]]
+    return [ds.catalog.titles[i] for i in ds.rows[side]]
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -249,7 +249,7 @@ def colour(args):
 
 def speed(args):
     ds = dataset()
-    names = ds.catalog.names
+    names = ds.catalog.titles
     tok = Tokenizer(buckets=args.buckets)
     start = time.perf_counter()
     tok(names)

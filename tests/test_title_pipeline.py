@@ -19,7 +19,7 @@ def titled(trained, catalog, tmp_path_factory):
     """The tiny photo model with a title branch, trained with the photo part frozen."""
     from fashiontag.train import train
     photo = load_meta(trained)
-    cfg = tiny_config(catalog.root, tmp_path_factory.mktemp("titled"), epochs=6, init=str(trained),
+    cfg = tiny_config(catalog.root, tmp_path_factory.mktemp("titled"), epochs=30, lr=3e-2, init=str(trained),
                       freeze_photo=True, model_args={**photo["arch_args"], "title": TITLE},
                       title_dropout={"drop": 0.3})
     return train(cfg)
@@ -48,10 +48,11 @@ def test_titles_lift_accuracy_and_photo_only_still_works(titled, catalog):
     with_titles = tagger(paths, title=titles, min_confidence=0)
     photo_only = tagger(paths, min_confidence=0)
     truth = {row["id"]: row for row in csv.DictReader((catalog.root / "styles.csv").open())}
-    for task in ("baseColour", "gender"):
-        right = [sum(r[task].label == truth[p.stem][task] for r, p in zip(results, paths))
-                 for results in (with_titles, photo_only)]
-        assert right[0] >= right[1] and right[0] > 0.9 * len(paths), (task, right)
+    right = {task: [sum(r[task].label == truth[p.stem][task] for r, p in zip(results, paths))
+                    for results in (with_titles, photo_only)] for task in tagger.tasks}
+    assert right["gender"][0] > right["gender"][1] + 0.2 * len(paths)  # the tiny photo model barely sees gender
+    # season is drawn at random in the synthetic catalog: neither photo nor title says it
+    assert all(right[t][0] > 0.9 * len(paths) for t in tagger.tasks if t != "season"), right
     one = tagger(paths[0], title=titles[0])
     assert one.labels() == with_titles[0].labels()
     with pytest.raises(ValueError, match="one str"):

@@ -248,6 +248,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     if cfg.init and not resume:
         start_from(raw_model, cfg.init)
     frozen = photo_part(raw_model) if cfg.freeze_photo else []
+    title_expert = bool(frozen) and raw_model.fusion == "late"
     for part in frozen:
         part.requires_grad_(False)
     if cfg.pretrained and not resume:
@@ -353,7 +354,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
-                if cfg.augment:
+                if cfg.augment and not title_expert:  # a title expert never looks at the photos
                     x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
                     for t in colour_tasks(y) if colour_ok is not None else ():
                         # Strongly relit: its colour is not the label.
@@ -371,8 +372,12 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                         logits = model(x)
                     else:
                         rng = np.random.default_rng([cfg.seed, epoch, step])  # the same titles on resume
-                        ids = tokenizer(degrade(list(titles[train_rows[idx.numpy()]]), rng))
-                        logits = model(x, torch.from_numpy(ids).to(device))
+                        ids = torch.from_numpy(tokenizer(degrade(list(titles[train_rows[idx.numpy()]]), rng)))
+                        # The photo model frozen: the title branch learns as a classifier of its own, and
+                        # calibration weighs the two (finish_model). Learnt on top of the photo model's logits for
+                        # its own training photos, which it is surer of than of any new photo, it came out too shy.
+                        logits = (raw_model.title_logits(ids.to(device)) if title_expert
+                                  else model(x, ids.to(device)))
                 losses = task_losses(logits, y, cfg, class_weights, kinds)
                 if partner is not None:
                     other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights, kinds)

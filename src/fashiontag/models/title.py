@@ -88,6 +88,11 @@ class TitleFusion(TrunkAndHeads):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.from_features(self.trunk(x), tokens)
 
+    def title_logits(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Late fusion: the title part of the logits alone (zero for a row without a title)."""
+        encoded, present = self.text(tokens)
+        return {t: head(encoded * present) for t, head in self.title_heads.items()}
+
     def from_features(self, photo: torch.Tensor, tokens: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Logits from photo features (N, F) and tokens (N, L) or None. Public so that a frozen trunk's features
         can be computed once and the rest trained on them."""
@@ -95,9 +100,8 @@ class TitleFusion(TrunkAndHeads):
             out = self.heads(photo)
             if tokens is None:
                 return out
-            encoded, present = self.text(tokens)
-            encoded = encoded * present  # a photo without a title gets nothing added
-            return {t: out[t] + head(encoded) for t, head in self.title_heads.items()}
+            title = self.title_logits(tokens)  # a photo without a title gets nothing added
+            return {t: out[t] + title[t] for t in out}
         if tokens is None:
             text = self.no_title.expand(len(photo), -1)
         else:
