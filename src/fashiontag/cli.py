@@ -174,11 +174,13 @@ def evaluate(
     flip: bool = typer.Option(False, help="test-time flip: average each photo with its mirror image"),
     engine: str = typer.Option("torch", metavar="NAME",
                                help="torch, onnx or onnx-int8: score the exported model as it will run"),
+    titles: bool = typer.Option(True, help="a photo + title model reads each product's title (--no-titles: "
+                                "photos alone)"),
 ):
     """Score a model on its test split; writes report.md, metrics.json and plots."""
     from fashiontag.evaluate import evaluate as run_evaluation
     try:
-        summary = run_evaluation(_data(data), model, out, side, flip=flip, engine=engine)
+        summary = run_evaluation(_data(data), model, out, side, flip=flip, engine=engine, titles=titles)
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for t, m in summary["tasks"].items():

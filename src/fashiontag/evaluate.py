@@ -80,12 +80,12 @@ def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
 
 def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
              side: str = "unseen", cache_dir: str | None = None, progress: bool = True, plot: bool = True,
-             flip: bool = False, engine: str = "torch", bf16: bool | None = None) -> dict:
+             flip: bool = False, engine: str = "torch", bf16: bool | None = None, titles: bool = True) -> dict:
     """Score a model; writes report.md, metrics.json and PNG plots into `out`.
 
     side: see SIDES; on another catalog than the model's own every photo is scored whatever the side.
     engine, bf16 and flip are the Tagger's: which runtime computes the logits, in which precision, and test-time
-    flipping."""
+    flipping. titles: a photo + title model reads each product's title (False: photos alone)."""
     if side not in SIDES:
         raise ValueError(f"unknown side {side!r}: use {', '.join(SIDES)}")
     tagger = Tagger.load(model, engine=engine, bf16=bf16, flip=flip)
@@ -95,7 +95,9 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
         raise ValueError(f"{data}: no usable photos to score")
     print(f"scoring {len(rows):,} photos: {side}")
     pixels = np.asarray(ds.cache.pixels[rows])
-    probs = tagger.probabilities(pixels)
+    # A photo + title model is scored as it is used where titles exist: with each product's title.
+    with_titles = titles and tagger.tokenizer is not None
+    probs = tagger.probabilities(pixels, [ds.catalog.titles[i] for i in rows] if with_titles else None)
     chosen = tagger.choose(probs)
     metrics = {t: (multi_label_metrics if tagger.kinds[t] == MULTI else task_metrics)(
         ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
@@ -104,7 +106,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
         metrics[t]["coverage"] = coverage_table(confidence[t], correct[t])
         metrics[t]["at_threshold"] = at_threshold(confidence[t], correct[t], tagger.thresholds[t])
     summary = {"model": str(tagger.model_dir), "model_version": tagger.info()["version"], "data": str(data),
-               "side": side, "engine": engine, "flip": flip,
+               "side": side, "engine": engine, "flip": flip, "titles": with_titles,
                "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
                "tasks": metrics}
 
@@ -142,7 +144,8 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
              f"trained {meta.get('train_seconds', 0) / 60:.1f} min; scored on **{summary['side']}** of "
              f"`{summary['data']}`: {summary['n']:,} photos"
              f"{' (each averaged with its mirror image)' if summary.get('flip') else ''}; "
-             f"engine {summary.get('engine', 'torch')}. "
+             f"engine {summary.get('engine', 'torch')}"
+             f"{'; with their titles' if summary.get('titles') else ''}. "
              f"Catalog rows skipped as malformed: {summary['catalog_problems']}; photos unusable: {summary['unusable_photos']}.",
              "", "| task | classes | accuracy | macro-F1 | balanced acc. | top-k acc. (k) | majority baseline | ECE |",
              "|---|---|---|---|---|---|---|---|"]
