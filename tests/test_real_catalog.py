@@ -33,3 +33,19 @@ def test_short_training_beats_majority_on_every_task(real_data, tmp_path):
         y = ds.targets[t][rows]
         majority = np.bincount(y[y >= 0]).max() / (y >= 0).sum()
         assert a > majority, f"{t}: {a:.3f} <= majority {majority:.3f}"
+
+
+def test_the_shipped_model_tags_the_real_catalog_with_and_without_titles(real_data):
+    from fashiontag.evaluate import model_dataset
+    from fashiontag.tagger import Tagger
+    tagger = Tagger.load()
+    ds = model_dataset(tagger, real_data, progress=False)
+    rows = ds.rows["test"][:600]
+    pixels = np.asarray(ds.cache.pixels[rows])
+    titles = [ds.catalog.titles[i] for i in rows]
+    with_titles, photo_only = (tagger.choose(tagger.probabilities(pixels, t)) for t in (titles, None))
+    for t in ("gender", "articleType"):
+        y = ds.targets[t][rows]
+        known = y >= 0
+        both, photo = ((c[t][known] == y[known]).mean() for c in (with_titles, photo_only))
+        assert both > photo + 0.02 and photo > 0.8, (t, both, photo)

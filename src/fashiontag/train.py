@@ -126,12 +126,13 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], kinds: dict[str, str]
+def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], kinds: dict[str, str] | None = None
                ) -> dict[str, float]:
-    """Per task, the mean score (see `scores`): accuracy, or sample-F1 for a multi-label task."""
+    """Per task, the mean score (see `scores`): accuracy, or sample-F1 for a multi-label task (kinds; default:
+    every task single-label)."""
     acc = {}
     for t, lg in logits.items():
-        total, n = scores(lg, torch.from_numpy(targets[t]), kinds[t])
+        total, n = scores(lg, torch.from_numpy(targets[t]), (kinds or {}).get(t, SINGLE))
         acc[t] = total / n if n else float("nan")
     return acc
 
