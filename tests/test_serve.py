@@ -309,10 +309,10 @@ class CountingTagger:
         self.inner, self.delay, self.batches = tagger, delay, []
         self.input_hw, self.tasks = tagger.input_hw, tagger.tasks
 
-    def tag_pixels(self, pixels, top_k=1, min_confidence=0.0):
+    def tag_pixels(self, pixels, top_k=1, min_confidence=None, titles=None):
         self.batches.append(len(pixels))
         time.sleep(self.delay)
-        return self.inner.tag_pixels(pixels, top_k, min_confidence)
+        return self.inner.tag_pixels(pixels, top_k, min_confidence, titles)
 
 
 def test_micro_batcher_gathers_concurrent_requests_into_few_passes(direct, photos):
