@@ -104,8 +104,9 @@ def set_threshold(page, percent: int) -> None:
 
 
 def screenshot(browser, model: Path, data: Path, out: Path) -> None:
-    """The page as a user sees it: real photos tagged by `model`, tags under 60% flagged for review, the first tag
-    where the model and the catalog disagree corrected as a cataloguer would, saved as `out`."""
+    """The page as a user sees it: real photos tagged by `model` (every other one with its title, where the model
+    reads titles), tags under 60% flagged for review, the first tag where the model and the catalog disagree
+    corrected as a cataloguer would, saved as `out`."""
     from fashiontag.serve import create_app
     header, *rows = list(csv.reader((data / "styles.csv").open(encoding="utf-8")))
     truth = {r[0]: dict(zip(header, r)) for r in rows if r and r[0] in SCREENSHOT_IDS}
@@ -115,6 +116,12 @@ def screenshot(browser, model: Path, data: Path, out: Path) -> None:
     with live_server(create_app(model)) as url, open_page(browser, url) as page:
         upload_and_wait(page, paths)
         assert page.locator(".card.done").count() == len(paths)
+        for path in paths[::2]:  # every other product with its catalog title, as a seller would type it
+            title = page.locator(f'.card[data-file="{path.name}"] .title')
+            if title.is_visible():
+                title.fill(truth[path.stem]["productDisplayName"])
+                title.dispatch_event("change")
+        page.wait_for_function(f"document.querySelectorAll('.card.done').length === {len(paths)}", timeout=30000)
         set_threshold(page, 60)
         for path in paths:
             shown = shown_tags(page, path.name)
