@@ -97,11 +97,11 @@ class _TwoInputs(torch.nn.Module):
         return tuple(self.model(image, tokens).values())
 
 
-@pytest.mark.parametrize("fusion", ["late", "gated"])
-def test_onnx_export_takes_pixels_and_tokens(fusion, tmp_path):
+@pytest.mark.parametrize("fusion, pool", [("late", "mean"), ("gated", "mean"), ("late", "sqrt")])
+def test_onnx_export_takes_pixels_and_tokens(fusion, pool, tmp_path):
     import onnxruntime as ort
     torch.manual_seed(0)
-    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": fusion}).eval()
+    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": fusion, "pool": pool}).eval()
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -119,3 +119,8 @@ def test_onnx_export_takes_pixels_and_tokens(fusion, tmp_path):
             want = model(torch.from_numpy(x), torch.from_numpy(tokens))
         for t, g in zip(HEADS, got):
             assert np.abs(g - want[t].numpy()).max() < 1e-4, t
+
+
+def test_an_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="unknown pool 'max'"):
+        create_model("rescnn", HEADS, width=8, title={**TITLE, "pool": "max"})

@@ -21,12 +21,19 @@ from fashiontag.text import Tokenizer
 FUSIONS = ("late", "gated")
 
 
-class TextEncoder(nn.Module):
-    """Mean of the title's token embeddings (padding excluded), optionally through one ReLU layer.
-    An embedding bag written as Embedding + masked mean: ONNX has no EmbeddingBag with padding."""
+POOLS = ("mean", "sqrt")
 
-    def __init__(self, buckets: int, dim: int, hidden: int = 0):
+
+class TextEncoder(nn.Module):
+    """The title's token embeddings pooled (padding excluded), optionally through one ReLU layer: their mean, or
+    their sum over the square root of their count ("sqrt": a title's length then counts, as in an l2-normalised
+    bag of words). An embedding bag written as Embedding + masked sum: ONNX has no EmbeddingBag with padding."""
+
+    def __init__(self, buckets: int, dim: int, hidden: int = 0, pool: str = "mean"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+        self.pool = pool
         self.embed = nn.Embedding(buckets, dim, padding_idx=0)
         nn.init.normal_(self.embed.weight, std=0.1)
         self.embed.weight.data[0].zero_()
@@ -36,8 +43,9 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, L) int64 -> features (N, features) and whether each row has a title (N, 1) bool."""
         count = (tokens > 0).sum(1, keepdim=True)
-        mean = self.embed(tokens).sum(1) / count.clamp(min=1).to(self.embed.weight.dtype)  # padding rows are zero
-        return self.out(mean), count > 0
+        scale = count.clamp(min=1).to(self.embed.weight.dtype)
+        pooled = self.embed(tokens).sum(1) / (scale if self.pool == "mean" else scale.sqrt())  # padding rows are 0
+        return self.out(pooled), count > 0
 
 
 class TitleFusion(TrunkAndHeads):
@@ -55,14 +63,14 @@ class TitleFusion(TrunkAndHeads):
     takes_titles = True  # engines and training pass tokens to models that have this
 
     def __init__(self, image: TrunkAndHeads, heads: dict[str, int], tokenizer: dict | None = None, dim: int = 64,
-                 hidden: int = 0, fusion: str = "late"):
+                 hidden: int = 0, fusion: str = "late", pool: str = "mean"):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
         self.fusion = fusion
         self.trunk = image.trunk
         photo = next(iter(image.heads.heads.values())).in_features
-        self.text = TextEncoder(Tokenizer(**(tokenizer or {})).buckets, dim, hidden)
+        self.text = TextEncoder(Tokenizer(**(tokenizer or {})).buckets, dim, hidden, pool)
         text = self.text.features
         if fusion == "late":
             self.heads = image.heads
