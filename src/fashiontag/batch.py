@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
 import uuid
 from pathlib import Path, PurePosixPath
@@ -37,9 +38,26 @@ from fashiontag.tagger import Tagger, reviewed
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]
 SHARD_PREFIX = "tags-"
+CONNECT_TRIES, CONNECT_WAIT_S = 3, 5.0
 CSV_NAME = "tags.csv"
 BATCH_SIZE = 256  # photos per read task and per forward pass of an actor
 SHARD_ROWS = 4096  # rows per shard at least (the last may have fewer): what a killed job loses per write in flight
+
+
+def connect(address: str | None, tries: int = CONNECT_TRIES) -> None:
+    """ray.init(address). Through Ray Client the head starts a server process for each connection, and on a busy
+    head that start can fail ("Starting Ray client server failed"); the next try gets a fresh one."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address)
+            return
+        except ConnectionAbortedError as e:
+            ray.shutdown()
+            if attempt == tries:
+                raise
+            print(f"warning: connecting to {address} failed ({str(e).strip().splitlines()[-1]}); trying again",
+                  file=sys.stderr)
+            time.sleep(CONNECT_WAIT_S)
 
 
 def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, engine: str = "onnx",
@@ -74,7 +92,7 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(address)
+        connect(address)
     try:
         if ray.util.client.ray.is_connected():
             # Ray Data's executor needs a full driver, which a Ray Client is not: it runs in a task on the cluster.
