@@ -37,7 +37,8 @@ def calibrate(model: str | Path, data: str | Path, precision: float | None = Non
     if len(rows) == 0:
         raise ValueError(f"{data}: none of the model's validation photos is in this catalog; pass the catalog it "
                          "was trained on")
-    probs = tagger.probabilities(np.asarray(ds.cache.pixels[rows]))
+    # Judged as the tags will be given: a photo + title model with each product's title (others ignore it).
+    probs = tagger.probabilities(np.asarray(ds.cache.pixels[rows]), [ds.catalog.titles[i] for i in rows])
     record = thresholds_from_probabilities(tagger, probs, {t: ds.targets[t][rows] for t in tagger.tasks},
                                            precision_targets(config, tagger.tasks))
     folder = tagger.model_dir

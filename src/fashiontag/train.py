@@ -353,16 +353,17 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                        unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
             for step in range(step_in_epoch, steps_per_epoch):
                 idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                x = torch_input(train_pixels[idx], device, cfg.channels_last)
+                # A title expert never looks at the photos: none are prepared for it.
+                x = None if title_expert else torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
-                if cfg.augment and not title_expert:  # a title expert never looks at the photos
+                if cfg.augment and x is not None:
                     x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
                     for t in colour_tasks(y) if colour_ok is not None else ():
                         # Strongly relit: its colour is not the label.
                         ok = colour_ok if y[t].ndim == 1 else colour_ok[:, None]
                         y[t] = torch.where(ok, y[t], torch.full_like(y[t], -1))
                 lam, partner = 1.0, None
-                if cfg.mixup > 0:
+                if cfg.mixup > 0 and x is not None:
                     lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
                     partner = torch.randperm(len(idx), generator=aug_gen).to(device)
                     x = lam * x + (1 - lam) * x[partner]
