@@ -38,6 +38,20 @@ def test_seller_augment_changes_framing_background_and_light_reproducibly():
     assert not torch.equal(studio_augment(x, torch.Generator().manual_seed(1)), a)
 
 
+def test_photos_outside_the_seller_share_keep_their_studio_background_and_light():
+    px = photos(256)
+    x = torch_input(torch.from_numpy(px), torch.device("cpu"))
+    changed = {}
+    for share in (0.25, 1.0):
+        out, ok = seller_augment(x, px, torch.Generator().manual_seed(3), share=share)
+        corners = out[:, :, :2, :2].amin((1, 2, 3))
+        changed[share] = float((corners < 0.97).float().mean())
+        if share < 1:
+            assert ok.float().mean() > 1 - share * 0.4  # only seller-changed photos lose their colour label
+    # A quarter changed: about a quarter of the corners leave the studio white, against most at share 1.
+    assert changed[0.25] < 0.3 < 0.6 < changed[1.0]
+
+
 def test_the_seller_recipe_trains_a_model_that_frames_its_photos(catalog, tmp_path):
     from fashiontag.tagger import Tagger
     from fashiontag.train import train

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,7 +34,8 @@ def test_pretrained_needs_a_family_that_has_weights(catalog, tmp_path):
 def test_teachers_give_distributions_and_a_student_learns_from_them(trained, catalog, tmp_path):
     data = load_dataset(catalog.root, min_count=2, split_path=trained / "split.json", progress=False)
     rows = data.rows["train"]
-    soft = teacher_probabilities((str(trained),), data, data.cache.pixels[rows], torch.device("cpu"), bf16=False)
+    soft = teacher_probabilities((str(trained),), data, rows, torch.device("cpu"), bf16=False, framing=False,
+                                 cache_dir=None)
     for t, p in soft.items():
         assert p.shape == (len(rows), len(data.vocabs[t]))
         torch.testing.assert_close(p.sum(1), torch.ones(len(rows)))
@@ -42,6 +44,23 @@ def test_teachers_give_distributions_and_a_student_learns_from_them(trained, cat
     meta = json.loads((student / "model.json").read_text())
     assert meta["config"]["teachers"] == [str(trained)]
     assert meta["val_acc"]["baseColour"] > 0.6 and meta["val_acc"]["articleType"] > 0.6
+
+
+def test_a_teacher_sees_the_photos_as_it_was_trained_whatever_the_students_framing(trained, catalog):
+    """A framed seller-photo student learns from an unframed studio teacher: the teacher's soft targets must come
+    from unframed photos, the same as for an unframed student, not from the student's framed ones."""
+    from fashiontag.tagger import Tagger
+    split = trained / "split.json"
+    plain = load_dataset(catalog.root, min_count=2, split_path=split, progress=False)
+    framed = load_dataset(catalog.root, min_count=2, split_path=split, progress=False, framing=True)
+    rows = plain.rows["train"]
+    assert not np.array_equal(plain.cache.pixels[rows], framed.cache.pixels[rows])  # framing changes these photos
+    for_plain = teacher_probabilities((str(trained),), plain, rows, torch.device("cpu"), False, False, None)
+    for_framed = teacher_probabilities((str(trained),), framed, rows, torch.device("cpu"), False, True, None)
+    on_framed_photos = Tagger.load(trained, engine="torch", flip=True).probabilities(framed.cache.pixels[rows])
+    for t in for_plain:
+        torch.testing.assert_close(for_framed[t], for_plain[t])
+        assert not np.allclose(on_framed_photos[t], for_plain[t].numpy(), atol=1e-3)
 
 
 def test_a_teacher_that_saw_the_test_photos_is_refused(trained, catalog, tmp_path):

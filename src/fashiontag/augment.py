@@ -77,22 +77,27 @@ def _backgrounds(n: int, h: int, w: int, gen: torch.Generator, device) -> torch.
     return bg.clamp(0, 1).to(device)
 
 
-def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
+def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, share: float = 1.0
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The photos as sellers shoot them, and per photo whether its colours are still true (see the module)."""
+    """The photos as sellers shoot them, and per photo whether its colours are still true (see the module).
+
+    Only `share` of the photos are changed so; the others get the studio recipe's flip, scale and shift: the
+    catalog's own studio shots stay in every batch, which keeps the accuracy on them."""
     n, _, h, w = x.shape
     device = x.device
     r = torch.rand(n, 12, generator=gen)
-    # Geometry: flip, zoom out to 0.6 or in to 1.15, shift up to 10% of the side, tilt up to 15 degrees. The
-    # background mask travels with the photo, so what the warp brings in is background too.
-    replace = r[:, 7] < 0.5  # these photos get another background (masks are only needed for them)
+    studio = r[:, 10] >= share
+    # Geometry: flip, zoom out to 0.6 or in to 1.35 (an eighth cut off each side), shift up to 10% of the side,
+    # tilt up to 15 degrees. The background mask travels with the photo, so what the warp brings in is background too.
+    replace = (r[:, 7] < 0.5) & ~studio  # these photos get another background (masks are only needed for them)
     mask = torch.zeros(n, 1, h, w)
     if replace.any():
         mask[replace] = torch.from_numpy(background_mask(pixels[replace.numpy()])).unsqueeze(1)
     mask = mask.to(device)
     flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-    scale = torch.where(r[:, 1] < 0.5, 0.6 + 0.4 * r[:, 2], 1 + 0.15 * r[:, 2])
-    angle = (r[:, 3] - 0.5) * 2 * math.radians(15) * (r[:, 4] < 0.6)
+    scale = torch.where(r[:, 1] < 0.5, 0.6 + 0.4 * r[:, 2], 1 + 0.35 * r[:, 2])
+    scale = torch.where(studio, 1 + (r[:, 2] - 0.5) * 0.2, scale)
+    angle = (r[:, 3] - 0.5) * 2 * math.radians(15) * ((r[:, 4] < 0.6) & ~studio)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = flip * cos, -sin * h / w
@@ -108,8 +113,8 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
     # (colours stay true), strong for a third (their colour label is dropped), unchanged for the rest.
     p = torch.rand(n, 6, generator=gen) * 2 - 1
     strong_range = torch.tensor([math.log(1.45), math.log(1.25), math.log(1.3)] + [math.log(1.12)] * 3)
-    strong = r[:, 8] < 0.35
-    mild = (r[:, 8] >= 0.35) & (r[:, 8] < 0.85)
+    strong = (r[:, 8] < 0.35) & ~studio
+    mild = (r[:, 8] >= 0.35) & (r[:, 8] < 0.85) & ~studio
     logs = p * torch.where(strong.view(n, 1), strong_range, torch.full((6,), MILD)) * (strong | mild).view(n, 1)
     f = logs.exp().to(device)
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -118,7 +123,7 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator
     x = x * f[:, 3:6].view(n, 3, 1, 1)
     colour_ok = (~strong).to(device)
     # Softness: the detail lost to a low-resolution or shaky camera, for one photo in ten.
-    soft = (r[:, 9] < 0.1).to(device).view(n, 1, 1, 1)
+    soft = ((r[:, 9] < 0.1) & ~studio).to(device).view(n, 1, 1, 1)
     small = F.interpolate(x, scale_factor=0.65, mode="bilinear", align_corners=False, antialias=True)
     x = torch.where(soft, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
     return x.clamp(0, 1).contiguous(memory_format=torch.channels_last), colour_ok

@@ -124,3 +124,30 @@ def risk_coverage(path: Path, confidence: dict[str, np.ndarray], correct: dict[s
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def robustness(path: Path, runs: list[dict], tasks: tuple[str, ...] = ("gender", "subCategory", "articleType",
+                                                                      "baseColour")) -> None:
+    """Accuracy per change to the photo, one panel per task, one bar per model; clean accuracy as a line."""
+    tasks = [t for t in tasks if t in runs[0]["accuracy"]["clean"]] or list(runs[0]["accuracy"]["clean"])[:4]
+    changes = list(runs[0]["accuracy"])
+    y = np.arange(len(changes))
+    height = 0.8 / len(runs)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 2.5, 0.32 * len(changes) + 1.5),
+                             sharey=True, squeeze=False)
+    colours = ["#bbbbbb", "#4477aa", "#ee6677", "#228833"]
+    for ax, t in zip(axes[0], tasks):
+        for i, run in enumerate(runs):
+            acc = [run["accuracy"][c][t] for c in changes]
+            ax.barh(y + i * height, acc, height, color=colours[i % len(colours)], label=Path(run["model"]).name
+                    if Path(run["model"]).name != "best" else Path(run["model"]).parent.name)
+            ax.axvline(run["accuracy"]["clean"][t], color=colours[i % len(colours)], lw=0.8, ls="--")
+        ax.set_title(f"{t} accuracy (%)", fontsize=10)
+        ax.set_xlim(max(0, min(min(r["accuracy"][c][t] for c in changes) for r in runs) - 5), 100)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(y + height * (len(runs) - 1) / 2, changes)
+    axes[0][0].invert_yaxis()
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

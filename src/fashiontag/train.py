@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fashiontag import __version__
 from fashiontag.augment import colour_tasks, seller_augment, studio_augment
 from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
+from fashiontag.cache import build_cache
 from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.colours import colour_centroids
@@ -49,11 +50,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: bool
+def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: float
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The run's augmentation of a batch (see augment.py); with seller, also which photos keep true colours."""
+    """The run's augmentation of a batch (see augment.py): `seller` is the share of photos made to look like a
+    seller's (0: the studio recipe only); with sellers' photos, also which photos keep true colours."""
     if seller:
-        return seller_augment(x, pixels, gen)
+        return seller_augment(x, pixels, gen, share=seller)
     return studio_augment(x, gen), None
 
 
@@ -75,12 +77,17 @@ def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: T
     return losses
 
 
-def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss against a teacher's probabilities, averaged over the batch: cross-entropy for a single-label task,
-    binary cross-entropy per class for a multi-label one."""
+def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, keep: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Loss against a teacher's probabilities, averaged over the batch (over the rows in `keep` when given):
+    cross-entropy for a single-label task, binary cross-entropy per class for a multi-label one."""
     if kind == MULTI:
-        return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1).mean()
-    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+        per_row = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1)
+    else:
+        per_row = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
+    if keep is None:
+        return per_row.mean()
+    return (per_row * keep).sum() / keep.sum().clamp(min=1)
 
 
 def scores(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, int]:
@@ -97,11 +104,14 @@ def scores(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, int
     return float((logits.argmax(1)[known] == y[known]).sum()), int(known.sum())
 
 
-def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, pixels: np.ndarray, device: torch.device,
-                          bf16: bool) -> dict[str, torch.Tensor]:
-    """The teachers' calibrated probabilities per task for these photos, averaged over teachers and flips.
+def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, rows: np.ndarray, device: torch.device,
+                          bf16: bool, framing: bool, cache_dir: str | None
+                          ) -> dict[str, torch.Tensor]:
+    """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
 
-    A teacher must have the same vocabularies, and must not have trained on this run's validation or test photos."""
+    Each teacher sees the photos prepared as it was trained (its own size and framing), so a model trained on
+    seller photos with framing can learn from one trained without. A teacher must have the same vocabularies, and
+    must not have trained on this run's validation or test photos."""
     held_out = set(data.split["val"]) | set(data.split["test"])
     total: dict[str, torch.Tensor] = {}
     for folder in teachers:
@@ -111,7 +121,11 @@ def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, pixels:
         if split_file.exists() and held_out & set(load_split(split_file)["train"]):
             raise ValueError(f"teacher {folder} trained on photos of this run's validation or test split")
         teacher = Tagger.load(folder, engine="torch", flip=True, bf16=bf16, device=str(device))
-        for t, p in teacher.probabilities(pixels).items():
+        seen_as = teacher.photo_input
+        cache = data.cache
+        if (seen_as.hw, seen_as.framing) != (data.hw, framing):
+            cache = build_cache(data.catalog, cache_dir, hw=seen_as.hw, framing=seen_as.framing, progress=False)
+        for t, p in teacher.probabilities(np.ascontiguousarray(cache.pixels[rows])).items():
             p = torch.from_numpy(p) / len(teachers)
             total[t] = total[t] + p if t in total else p
     return total
@@ -242,7 +256,8 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     degrade = TitleDropout(**cfg.title_dropout)
     val_tokens = tokenizer(list(titles[data.rows["val"]])) if tokenizer else None
 
-    soft = teacher_probabilities(cfg.teachers, data, train_pixels.numpy(), device, bf16) if cfg.teachers else None
+    soft = (teacher_probabilities(cfg.teachers, data, train_rows, device, bf16, cfg.framing, cfg.cache_dir or None)
+            if cfg.teachers else None)
 
     heads = {t: len(v) for t, v in data.vocabs.items()}
     raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
@@ -356,8 +371,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                 # A title expert never looks at the photos: none are prepared for it.
                 x = None if title_expert else torch_input(train_pixels[idx], device, cfg.channels_last)
                 y = {t: v[idx].to(device) for t, v in train_y.items()}
+                colour_ok = None
                 if cfg.augment and x is not None:
-                    x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen, cfg.seller_augment)
+                    x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen,
+                                           cfg.seller_share if cfg.seller_augment else 0.0)
                     for t in colour_tasks(y) if colour_ok is not None else ():
                         # Strongly relit: its colour is not the label.
                         ok = colour_ok if y[t].ndim == 1 else colour_ok[:, None]
@@ -388,7 +405,10 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
                     target = {t: v[idx].to(device) for t, v in soft.items()}
                     if partner is not None:
                         target = {t: lam * v + (1 - lam) * v[partner] for t, v in target.items()}
-                    losses = {t: (1 - cfg.distill) * losses[t] + cfg.distill * soft_loss(logits[t], target[t], kinds[t])
+                    # A strongly relit photo's colour is not the teacher's either (it saw the photo as shot).
+                    keep = {t: colour_ok.float() for t in colour_tasks(y)} if colour_ok is not None else {}
+                    losses = {t: (1 - cfg.distill) * losses[t]
+                              + cfg.distill * soft_loss(logits[t], target[t], kinds[t], keep.get(t))
                               for t in losses}
                 loss = sum(loss_w[t] * losses[t] for t in losses)
                 opt.zero_grad(set_to_none=True)
