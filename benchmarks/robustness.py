@@ -88,6 +88,36 @@ def phone_jpeg(img: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
+def patterned(img: Image.Image, colours: tuple[tuple[int, int, int], tuple[int, int, int]]) -> Image.Image:
+    """The studio white replaced by diagonal stripes of two colours (a bedspread, a tablecloth): a background that
+    the seller augmentation never draws (it draws flat colours, gradients and noise)."""
+    a = np.array(img)
+    yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
+    stripes = np.where(((yy + xx) // 4) % 2 == 0, 0, 1)
+    pattern = np.array(colours, np.uint8)[stripes]
+    near_white = (a >= 235).all(2)
+    labels, _ = ndimage.label(near_white)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    mask = np.isin(labels, border[border > 0])
+    a[mask] = pattern[mask]
+    return Image.fromarray(a)
+
+
+def shadow(img: Image.Image, darkest: float) -> Image.Image:
+    """Light falling off across the photo (a window on one side): full brightness on the left, `darkest` on the
+    right. Not in training, which relights a photo evenly."""
+    a = np.asarray(img, dtype=np.float32)
+    ramp = np.linspace(1.0, darkest, a.shape[1], dtype=np.float32)[None, :, None]
+    return Image.fromarray(np.clip(a * ramp, 0, 255).astype(np.uint8))
+
+
+def sensor_noise(img: Image.Image, sigma: float) -> Image.Image:
+    """A phone's sensor noise in dim light: Gaussian, `sigma` levels per channel (same seed for every photo)."""
+    a = np.asarray(img, dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0, sigma, a.shape).astype(np.float32)
+    return Image.fromarray(np.clip(a + noise, 0, 255).astype(np.uint8))
+
+
 # name -> (change, mild strength, strong strength)
 CHANGES = {
     "padded (product smaller)": (pad, 1.0, 4 / 3),
@@ -100,6 +130,11 @@ CHANGES = {
     "warm light": (warm, 0.06, 0.12),
     "blurred": (blur, 0.6, 1.2),
     "upscaled 8x, JPEG": (phone_jpeg, 50, 20),
+    # Changes that training does not simulate: how far the robustness carries beyond what was taught.
+    "patterned background (not trained)": (patterned, ((236, 228, 214), (214, 204, 190)),
+                                           ((226, 214, 196), (150, 120, 110))),
+    "shadow across (not trained)": (shadow, 0.8, 0.6),
+    "sensor noise (not trained)": (sensor_noise, 6, 12),
 }
 
 
