@@ -55,13 +55,17 @@ def rotate(img: Image.Image, degrees: float) -> Image.Image:
     return img.rotate(degrees, Image.BILINEAR, expand=True, fillcolor=(255, 255, 255))
 
 
-def background(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
-    """The white studio background (near-white pixels connected to the border) replaced by a flat colour."""
-    a = np.array(img)
-    near_white = (a >= 235).all(2)
-    labels, _ = ndimage.label(near_white)
+def studio_white(a: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the white studio background, i.e. near-white pixels connected to the border."""
+    labels, _ = ndimage.label((a >= 235).all(2))
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    a[np.isin(labels, border[border > 0])] = colour
+    return np.isin(labels, border[border > 0])
+
+
+def background(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """The white studio background replaced by a flat colour."""
+    a = np.array(img)
+    a[studio_white(a)] = colour
     return Image.fromarray(a)
 
 
@@ -95,10 +99,7 @@ def patterned(img: Image.Image, colours: tuple[tuple[int, int, int], tuple[int, 
     yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
     stripes = np.where(((yy + xx) // 4) % 2 == 0, 0, 1)
     pattern = np.array(colours, np.uint8)[stripes]
-    near_white = (a >= 235).all(2)
-    labels, _ = ndimage.label(near_white)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    mask = np.isin(labels, border[border > 0])
+    mask = studio_white(a)
     a[mask] = pattern[mask]
     return Image.fromarray(a)
 

@@ -81,8 +81,8 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, sh
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The photos as sellers shoot them, and per photo whether its colours are still true (see the module).
 
-    Only `share` of the photos are changed so; the others get the studio recipe's flip, scale and shift: the
-    catalog's own studio shots stay in every batch, which keeps the accuracy on them."""
+    Only `share` of the photos are changed so; the others only get a flip, a scale within 10% and a small shift,
+    as in the studio recipe: the catalog's own studio shots stay in every batch, which keeps the accuracy on them."""
     n, _, h, w = x.shape
     device = x.device
     r = torch.rand(n, 12, generator=gen)

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from fashiontag import __version__
 from fashiontag.augment import colour_tasks, seller_augment, studio_augment
-from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
 from fashiontag.cache import build_cache
+from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
 from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.colours import colour_centroids
