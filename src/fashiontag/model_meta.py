@@ -81,6 +81,15 @@ def load_meta(path: str | Path | None = None) -> dict:
     return meta
 
 
+def write_meta(folder: str | Path, meta: dict) -> None:
+    """Replace a model folder's model.json atomically (the weights stay), then check that it loads."""
+    folder = Path(folder)
+    tmp = folder / f".{META}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / META)
+    load_meta(folder)
+
+
 def validate_meta(meta: dict, header: dict, folder: Path) -> None:
     """Tasks, class counts and order, temperatures, input size and hierarchy must agree with the weights."""
     where = folder / META

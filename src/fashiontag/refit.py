@@ -6,16 +6,14 @@ model.json changes: the weights, and the vocabularies their header records, stay
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from fashiontag.evaluate import model_dataset
-from fashiontag.model_meta import META, load_meta
+from fashiontag.model_meta import load_meta, write_meta
 from fashiontag.tagger import Tagger
-from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
+from fashiontag.thresholds import fit_on_photos
 
 
 def calibrate(model: str | Path, data: str | Path, precision: float | None = None,
@@ -38,16 +36,10 @@ def calibrate(model: str | Path, data: str | Path, precision: float | None = Non
         raise ValueError(f"{data}: none of the model's validation photos is in this catalog; pass the catalog it "
                          "was trained on")
     # Judged as the tags will be given: a photo + title model with each product's title (others ignore it).
-    probs = tagger.probabilities(np.asarray(ds.cache.pixels[rows]), [ds.catalog.titles[i] for i in rows])
-    record = thresholds_from_probabilities(tagger, probs, {t: ds.targets[t][rows] for t in tagger.tasks},
-                                           precision_targets(config, tagger.tasks))
+    record = fit_on_photos(tagger, np.asarray(ds.cache.pixels[rows]), [ds.catalog.titles[i] for i in rows],
+                           {t: ds.targets[t][rows] for t in tagger.tasks}, config)
     folder = tagger.model_dir
-    meta = json.loads((folder / META).read_text())
-    meta.update(record)
-    tmp = folder / f".{META}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META)
-    load_meta(folder)  # what was written must load
+    write_meta(folder, {**load_meta(folder), **record})
     if (folder / "model.onnx").exists():
         from fashiontag.export import export_onnx
         export_onnx(folder)

@@ -93,11 +93,15 @@ def decoded_confidence(probs: dict[str, np.ndarray], chosen: dict[str, np.ndarra
     return conf, correct
 
 
-def thresholds_from_probabilities(tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
-                                  precision: dict[str, float]) -> dict:
-    """fit_thresholds on calibrated validation probabilities, decoded as `tagger` (a Tagger) decodes them."""
+def fit_on_photos(tagger, pixels: np.ndarray, titles, targets: dict[str, np.ndarray], config: dict) -> dict:
+    """The one threshold fit: training's calibration and `fashiontag calibrate` both call it, with a Tagger loaded
+    from the model folder, so both compute the validation logits as tagging does by default (the same engine,
+    folded batch norms and precision: fitted on other logits, bf16 ones say, thresholds moved by up to 0.015).
+    pixels: letterboxed uint8 validation photos; titles: theirs (ignored by a photo-only model); targets: their
+    labels. Returns model.json's record (fit_thresholds)."""
+    probs = tagger.probabilities(pixels, titles)
     confidence, correct = decoded_confidence(probs, tagger.choose(probs), targets)
-    return fit_thresholds(confidence, correct, precision)
+    return fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))
 
 
 def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:

@@ -30,14 +30,14 @@ from fashiontag.colours import colour_centroids
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
-from fashiontag.model_meta import load_meta
+from fashiontag.model_meta import load_meta, write_meta
 from fashiontag.models import TitleFusion, create_model
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
-from fashiontag.tagger import Tagger, sigmoid, softmax
+from fashiontag.tagger import Tagger
 from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
 from fashiontag.text import TitleDropout, Tokenizer, tokenizer_of
-from fashiontag.thresholds import precision_targets, thresholds_from_probabilities
+from fashiontag.thresholds import fit_on_photos
 
 
 COMPILE_MIN_STEPS = 2000
@@ -533,7 +533,8 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
     tokenizer = tokenizer_of(meta)
     pixels = data.cache.pixels[rows]
-    tokens = tokenizer([data.catalog.titles[i] for i in rows]) if tokenizer else None
+    titles = [data.catalog.titles[i] for i in rows]
+    tokens = tokenizer(titles) if tokenizer else None
     logits = engine.logits_tensors(pixels, tokens)
     targets = {t: v[rows] for t, v in data.targets.items()}
     if isinstance(model, TitleFusion) and model.fusion == "late":
@@ -550,13 +551,12 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
                         for t in logits if kinds[t] == MULTI}
     meta.update(temperatures={t: temps.get(t, 1.0) for t in logits}, calibration_val=ece, history=history,
                 train_seconds=round(seconds, 1), class_thresholds=class_thresholds)
-    # The auto-accept thresholds judge tags as users get them: calibrated, then decoded jointly.
-    tagger = Tagger(engine, meta)
-    probs = {t: (sigmoid if kinds[t] == MULTI else softmax)(lg.float().numpy() / tagger.temperatures[t])
-             for t, lg in logits.items()}
-    meta.update(thresholds_from_probabilities(tagger, probs, targets, precision_targets(meta["config"], tagger.tasks)))
     meta["colour_centroids"] = colour_class_centroids(data)
     save_model(folder, model, meta, data.split)
+    # The auto-accept thresholds judge tags as users get them: from the saved folder, calibrated, then decoded
+    # jointly, exactly as `fashiontag calibrate` fits them.
+    meta.update(fit_on_photos(Tagger.load(folder), np.asarray(pixels), titles, targets, meta["config"]))
+    write_meta(folder, meta)
     tqdm.write("calibrated: " + ", ".join(
         [f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in temps]
         + [f"{t} class thresholds {min(v):.2f}-{max(v):.2f}" for t, v in class_thresholds.items()]))
