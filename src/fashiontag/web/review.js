@@ -6,12 +6,17 @@
 (() => {
   const API = "/review/api";
   const UNTOUCHED = ["needs_review", "auto"];
-  const state = { model: null, photos: [], progress: null, reviewers: [], cursor: 0, focus: {}, conflicts: {} };
+  const STATUS_TEXT = { needs_review: "to review", auto: "auto", accepted: "accepted", corrected: "corrected" };
+  // order: the photo ids shown, in the order they were sorted (see `refresh`); current: the id of the photo under
+  // the cursor. The cursor follows a photo, never a position in the list.
+  const state = { model: null, photos: [], progress: null, reviewers: [], order: [], current: null, focus: {},
+                  conflicts: {} };
   const $ = (sel) => document.querySelector(sel);
   const queue = $("#queue");
   const filters = { status: $("#f-status"), task: $("#f-task"), cls: $("#f-class"), reviewer: $("#f-reviewer") };
   const sortSelect = $("#sort");
   const reviewerInput = $("#reviewer");
+  const reviewerBox = $("#reviewer-box");
   reviewerInput.value = localStorage.getItem("fashiontag.reviewer") || "";
 
   // ------------------------------------------------------------------ talking to the server
@@ -22,14 +27,20 @@
     return { status: res.status, body: await res.json() };
   }
 
+  // The reviewer's name, or "" after asking for it. Asking puts the focus in the name box on purpose, with the box
+  // and the notice saying so; the key that asked is never typed into it (the keyboard handler swallows it), and
+  // Enter in the box gives the keyboard back to the queue.
   function reviewer() {
     const name = reviewerInput.value.trim();
     if (!name) {
-      notice("Type your name in the Reviewer box first: every action records who took it.");
+      notice("Type your name in the Reviewer box and press Enter: every action records who took it.");
+      reviewerBox.classList.add("missing");
       reviewerInput.focus();
     }
     return name;
   }
+
+  const byId = (id) => state.photos.find((p) => p.id === id);
 
   function merge(photos) {
     for (const p of photos || []) {
@@ -61,10 +72,9 @@
     if (status !== 200) { notice(body.message || `HTTP ${status}`); return; }
     Object.assign(state, { model: body.model, photos: body.photos, progress: body.progress, reviewers: body.reviewers });
     fillFilters();
-    const saved = Number(localStorage.getItem("fashiontag.cursor"));
-    const list = visible();
-    state.cursor = Math.max(0, list.findIndex((p) => p.id === saved));
-    render();
+    state.current = Number(localStorage.getItem("fashiontag.cursor"));
+    refresh(true);
+    if (!reviewerInput.value.trim()) reviewerBox.classList.add("missing");
     document.body.dataset.ready = "true";
   }
 
@@ -111,9 +121,31 @@
     return Object.keys(labels).length ? decide(photo, labels) : Promise.resolve(true);
   }
 
+  // Undo says what it took back (the decisions are the server's record: compare what the page showed before with
+  // what the server answers now), and brings the photo back under the cursor when it was one photo.
   async function undo() {
     const name = reviewer();
-    if (name) settle(await call("/undo", { reviewer: name }));
+    if (!name) return;
+    const answer = await call("/undo", { reviewer: name });
+    const before = new Map((answer.body.photos || []).map((p) => [p.id, byId(p.id)]));
+    if (!settle(answer)) return;
+    const photos = answer.body.photos || [];
+    if (photos.length === 1) {
+      const p = photos[0], old = before.get(p.id);
+      const changed = Object.entries(p.tags).filter(([t, tag]) => old && old.tags[t] &&
+        (old.tags[t].label !== tag.label || old.tags[t].status !== tag.status));
+      // A correction taken back reads "task new → old"; an acceptance, "accept of" its tags.
+      const relabelled = changed.filter(([t, tag]) => old.tags[t].label !== tag.label)
+        .map(([t, tag]) => `${t} ${old.tags[t].label} → ${tag.label}`);
+      const accepted = changed.filter(([t, tag]) => old.tags[t].label === tag.label).map(([t]) => t);
+      const what = relabelled.concat(!accepted.length ? [] : accepted.length === Object.keys(p.tags).length
+        ? [`accept of all ${accepted.length} tags`] : [`accept of ${accepted.join(", ")}`]);
+      toast(`undid: ${p.item_id}: ${what.join("; ") || "no change"}`);
+      if (state.order.includes(p.id)) { state.current = p.id; render(); }
+    } else {
+      toast(`undid: ${photos.length} photos (${photos.map((p) => p.item_id).slice(0, 5).join(", ")}` +
+            `${photos.length > 5 ? ", …" : ""})`);
+    }
   }
 
   async function bulkAccept() {
@@ -124,6 +156,8 @@
 
   // ------------------------------------------------------------------ the queue shown
   const reviewed = (p) => Object.values(p.tags).every((t) => !UNTOUCHED.includes(t.status));
+  // Who decided a tag: nobody while the tag is untouched (an undone tag is untouched again, whoever undid it).
+  const decidedBy = (t) => (UNTOUCHED.includes(t.status) ? null : t.reviewer);
   const margin = (p) => Math.min(...Object.values(p.tags).filter((t) => UNTOUCHED.includes(t.status))
     .map((t) => t.confidence - t.threshold), Infinity);
 
@@ -134,7 +168,7 @@
       show === "all" || (show === "reviewed" ? reviewed(p)
         : Object.values(p.tags).some((t) => t.status === "needs_review" && (!task || t === p.tags[task]))))
       && (!cls || (task && p.tags[task].label === cls))
-      && (!who || Object.values(p.tags).some((t) => t.reviewer === who)));
+      && (!who || Object.values(p.tags).some((t) => decidedBy(t) === who)));
     const sort = sortSelect.value;
     const byTask = task || state.model.tasks[0];
     const keys = {
@@ -165,15 +199,33 @@
     select.replaceChildren(new Option(none, ""), ...values.map((v) => new Option(v, v)));
   }
 
+  // The list is filtered and sorted here, and only here: on loading, when the reviewer changes a filter or the sort,
+  // and when they ask for it (the "refresh list" button). Not after a decision: a correction changes the photo's
+  // "least certain first" key, and a decision can take it out of "needs review", so sorting live would slide
+  // another product under the cursor, where the next "1"-"9" or Enter would decide it unseen, and would make j/k skip
+  // or revisit photos. A reviewer works down the list they were shown; photos they have done stay in place
+  // (marked done) until they refresh it. keep: stay on the current photo if it is still listed, else the first.
+  function refresh(keep) {
+    state.order = visible().map((p) => p.id);
+    if (!keep || !state.order.includes(state.current)) state.current = state.order.length ? state.order[0] : null;
+    render();
+  }
+
+  // The photos shown, in the order of the last refresh.
+  const shown = () => state.order.map(byId).filter((p) => p && !p.error);
+  const current = () => shown().find((p) => p.id === state.current);
+
   function render() {
-    const list = visible();
-    state.cursor = Math.min(state.cursor, Math.max(0, list.length - 1));
-    queue.replaceChildren(...list.map((p, i) => card(p, i === state.cursor)));
+    const list = shown();
+    if (!list.some((p) => p.id === state.current)) state.current = list.length ? list[0].id : null;
+    queue.replaceChildren(...list.map((p) => card(p, p.id === state.current)));
     const pr = state.progress;
     $("#progress").textContent = `${pr.reviewed} / ${pr.total} photos reviewed · ${pr.needs_review} need review`;
-    if (list[state.cursor]) localStorage.setItem("fashiontag.cursor", String(list[state.cursor].id));
-    const current = queue.querySelector(".card.current");
-    if (current) current.scrollIntoView({ block: "nearest" });
+    if (state.current !== null) localStorage.setItem("fashiontag.cursor", String(state.current));
+    const fresh = visible().map((p) => p.id);
+    $("#refresh").hidden = fresh.length === state.order.length && fresh.every((id, i) => id === state.order[i]);
+    const el = queue.querySelector(".card.current");
+    if (el) el.scrollIntoView({ block: "nearest" });
   }
 
   function focusedTask(photo) {
@@ -194,7 +246,7 @@
     const img = document.createElement("img");
     img.src = `${API}/photos/${photo.id}/image`;
     img.alt = photo.item_id;
-    img.addEventListener("click", () => zoom(img.src));
+    img.addEventListener("click", () => zoom(photo));
     thumb.append(img);
     const body = document.createElement("div");
     body.className = "body";
@@ -216,42 +268,78 @@
       tr.dataset.task = task;
       tr.dataset.status = tag.status;
       tr.classList.toggle("focus", current && task === focus);
+      const who = decidedBy(tag);
       tr.title = `model: ${tag.model_label}; auto-accept at ${(tag.threshold * 100).toFixed(0)}%` +
-        (tag.reviewer ? `; ${tag.status} by ${tag.reviewer}` : "");
-      const cells = [task, tag.label, `${(tag.confidence * 100).toFixed(0)}%`, tag.status.replace("_", " ")];
+        (who ? `; ${tag.status} by ${who}` : "");
+      if (who) tr.dataset.reviewer = who;
+      const cells = [task, tag.label, `${(tag.confidence * 100).toFixed(0)}%`, STATUS_TEXT[tag.status] || tag.status];
       ["task", "label", "conf", "status-pill"].forEach((cls, i) => {
         const td = document.createElement("td");
         td.className = cls;
         td.textContent = cells[i];
         tr.append(td);
       });
+      // Two runners-up beside each tag, to keep the cards readable; all nine of the tag in focus (keys 1-9) in a
+      // row of their own under it, the card's full width, wrapped: every one the keys can pick is in sight.
+      const inFocus = current && task === focus;
       const runners = document.createElement("td");
       runners.className = "runners";
-      // All nine for the tag in focus (keys 1-9); two elsewhere, to keep the cards readable.
-      tag.runners_up.slice(0, current && task === focus ? 9 : 2).forEach(([label, conf], i) => {
-        const s = document.createElement("span");
-        s.textContent = `${i + 1} ${label} ${(conf * 100).toFixed(0)}%`;
-        s.addEventListener("click", () => decide(photo, withParents(photo, task, label)));
-        runners.append(s);
-      });
+      if (!inFocus) runners.append(...runnerSpans(photo, task, tag, 2));
       tr.append(runners);
       tr.addEventListener("click", () => { state.focus[photo.id] = task; select(photo); });
       table.append(tr);
+      if (inFocus) {
+        const row = document.createElement("tr");
+        row.className = "choices";
+        const td = document.createElement("td");
+        td.colSpan = 5;
+        td.className = "runners";
+        td.append(...runnerSpans(photo, task, tag, 9));
+        if (!tag.runners_up.length) td.textContent = "no runner-up: e to type a class";
+        row.append(td);
+        table.append(row);
+      }
     }
     body.append(table);
     el.append(thumb, body);
     return el;
   }
 
+  function runnerSpans(photo, task, tag, n) {
+    return tag.runners_up.slice(0, n).map(([label, conf], i) => {
+      const s = document.createElement("span");
+      s.textContent = `${i + 1} ${label} ${(conf * 100).toFixed(0)}%`;
+      s.addEventListener("click", () => decide(photo, withParents(photo, task, label)));
+      return s;
+    });
+  }
+
   function select(photo) {
-    state.cursor = Math.max(0, visible().findIndex((p) => p.id === photo.id));
+    state.current = photo.id;
     render();
   }
 
-  function zoom(src) {
-    const z = $("#zoom");
-    z.querySelector("img").src = src;
+  // The enlarged photo: the original file (the image route serves it as it is), at its own size, made smaller to fit
+  // the window, or larger up to MAX_ZOOM times when it is small: a bigger upscale shows no more than blur.
+  const MAX_ZOOM = 4;
+  function zoom(photo) {
+    const z = $("#zoom"), img = z.querySelector("img"), caption = z.querySelector("figcaption");
+    const fit = () => {
+      const w = img.naturalWidth, h = img.naturalHeight;
+      if (!w || !h) return;
+      const scale = Math.min(MAX_ZOOM, (window.innerWidth * 0.92) / w, (window.innerHeight * 0.86) / h);
+      img.style.width = `${Math.floor(w * scale)}px`;
+      img.style.height = `${Math.floor(h * scale)}px`;
+      const shown = scale >= 1 ? `${+scale.toFixed(1)}×` : `${Math.round(scale * 100)}%`;
+      caption.textContent = `${photo.item_id} · original file ${w} × ${h} px, shown at ${shown}`;
+    };
+    img.onload = fit;
+    img.style.width = img.style.height = "";
+    caption.textContent = photo.item_id;
+    img.alt = photo.item_id;
+    img.src = `${API}/photos/${photo.id}/image`;
     z.hidden = false;
+    if (img.complete) fit();
   }
   $("#zoom").addEventListener("click", () => { $("#zoom").hidden = true; });
 
@@ -259,6 +347,16 @@
     const n = $("#notice");
     n.textContent = text;
     n.hidden = !text;
+  }
+
+  // A short message that goes away by itself: what an action did (undo), as opposed to the notice (what went wrong).
+  let toastTimer = null;
+  function toast(text) {
+    const t = $("#toast");
+    t.textContent = text;
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, 6000);
   }
 
   // ------------------------------------------------------------------ editing with type-ahead
@@ -330,17 +428,20 @@
   editor.input.addEventListener("blur", () => { editor.el.hidden = true; });
 
   // ------------------------------------------------------------------ the keyboard
+  // To the next (previous) photo of the list as shown: its order does not change under the reviewer (see refresh).
   function move(step) {
-    const n = visible().length;
-    state.cursor = Math.max(0, Math.min(n - 1, state.cursor + step));
+    const ids = shown().map((p) => p.id);
+    if (!ids.length) return;
+    const i = Math.max(0, ids.indexOf(state.current));
+    state.current = ids[Math.max(0, Math.min(ids.length - 1, i + step))];
     render();
   }
 
   document.addEventListener("keydown", (e) => {
     const tag = e.target.tagName;
     if (tag === "INPUT" || tag === "SELECT" || e.ctrlKey || e.metaKey || e.altKey) return;
-    if (!$("#zoom").hidden) { if (e.key === "Escape") $("#zoom").hidden = true; return; }
-    const photo = visible()[state.cursor];
+    if (!$("#zoom").hidden) { if (e.key === "Escape" || e.key === " ") { $("#zoom").hidden = true; e.preventDefault(); } return; }
+    const photo = current();
     const key = e.key;
     if (key === "j" || key === "ArrowDown" || key === "ArrowRight") move(1);
     else if (key === "k" || key === "ArrowUp" || key === "ArrowLeft") move(-1);
@@ -356,21 +457,41 @@
       const runner = photo.tags[task].runners_up[Number(key) - 1];
       if (runner) decide(photo, withParents(photo, task, runner[0]));
     } else if (key === "Enter") {
-      acceptCard(photo).then((ok) => { if (ok && filters.status.value === "all") move(1); });
+      // On to the next photo only if the one accepted is still the current one (a click may have moved meanwhile).
+      acceptCard(photo).then((ok) => { if (ok && state.current === photo.id) move(1); });
     } else if (key === "e") openEditor(photo, focusedTask(photo));
-    else if (key === " ") zoom(`${API}/photos/${photo.id}/image`);
+    else if (key === " ") zoom(photo);
     else return;
     e.preventDefault();
   });
 
   // ------------------------------------------------------------------ controls
-  reviewerInput.addEventListener("input", () => localStorage.setItem("fashiontag.reviewer", reviewerInput.value.trim()));
-  filters.task.addEventListener("change", () => { fillClasses(); state.cursor = 0; render(); });
+  // The name box: typed into only on purpose (a click, or the prompt above); Enter (or Escape) sets the name and gives
+  // the keyboard back to the queue, so no shortcut meant for the queue lands in the name.
+  reviewerInput.addEventListener("input", () => {
+    localStorage.setItem("fashiontag.reviewer", reviewerInput.value.trim());
+    reviewerBox.classList.toggle("missing", !reviewerInput.value.trim());
+  });
+  reviewerInput.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" && e.key !== "Escape") return;
+    e.preventDefault();
+    e.stopPropagation();
+    const name = reviewerInput.value.trim();
+    reviewerInput.value = name;
+    if (!name) return;
+    reviewerInput.blur();
+    notice("");
+    toast(`reviewing as ${name}`);
+  });
+  reviewerInput.addEventListener("focus", () => reviewerBox.classList.add("editing"));
+  reviewerInput.addEventListener("blur", () => reviewerBox.classList.remove("editing"));
+  filters.task.addEventListener("change", () => { fillClasses(); refresh(false); });
   for (const s of [filters.status, filters.cls, filters.reviewer, sortSelect]) {
-    s.addEventListener("change", () => { state.cursor = 0; render(); s.blur(); });
+    s.addEventListener("change", () => { refresh(false); s.blur(); });
   }
-  $("#bulk").addEventListener("click", bulkAccept);
+  $("#refresh").addEventListener("click", (e) => { refresh(true); e.currentTarget.blur(); });
+  $("#bulk").addEventListener("click", (e) => { e.currentTarget.blur(); bulkAccept(); });
 
-  window.fashiontag = { state, visible }; // for tests and the curious
+  window.fashiontag = { state, visible, shown, current }; // for tests and the curious
   load();
 })();
