@@ -99,7 +99,7 @@ def main() -> None:
     finally:
         store.close()
     counts = simulate_reviewer(url, truth)
-    exported = export_reviewed(url, out / "reviewed.csv")
+    exported = export_reviewed(url, out / "reviewed.csv", force=True)  # a rerun replaces its own
 
     # The arrivals leave the split: they come back only as reviewed rows, on the training side.
     loop_split = {**split, "test": untouched, "meta": {**split.get("meta", {}), "review_loop": "test = untouched"}}

@@ -143,11 +143,13 @@ def test_export_round_trip_in_the_catalogs_schema(store, tmp_path):
     counts = export_reviewed(store.url, tmp_path / "reviewed.csv")
     rows = list(csv.DictReader((tmp_path / "reviewed.csv").open()))
     assert counts == {"written": 6, "pending": 4, "failed": 1}
-    assert list(rows[0]) == ["id", "articleType", "subCategory", "gender"]  # stems are ids: no path column
+    # the path even where the file name is the id: training finds each photo by it (issue 21)
+    assert list(rows[0]) == ["id", "articleType", "subCategory", "gender", "path"]
     by_id = {r["id"]: r for r in rows}
     for p in store.photos():
         if p["item_id"] in by_id:
-            assert by_id[p["item_id"]] == {"id": p["item_id"], **{t: p["tags"][t]["label"] for t in MODEL["tasks"]}}
+            assert by_id[p["item_id"]] == {"id": p["item_id"], **{t: p["tags"][t]["label"] for t in MODEL["tasks"]},
+                                           "path": p["path"]}
     assert by_id["1"]["articleType"] == "Jeans" and by_id["1"]["gender"] == "Women"
     store.add_photos([_item(99, True) | {"path": "/elsewhere/front.jpg"}])
     export_reviewed(store.url, tmp_path / "all.csv", include_pending=True)
@@ -166,6 +168,10 @@ def test_bad_urls_and_schemas_are_named(db_url, tmp_path):
     s.close()
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         ReviewStore(db_url)
+    with pytest.raises(StoreError, match="empty.db: no such database file"):
+        export_reviewed(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "x.csv")
+    assert not (tmp_path / "empty.db").exists()  # export reads; it never creates a database
+    ReviewStore(f"sqlite:///{tmp_path / 'empty.db'}").close()
     with pytest.raises(StoreError, match="no review queue here"):
         export_reviewed(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "x.csv")
 

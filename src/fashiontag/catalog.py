@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashiontag.images import IMAGE_SUFFIXES
+from fashiontag.spreadsheet import restored
 
 # ---- The Kaggle preset: the only place that names the Kaggle catalog's columns.
 KAGGLE_FILE = "styles.csv"
@@ -99,8 +100,11 @@ def with_reviewed(catalog: Catalog, reviewed: str | Path, id_column: str = "") -
 
     A reviewed row whose id the catalog has replaces that row's values for the columns the file holds (a person
     checked them last); a new id is appended, with its photo from the file's `path` column, else found as
-    images/<id>.<ext> beside the file."""
+    images/<id>.<ext> beside the file. Cells are read back as export wrote them before making them safe for
+    spreadsheets (spreadsheet.py)."""
     extra = read_catalog(reviewed, id_column=id_column or "id")
+    extra.ids = [restored(pid) for pid in extra.ids]
+    extra.columns = {c: [restored(v) for v in values] for c, values in extra.columns.items()}
     paths = extra.columns.get("path", [""] * len(extra))
     row_of = {pid: i for i, pid in enumerate(catalog.ids)}
     columns = {c: list(v) for c, v in catalog.columns.items()}

@@ -398,13 +398,16 @@ def review_start(
     port: int = typer.Option(8000, metavar="PORT", min=1, max=65535),
     engine: str = typer.Option("onnx", metavar="NAME", help="onnx, torch or onnx-int8"),
     serve: bool = typer.Option(True, help="serve the review page once the queue is filled"),
+    root: Optional[List[str]] = typer.Option(None, metavar="DIR", help="another folder the photos may come from "
+                                             "(repeatable): the page is served photos from inside the folders "
+                                             "given as PATH (a predict output's own folder) and these only"),
 ):
     """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
     from fashiontag.review import start_review
     from fashiontag.review.store import StoreError
     try:
         start_review(paths, db, model, min_confidence, host, port, engine, serve,
-                     announce=lambda line: typer.echo(line, err=True))
+                     announce=lambda line: typer.echo(line, err=True), roots=root or ())
     except (FileNotFoundError, ValueError, StoreError) as e:
         _fail(str(e))
 
@@ -415,11 +418,12 @@ def review_export(
     out: str = typer.Option(..., metavar="FILE", help="CSV to write: the catalog's id column and one per task"),
     all_: bool = typer.Option(False, "--all", help="also photos with tags still needing review (their model "
                                                    "guesses)"),
+    force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
 ):
-    """Write the reviewed tags in the catalog's schema (id column, then the model's tasks; path where needed)."""
+    """Write the reviewed tags in the catalog's schema (id column, the model's tasks, the photo's path)."""
     from fashiontag.review.export import export_reviewed
     try:
-        counts = export_reviewed(db, out, all_)
+        counts = export_reviewed(db, out, all_, force)
     except (OSError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote {counts['written']:,} photos to {out}; {counts['pending']:,} still need review"

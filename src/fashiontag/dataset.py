@@ -78,9 +78,11 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
     catalog = spec.read()
     reviewed: set[str] = set()
+    origin: dict[str, str] = {}  # reviewed id -> the file it was last read from
     for path in extra:
         catalog, ids = with_reviewed(catalog, path, spec.id_column)
         reviewed |= ids
+        origin.update(dict.fromkeys(ids, path))
     if taxonomy is None:
         taxonomy = resolve_taxonomy(catalog, tuple(tasks), spec.separator, tuple(hierarchy))
     else:
@@ -91,6 +93,7 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     if hw is None:
         hw, hw_note = default_image_size(catalog)
     cache = build_cache(catalog, cache_dir or None, hw=hw, progress=progress, framing=framing)
+    _check_reviewed_photos(origin, catalog, cache)
     usable = np.flatnonzero(cache.ok)
     if split_path and Path(split_path).exists():
         split = load_split(split_path)
@@ -119,6 +122,25 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     targets = {t: (np.array(encode(catalog.columns[t], vocabs[t]), dtype=np.int64) if kinds[t] == SINGLE
                    else encode_multi(catalog.columns[t], vocabs[t], spec.separator)) for t in vocabs}
     return TrainingData(catalog, cache, split, vocabs, targets, rows, taxonomy, spec, tuple(hw), hw_note)
+
+
+def _check_reviewed_photos(origin: dict[str, str], catalog: Catalog, cache: ImageCache) -> None:
+    """A reviewed row without a usable photo is an error, not a skipped photo: a person checked its tags, and a
+    run that quietly trains without them loses that work."""
+    row_of = {pid: i for i, pid in enumerate(catalog.ids)}
+    bad: dict[str, list[str]] = {}
+    for pid, path in origin.items():
+        if not cache.ok[row_of[pid]]:
+            bad.setdefault(path, []).append(pid)
+    problems = []
+    for path, pids in bad.items():
+        named = "; ".join(f"id {pid}: {catalog.photos[row_of[pid]]}, {cache.errors.get(pid, 'unreadable')}"
+                          for pid in pids[:3])
+        problems.append(f"--extra {path}: {len(pids):,} of {list(origin.values()).count(path):,} reviewed rows "
+                        f"have no usable photo ({named}{'; ...' if len(pids) > 3 else ''})")
+    if problems:
+        raise ValueError("; ".join(problems) + ". Give each row its photo's path in a path column "
+                         "(`fashiontag review export` writes it)")
 
 
 def _with_reviewed_rows(split: dict, reviewed: set[str], catalog: Catalog, cache: ImageCache) -> dict:

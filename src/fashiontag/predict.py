@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
 from fashiontag.model_meta import load_meta, model_folder
+from fashiontag.spreadsheet import inert_row
 from fashiontag.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -225,7 +226,7 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
                                 delimiter="\t" if fmt == "tsv" else ",")
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow(inert_row(row))
             n += 1
     else:
         for row in rows:

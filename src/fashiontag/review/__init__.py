@@ -15,14 +15,16 @@ from fashiontag.review.store import ReviewStore
 
 def start_review(paths: list[str], db: str | None = None, model: str | Path | None = None,
                  min_confidence: float | None = None, host: str = "127.0.0.1", port: int = 8000,
-                 engine: str = "onnx", serve: bool = True, announce=print) -> dict:
+                 engine: str = "onnx", serve: bool = True, announce=print, roots: tuple[str, ...] = ()) -> dict:
     """`fashiontag review`: add the photos under `paths` (or a predict output) to the queue in `db` (default: SQLite
-    beside them), then serve the review page until Ctrl-C (unless not serve). Returns fill_queue's counts."""
+    beside them), then serve the review page until Ctrl-C (unless not serve). roots: see fill_queue. Returns
+    fill_queue's counts."""
     store = ReviewStore(db or default_db(paths))
     try:
-        counts = fill_queue(store, paths, model, min_confidence, engine)
+        counts = fill_queue(store, paths, model, min_confidence, engine, roots)
         announce(f"queue {store.shown_url}: {counts['added']:,} photos added, {counts['queued']:,} "
-                 f"in all; {counts['errors']:,} could not be read, {counts['missing']:,} paths missing")
+                 f"in all; {counts['errors']:,} could not be read, {counts['missing']:,} paths missing, "
+                 f"{counts['skipped']:,} skipped (named above)")
         if serve:
             from fashiontag.serve.app import serve as run_server
             announce(f"review page: http://{host}:{port}/")

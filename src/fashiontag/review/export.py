@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path, PurePath
+from pathlib import Path
 
+from fashiontag.predict import check_out
 from fashiontag.review.store import ReviewStore, StoreError
+from fashiontag.spreadsheet import inert_row
 
 
-def export_reviewed(db: str, out: str | Path, include_pending: bool = False) -> dict:
+def export_reviewed(db: str, out: str | Path, include_pending: bool = False, force: bool = False) -> dict:
     """Write one row per photo: the catalog's id column, then each of the model's tasks with its label as the
-    queue holds it now, plus `path` when some photo's file name is not its id. A photo with a tag still needing
-    review is left out unless include_pending (its model guesses are then written). The file appears whole or not
-    at all. Returns counts: written, pending (left out or written unreviewed), failed (photos never tagged)."""
-    store = ReviewStore(db)
+    queue holds it now, then `path`, the photo's absolute path (`train --extra` finds each photo by it, wherever
+    the file is written). A photo with a tag still needing review is left out unless include_pending (its model
+    guesses are then written). Text cells are made safe to open in a spreadsheet (spreadsheet.py).
+
+    The file appears whole or not at all; an existing one is replaced only with force, and a database that holds
+    no review queue is an error, never created. Returns counts: written, pending (left out or written
+    unreviewed), failed (photos never tagged)."""
+    check_out(str(out))
+    out = Path(out)
+    if out.exists() and not force:
+        raise ValueError(f"--out {out} exists: pass --force to replace it")
+    store = ReviewStore(db, create=False)
     try:
         model = store.model()
         if model is None:
@@ -24,17 +34,19 @@ def export_reviewed(db: str, out: str | Path, include_pending: bool = False) -> 
         store.close()
     tasks, id_column = model["tasks"], model.get("id_column", "id")
     tagged = [p for p in items if not p["error"]]
-    pending = [p for p in tagged if any(t["status"] == "needs_review" for t in p["tags"].values())]
-    rows = tagged if include_pending else [p for p in tagged if p not in pending]
-    with_path = any(PurePath(p["path"]).stem != p["item_id"] for p in rows)
-    columns = [id_column] + tasks + (["path"] if with_path else [])
-    out = Path(out)
+    pending = {p["id"] for p in tagged if any(t["status"] == "needs_review" for t in p["tags"].values())}
+    rows = tagged if include_pending else [p for p in tagged if p["id"] not in pending]
     tmp = out.with_name(f".{out.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for p in rows:
-            writer.writerow({id_column: p["item_id"], **{t: p["tags"][t]["label"] for t in tasks},
-                             **({"path": p["path"]} if with_path else {})})
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=[id_column, *tasks, "path"])
+            writer.writeheader()
+            for p in rows:
+                writer.writerow(inert_row({id_column: p["item_id"], **{t: p["tags"][t]["label"] for t in tasks},
+                                           "path": p["path"]}))
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"written": len(rows), "pending": len(pending), "failed": len(items) - len(tagged)}

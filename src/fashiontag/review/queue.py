@@ -1,16 +1,22 @@
 """Filling a review queue: photos tagged now (files and folders) or a `predict` output (CSV, TSV, JSON lines)
-loaded as it is, each photo's tags stored with their runners-up and thresholds."""
+loaded as it is, each photo's tags stored with their runners-up and thresholds.
+
+The queue records the folders its photos come from (the folders given, or the predict output's folder, plus any
+`roots`), and the review page is served photo files from inside those only: a symlink in a photo folder or a path
+in a loaded file that leads elsewhere (`/etc/shadow`) is skipped here, and refused again when served."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fashiontag.model_meta import hierarchy_of, load_meta, model_folder, model_version
+from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
 from fashiontag.predict import FORMATS, Problems, iter_image_paths, tag_paths
 from fashiontag.review.store import ReviewStore
+from fashiontag.spreadsheet import restored
 from fashiontag.tagger import Tagger, check_options
 
 # Runners-up kept per tag: keys 1-9 on the page take one.
@@ -37,65 +43,142 @@ def is_tag_list(path: str) -> bool:
     return Path(path).suffix.lower() in FORMATS and Path(path).is_file()
 
 
-def read_tag_list(path: Path) -> Iterator[dict]:
-    """The rows of a `predict` output file, by its extension."""
+def photo_roots(paths: list[str]) -> list[str]:
+    """The folders a queue filled from `paths` serves photos from: each folder given and the folder of each file
+    given (a tag list's too), resolved."""
+    return [str(p.resolve() if p.is_dir() else p.absolute().parent.resolve()) for p in map(Path, paths)
+            if p.exists()]
+
+
+def within(real: Path, roots: list[str]) -> bool:
+    """Whether a resolved path lies inside one of the roots."""
+    return any(real.is_relative_to(root) for root in roots)
+
+
+class RowRefused(ValueError):
+    """A row of a tag list that cannot be queued; the others can."""
+
+
+def read_tag_list(path: Path) -> Iterator[tuple[int, dict]]:
+    """The rows of a `predict` output file, by its extension, each with its line number. CSV and TSV cells are
+    taken back as predict wrote them before making them safe for spreadsheets."""
     with open(path, newline="", encoding="utf-8") as f:
         if FORMATS[path.suffix.lower()] == "jsonl":
             for n, line in enumerate(f, start=1):
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        yield n, json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}, line {n}: not JSON ({e.msg})") from None
         else:
-            yield from csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            for row in reader:
+                yield reader.line_num, {k: restored(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
-def queue_item(row: dict, tasks: list[str], thresholds: dict[str, float], base: Path) -> dict:
+def _confidence(row: dict, column: str) -> float:
+    try:
+        value = float(row[column])
+    except (KeyError, TypeError, ValueError):
+        raise RowRefused(f"{column} {row.get(column)!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise RowRefused(f"{column} {value} is not a confidence between 0 and 1")
+    return value
+
+
+def queue_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, float], base: Path,
+               separators: dict[str, str] | None = None) -> dict:
     """A predict row (path, id, <task>, <task>_confidence, <task>_topN[_confidence], error) as the store takes it.
-    A relative path is taken from the working folder, else from the tag list's folder."""
+    A relative path is taken from the working folder, else from the tag list's folder. A row without a path, or
+    whose labels (runners-up too) are not the model's classes, is refused (RowRefused): review would show them as
+    choices and export would write them into the training catalog. separators: multi-label task -> the separator
+    joining its labels (none held is a label too)."""
+    if not isinstance(row, dict):
+        raise RowRefused("not a JSON object")
+    if not isinstance(row.get("path"), str) or not row["path"]:
+        raise RowRefused("no path")
     path = Path(row["path"])
     if not path.is_absolute() and not path.exists():
         path = base / path
     error = row.get("error") or ""
     tags = {}
     if not error:
-        for t in tasks:
-            if not row.get(t):
-                raise ValueError(f"{row['path']}: no {t} column: tag it with this model (its tasks: "
-                                 f"{', '.join(tasks)})")
-            runners = [(row[f"{t}_top{r}"], float(row[f"{t}_top{r}_confidence"]))
+        for t, classes in vocabs.items():
+            separator = (separators or {}).get(t)
+            label = row.get(t)
+            if label is None or (label == "" and not separator):
+                raise RowRefused(f"no {t} label")
+            runners = [(row[f"{t}_top{r}"], _confidence(row, f"{t}_top{r}_confidence"))
                        for r in range(2, TOP_K + 1) if row.get(f"{t}_top{r}")]
-            tags[t] = {"label": row[t], "confidence": float(row[f"{t}_confidence"]), "runners_up": runners,
+            held = (label.split(separator) if label else []) if separator and isinstance(label, str) else [label]
+            unknown = [c for c in [*held, *(c for c, _ in runners)] if c not in classes]
+            if unknown:
+                raise RowRefused(f"{t} {unknown[0]!r} is not one of the model's classes")
+            tags[t] = {"label": row[t], "confidence": _confidence(row, f"{t}_confidence"), "runners_up": runners,
                        "threshold": thresholds[t]}
-    return {"path": str(path.resolve()), "item_id": str(row.get("id") or path.stem), "error": error, "tags": tags}
+    return {"path": str(path.resolve()), "item_id": str(row.get("id") or path.stem), "error": str(error),
+            "tags": tags}
 
 
 def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | None = None,
-               min_confidence: float | None = None, engine: str = "onnx") -> dict:
+               min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = ()) -> dict:
     """Add to the queue the photos under `paths` that it does not hold yet (tagging them now), or the rows of
-    one predict output file. min_confidence replaces the model's thresholds. Returns counts: added, queued (photos
-    in the queue now), errors (photos added that could not be read), missing (paths)."""
+    one predict output file. min_confidence replaces the model's thresholds. roots: more folders that photos may
+    come from (a predict output's photos elsewhere than its own folder, symlinked photos' folders). A photo outside
+    the queue's folders, or a row of a predict output that cannot be queued, is skipped with a warning naming it.
+    Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
+    missing (paths), skipped (photos and rows)."""
     check_options(1, min_confidence)
     paths = [str(p) for p in paths]
+    extra_roots = [Path(r) for r in roots]
+    for r in extra_roots:
+        if not r.is_dir():
+            raise ValueError(f"--root {r}: no such folder")
     folder = model_folder(model)
     meta = load_meta(folder)
     store.set_model(model_record(meta, folder))
-    tasks = list(meta["vocabs"])
+    vocabs = meta["vocabs"]
+    separators = {t: meta.get("catalog", {}).get("separator") or "|" for t, kind in task_kinds(meta).items()
+                  if kind == MULTI}
     thresholds = {t: float(meta.get("thresholds", {}).get(t, 0.0)) if min_confidence is None else min_confidence
-                  for t in tasks}
+                  for t in vocabs}
     problems = Problems()
     known = store.known_paths()
+    allowed = store.add_roots(photo_roots(paths) + [str(r.resolve()) for r in extra_roots])
+    skipped = 0
+
+    def outside(shown: str, real: Path) -> bool:
+        nonlocal skipped
+        if within(real, allowed):
+            return False
+        skipped += 1
+        problems.warn(f"{shown}: the photo lies outside the folders this review serves ({', '.join(allowed)}); "
+                      "skipped (--root FOLDER adds one)")
+        return True
+
+    items = []
     if len(paths) == 1 and is_tag_list(paths[0]):
         tag_list = Path(paths[0])
-        rows: Iterable[dict] = read_tag_list(tag_list)
-        base = tag_list.parent
+        for line, row in read_tag_list(tag_list):
+            # A file of another model's tags is refused whole: every row of it would be.
+            if isinstance(row, dict) and not row.get("error") and (missing := [t for t in vocabs if t not in row]):
+                raise ValueError(f"{tag_list}, line {line}: no {', '.join(missing)} column: tag it with this "
+                                 f"model (its tasks: {', '.join(vocabs)})")
+            try:
+                item = queue_item(row, vocabs, thresholds, tag_list.parent, separators)
+            except RowRefused as e:
+                skipped += 1
+                problems.warn(f"{tag_list}, line {line}: {e}; skipped")
+                continue
+            if not outside(f"{tag_list}, line {line}", Path(item["path"])):
+                items.append(item)
     else:
-        todo = [p for p in iter_image_paths(paths, problems) if str(p.resolve()) not in known]
+        # A missing path is reported as missing, not as outside.
+        todo = [p for p in iter_image_paths(paths, problems)
+                if str(p.resolve()) not in known and (not p.exists() or not outside(str(p), p.resolve()))]
         tagger = Tagger.load(folder, engine=engine)
         rows = tag_paths(tagger, todo, top_k=TOP_K, min_confidence=min_confidence, problems=problems) if todo else []
-        base = Path.cwd()
-    items = [queue_item(r, tasks, thresholds, base) for r in rows]
+        items = [queue_item(r, vocabs, thresholds, Path.cwd(), separators) for r in rows]
     added = store.add_photos(items)
     return {"added": added, "queued": len(known) + added, "errors": sum(bool(i["error"]) for i in items),
-            "missing": len(problems.missing)}
+            "missing": len(problems.missing), "skipped": skipped}

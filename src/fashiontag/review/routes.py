@@ -5,14 +5,29 @@ that the tagging API shares."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import stat
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from PIL import Image
 from pydantic import BaseModel, Field
 
-from fashiontag.review.store import Conflict, InvalidChange, NotFound, ReviewStore, UnseenCombination
+from fashiontag.review.queue import within
+from fashiontag.review.store import (UNAVAILABLE, Conflict, InvalidChange, NotFound, ReviewStore,
+                                     UnseenCombination, unavailable_message)
 from fashiontag.serve.errors import error_body
+
+# No product photo comes near this; a larger file is not read into memory to be served.
+MAX_PHOTO_BYTES = 64 * 1024 * 1024
+# Served as exactly the type Pillow found, never sniffed by the browser, and inert if opened on its own.
+PHOTO_HEADERS = {"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff",
+                 "Content-Security-Policy": "default-src 'none'; sandbox"}
+log = logging.getLogger("uvicorn.error")
 
 
 class Decision(BaseModel):
@@ -45,6 +60,64 @@ def _refusal(e: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, str(e)), 422)
 
 
+class PhotoRefused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def photo_file(path: str, roots: list[str] | None) -> tuple[bytes, str]:
+    """The bytes and media type of a queued photo, read only if it is a regular file inside the queue's folders
+    (symlinks followed, then checked) that decodes as an image; else PhotoRefused. The queue's paths come from
+    folders and files on disk, which anyone who can write there controls, so none is trusted as it stands."""
+    if roots is None:
+        raise PhotoRefused(404, "this queue was filled by an older fashiontag, which did not record the folders its "
+                                "photos come from: run `fashiontag review PATH --db URL` again on it to serve them")
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        raise PhotoRefused(404, "the photo is no longer where it was tagged") from None
+    if not within(real, roots):
+        raise PhotoRefused(403, "the photo lies outside the folders this review serves")
+    try:
+        # O_NOFOLLOW: a symlink put in the resolved file's place since is not followed; O_NONBLOCK: a FIFO
+        # does not hold the thread (it is refused below as not a regular file).
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise PhotoRefused(404, "the photo cannot be opened") from None
+    with open(fd, "rb") as f:
+        data = f.read(MAX_PHOTO_BYTES + 1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+    if data is None or len(data) > MAX_PHOTO_BYTES:
+        raise PhotoRefused(404, "the photo is not a regular file of a photo's size")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            media = Image.MIME.get(img.format or "")
+            img.verify()
+    except Exception:  # Pillow raises many types for what is not an image; all mean the same here
+        media = None
+    if media is None or not media.startswith("image/"):
+        raise PhotoRefused(404, "the file is not a readable image")
+    return data, media
+
+
+class StoreRoute(APIRoute):
+    """A review route whose database cannot be reached (server stopped, disk full) answers 503 saying so, rather
+    than the service's generic 500."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            try:
+                return await handler(request)
+            except UNAVAILABLE as e:
+                message = unavailable_message(e)
+                log.warning("%s %s: %s", request.method, request.url.path, message)
+                return JSONResponse(error_body("database_unavailable", message), 503, headers={"Retry-After": "5"})
+
+        return guarded
+
+
 def _answer(store: ReviewStore, write, *args):
     """A writing route's answer: what the store did plus the progress now, or why it refused."""
     try:
@@ -54,7 +127,7 @@ def _answer(store: ReviewStore, write, *args):
 
 
 def review_router(store: ReviewStore) -> APIRouter:
-    router = APIRouter(prefix="/review/api", tags=["review"])
+    router = APIRouter(prefix="/review/api", tags=["review"], route_class=StoreRoute)
 
     @router.get("/queue", summary="The model, every photo with its tags, the progress and the reviewers")
     def queue():
@@ -68,15 +141,19 @@ def review_router(store: ReviewStore) -> APIRouter:
         except NotFound as e:
             return _refusal(e)
 
-    @router.get("/photos/{photo_id}/image", summary="The photo's file")
+    @router.get("/photos/{photo_id}/image", summary="The photo's file",
+                responses={403: {"description": "the file lies outside the folders the queue was filled from"},
+                           404: {"description": "no such photo, or its file is gone or not an image"}})
     def image(photo_id: int):
         try:
-            path = Path(store.photo(photo_id)["path"])  # a path from the queue, never from the request
+            # a path from the queue, never from the request
+            data, media = photo_file(store.photo(photo_id)["path"], store.roots())
         except NotFound as e:
             return _refusal(e)
-        if not path.is_file():
-            return JSONResponse(error_body("not_found", f"{path.name} is no longer where it was tagged"), 404)
-        return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+        except PhotoRefused as e:
+            return JSONResponse(error_body("forbidden" if e.status == 403 else "not_found",
+                                           f"photo {photo_id}: {e}"), e.status)
+        return Response(data, media_type=media, headers=PHOTO_HEADERS)
 
     @router.post("/photos/{photo_id}/review", summary="Accept or correct tags of one photo (one undoable action)",
                  responses={409: {"description": "a tag was written by someone else since the version given"},

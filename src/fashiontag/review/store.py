@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine, event,
-                        select, update)
+                        inspect, select, update)
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 SCHEMA_VERSION = 1
 REVIEWED = ("accepted", "corrected")
@@ -61,8 +63,17 @@ changes = Table("changes", metadata,
                 Column("after_version", Integer, nullable=False))
 
 
+# A database that cannot be reached or written now (server stopped, disk full, file gone, pool exhausted), as
+# opposed to a request it refuses: worth retrying, and what the service's readiness reflects.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+
 class StoreError(ValueError):
     """A database that cannot be used: a bad URL, no server, or a schema this version does not know."""
+
+
+class StoreUnavailable(StoreError):
+    """The database does not answer now (see UNAVAILABLE)."""
 
 
 class NotFound(LookupError):
@@ -107,6 +118,16 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
+def reason(e: Exception) -> str:
+    """The first line of the driver's own message: what went wrong, without SQLAlchemy's statement dump."""
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def unavailable_message(e: Exception) -> str:
+    return f"review database unavailable: {reason(e)}"
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL: readers (the page's refreshes) do not block the writer; FULL sync: a committed action survives power loss.
     dbapi_connection.isolation_level = None  # the driver's own BEGIN would come before ours
@@ -124,26 +145,48 @@ def _now() -> str:
 class ReviewStore:
     """One review database. Thread-safe: every method takes its own connection from the engine's pool."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
+        """create: make the database (SQLite) and its tables where missing; without it, a database that holds no
+        review queue is a StoreError, and nothing is written."""
         self.url = url
         self._model: dict | None = None
         self.engine = engine_for(url)
         self.shown_url = self.engine.url.render_as_string(hide_password=True)
+        database = self.engine.url.database
+        if not create and self.engine.dialect.name == "sqlite" and database and database != ":memory:" and \
+                not Path(database).is_file():
+            self.engine.dispose()
+            raise StoreError(f"--db {self.shown_url}: no such database file")
         try:
             with self.engine.begin() as conn:
-                metadata.create_all(conn)
+                if create:
+                    metadata.create_all(conn)
+                elif not inspect(conn).has_table(schema_info.name):
+                    raise StoreError(f"--db {self.shown_url}: no review queue here (not a fashiontag review "
+                                     "database)")
                 found = conn.execute(select(schema_info.c.version)).scalar()
-                if found is None:
+                if found is None and create:
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
-        except OperationalError as e:
-            raise StoreError(f"--db {self.shown_url}: cannot open the database "
-                             f"({str(e.orig).strip().splitlines()[0]})") from None
+        except DatabaseError as e:  # no server, no such file or folder, or a file that is not a database
+            self.engine.dispose()
+            raise StoreError(f"--db {self.shown_url}: cannot open the database ({reason(e)})") from None
+        except StoreError:
+            self.engine.dispose()
+            raise
         if found not in (None, SCHEMA_VERSION):
             raise StoreError(f"{self.shown_url}: review schema version {found}, but this fashiontag "
                              f"knows version {SCHEMA_VERSION}: use the fashiontag that wrote it")
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the database answers now (the service's readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(schema_info.c.version)).scalar()
+        except UNAVAILABLE as e:
+            raise StoreUnavailable(unavailable_message(e)) from None
 
     # ------------------------------------------------------------------------------------------- the model
 
@@ -167,6 +210,26 @@ class ReviewStore:
             value = conn.execute(select(settings.c.value).where(settings.c.key == "model")).scalar()
             self._model = json.loads(value) if value else None
         return self._model
+
+    # ------------------------------------------------------------------------------ the photos' folders
+
+    def add_roots(self, roots: list[str]) -> list[str]:
+        """Record folders (resolved paths) that the queue's photos come from: the review routes serve photo files
+        from inside these and nowhere else. Returns every folder recorded."""
+        with self.engine.begin() as conn:
+            value = conn.execute(select(settings.c.value).where(settings.c.key == "roots")).scalar()
+            known = sorted(set(json.loads(value) if value else []) | set(roots))
+            if value is None:
+                conn.execute(settings.insert().values(key="roots", value=json.dumps(known)))
+            else:
+                conn.execute(update(settings).where(settings.c.key == "roots").values(value=json.dumps(known)))
+        return known
+
+    def roots(self) -> list[str] | None:
+        """The folders add_roots recorded; None for a queue filled before fashiontag recorded them."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(settings.c.value).where(settings.c.key == "roots")).scalar()
+        return json.loads(value) if value else None
 
     # ------------------------------------------------------------------------------------------ photos in
 
@@ -219,12 +282,15 @@ class ReviewStore:
         return found[0]
 
     def progress(self) -> dict:
-        """Photos reviewed (every tag accepted or corrected), still needing review, and in all (tagged ones)."""
+        """Photos reviewed, still needing review, and in all (tagged ones). A photo is reviewed once a person
+        decided on any of its tags and none still needs review: a reviewer sets the unsure tags and leaves the
+        sure ones (`auto`) as the model said, which is also how export takes them."""
         state: dict[int, set] = {}
         with self.engine.connect() as conn:
             for pid, status in conn.execute(select(tags.c.photo_id, tags.c.status)):
                 state.setdefault(pid, set()).add(status)
-        return {"total": len(state), "reviewed": sum(s <= set(REVIEWED) for s in state.values()),
+        return {"total": len(state),
+                "reviewed": sum("needs_review" not in s and not s.isdisjoint(REVIEWED) for s in state.values()),
                 "needs_review": sum("needs_review" in s for s in state.values())}
 
     def reviewers(self) -> list[str]:

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -240,10 +241,17 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the model is loaded, warmed up and taking requests")
+    @app.get("/readyz", summary="Readiness: the model is loaded, warmed up and taking requests (in review mode: "
+                                "and the review database answers)")
     async def readyz():
         if not batcher.ready:
             return error_response(503, "not_ready", "the model is still loading", headers={"Retry-After": "1"})
+        if review is not None:
+            from fashiontag.review.store import StoreUnavailable
+            try:
+                await run_in_threadpool(review.check)
+            except StoreUnavailable as e:
+                return error_response(503, "not_ready", str(e), headers={"Retry-After": "5"})
         return {"status": "ready", "model": info["version"], "pending": batcher.pending}
 
     def _asset(name: str) -> Response:
