@@ -42,7 +42,7 @@ from fashiontag.config import TrainConfig
 from fashiontag.engines import TorchEngine
 from fashiontag.export import export_onnx
 from fashiontag.images import PhotoInput
-from fashiontag.models import create_model
+from fashiontag.models import create_model, family_args
 from fashiontag.predict import _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
 from fashiontag.tagger import Tagger
 from fashiontag.train import train
@@ -85,9 +85,10 @@ def make_model_dir(args, tmp: Path) -> Path:
         shutil.copytree(Path(args.model), dest, ignore=shutil.ignore_patterns("*.onnx"))
         return dest
     cfg = TrainConfig()
-    model = create_model(cfg.model, CLASSES, **cfg.model_args).eval()
+    args = family_args(cfg.model, cfg.model_args)
+    model = create_model(cfg.model, CLASSES, **args).eval()
     vocabs = {t: [f"{t}-{i}" for i in range(n)] for t, n in CLASSES.items()}
-    meta = {"arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(INPUT_HW), "vocabs": vocabs,
+    meta = {"arch": cfg.model, "arch_args": args, "input_hw": list(INPUT_HW), "vocabs": vocabs,
             "hierarchy": [], "temperatures": {t: 1.0 for t in vocabs}, "config": {"data": ""}}
     save_model(dest, model, meta)
     return dest

@@ -17,3 +17,21 @@ def test_explore_reports_classes_problems_and_duplicates(catalog, tmp_path):
     md = (tmp_path / "explore.md").read_text()
     assert "## articleType" in md and (tmp_path / "class_distributions.png").stat().st_size > 1000
     assert json.loads((tmp_path / "explore.json").read_text())["rows"] == 409
+
+
+def test_a_forgotten_image_column_is_an_error_naming_the_path_tried_and_the_photo_column(tmp_path):
+    from typer.testing import CliRunner
+
+    from fashiontag.cli import app
+    from shop import make_shop_catalog
+    shop = make_shop_catalog(tmp_path / "shop", n=12)
+    result = CliRunner().invoke(app, ["explore", "--data", str(shop.file), "--id-column", "sku",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 1, result.output
+    tried = shop.file.parent / "images" / f"{shop.skus[0]}.jpg"
+    assert (f"error: 12 of 12 photos cannot be used (e.g. {shop.skus[0]}: file not found: {tried}); column photo "
+            "holds photo files: pass --image-column photo") in result.output
+    assert "pass --image-column photo" in (tmp_path / "report" / "explore.md").read_text()  # the report says it too
+    fixed = CliRunner().invoke(app, ["explore", "--data", str(shop.file), "--id-column", "sku", "--image-column",
+                                     "photo", "--out", str(tmp_path / "report")])
+    assert fixed.exit_code == 0, fixed.output

@@ -1,5 +1,6 @@
 """The command line (issue 10): --set beside flags, help text, --version, the run folder's lock, resume."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -105,3 +106,35 @@ def test_run_resume_without_resume_state_says_it_starts_from_scratch(catalog, tm
     assert result.exit_code == 0, result.output
     assert f"nothing to resume: {tmp_path / 'run' / 'last'} does not exist; training from scratch" in result.output
     assert calls == [False]
+
+
+@pytest.mark.parametrize("family", __import__("fashiontag.models", fromlist=["model_names"]).model_names())
+def test_every_model_family_the_help_offers_trains_with_its_own_defaults(family, catalog, tmp_path):
+    """Each family gets its own default arguments (rescnn's width once went to every family, a TypeError); one
+    epoch of 16 photos at 32x32, the smallest input every family takes."""
+    assert family in invoke("train", "--help").output
+    out = tmp_path / "run"
+    result = invoke("train", "--data", catalog.root, "--model", family, "--out", out, "--epochs", 1, "--max-train",
+                    16, "--batch-size", 16, "--image-size", "32x32", "--no-progress", "--set", "threads=1",
+                    "--set", "min_count=2", "--set", "ema=0")
+    assert result.exit_code == 0, result.output
+    from fashiontag.model_meta import load_meta
+    from fashiontag.models import family_args
+    meta = load_meta(out / "best")
+    assert meta["arch"] == family and meta["arch_args"] == family_args(family, {})  # recorded in full
+    assert meta["input_hw"] == [32, 32]
+    assert re.search(r"expected epoch time: \d+(\.\d)? s \(", result.output), result.output  # not "0.0 min"
+
+
+def test_an_argument_the_family_does_not_take_is_named_with_those_it_takes(catalog, tmp_path):
+    result = invoke("train", "--data", catalog.root, "--model", "seed-cnn", "--set",
+                    'model_args={"width": 16}', "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "model 'seed-cnn' takes no 'width'; its arguments are batch_norm, dense, dropout, filters" in result.output
+
+
+def test_a_model_folder_is_rebuilt_from_its_own_arguments_not_the_familys_defaults():
+    """model.json records the arguments a model was trained with; one that leaves stem_stride out (a run from before
+    the families had default arguments) was built with the constructor's stride 1, and must load as it was."""
+    from fashiontag.models import create_model
+    assert create_model("rescnn", {"gender": 2}, width=8).trunk[1][0].stride == (1, 1)

@@ -147,7 +147,8 @@ def test_missing_paths_and_nothing_to_tag_exit_non_zero(trained, catalog, tmp_pa
     proc = _cli("predict", photo, str(tmp_path / "nope.jpg"), "--model", str(trained))
     assert proc.returncode == 1 and "nope.jpg: no such file or folder" in proc.stderr
     rows = list(csv.DictReader(proc.stdout.splitlines()))
-    assert [r["error"] for r in rows] == ["", "file not found"]  # the good photo's row is written all the same
+    # the good photo's row is written all the same
+    assert [r["error"] for r in rows] == ["", f"file not found: {tmp_path / 'nope.jpg'}"]
     (tmp_path / "empty").mkdir()
     proc = _cli("predict", str(tmp_path / "empty"), "--model", str(trained))
     assert proc.returncode == 1 and "nothing to tag" in proc.stderr

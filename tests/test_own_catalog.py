@@ -149,10 +149,12 @@ def _colour_pattern(shop, path):
     (["--image-column", "photo", "--tasks", "department,colour", "--hierarchy", "colour>department"],
      r"colour>department: \d+\.\d% of the rows break it"),
     (["--image-column", "photo", "--image-size", "big"], "write it as HEIGHTxWIDTH"),
+    (["--image-column", "photo", "--tasks", "department,name"], r"task column 'name' looks like free text, not a "
+     r"task: nearly every value is unique \(240 distinct in 240 rows\).*leave it out of --tasks"),
 ])
 def test_a_bad_description_gets_one_clear_error(shop, tmp_path, flags, message):
-    one_brand = tmp_path / "shop.csv"
-    one_brand.write_text("".join(line.rstrip("\n") + (",brand\n" if i == 0 else ",Acme\n")
+    one_brand = tmp_path / "shop.csv"  # with a brand column of one value, and a name unique to each product
+    one_brand.write_text("".join(line.rstrip("\n") + (",brand,name\n" if i == 0 else f",Acme,Item number {i}\n")
                                  for i, line in enumerate(io.StringIO(shop.file.read_text()))))
     (tmp_path / "photos").symlink_to(shop.file.parent / "photos")
     result = CliRunner().invoke(app, ["train", "--data", str(one_brand), "--id-column", "sku", *flags,
@@ -160,6 +162,58 @@ def test_a_bad_description_gets_one_clear_error(shop, tmp_path, flags, message):
     assert result.exit_code == 2
     assert __import__("re").search(message, result.output), result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_forgotten_image_column_is_named_not_blamed_on_the_labels(shop, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(shop.file), "--id-column", "sku", "--no-progress",
+                                      "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 2
+    tried = shop.file.parent / "images" / f"{shop.skus[0]}.jpg"
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: shop.csv: 240 of 240 photos cannot be used (e.g. {shop.skus[0]}: file not found: {tried}); column "
+        "photo holds photo files: pass --image-column photo")
+
+
+def test_a_folder_a_forgotten_id_column_and_a_predict_without_the_models_columns_get_the_fix(tmp_path):
+    small = make_shop_catalog(tmp_path / "small", n=6, seed=3)
+    result = CliRunner().invoke(app, ["explore", "--data", str(small.file.parent), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{small.file.parent} is a folder without styles.csv; did you mean {small.file}?" in result.output
+    assert "kaggle" not in result.output.lower()  # the download blurb is for those without a catalog
+
+    result = CliRunner().invoke(app, ["explore", "--data", str(small.file), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    # six rows: their titles and prices happen to be distinct too
+    assert (f"{small.file}: id column 'id' does not exist: name the id column with --id-column (a distinct value on "
+            "every row: sku, title, price); its columns are sku, title, photo,") in result.output
+
+    # The README's example with the shipped model, whose catalog columns are the Kaggle layout's.
+    command = ["predict", "--data", str(small.file), "--title-column", "title", "--out", str(tmp_path / "tags.csv")]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and "name the id column with --id-column" in result.output
+    result = CliRunner().invoke(app, command + ["--id-column", "sku", "--image-column", "photo"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "tags.csv").open()))
+    assert [r["id"] for r in rows] == small.skus and not any(r["error"] for r in rows)
+    assert rows[0]["title"] == read_catalog(small.file, "sku", "photo", "title").titles[0]
+
+
+def test_rare_classes_pooled_into_other_are_counted(tmp_path, capsys):
+    """How many classes and products Other takes is said, not left to the vocabulary to show."""
+    import numpy as np
+    from PIL import Image
+
+    from fashiontag.dataset import load_dataset
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    kinds = ["coat", "scarf"] * 25 + [f"rare-{i}" for i in range(12)]
+    for i in range(len(kinds)):  # noise: no two photos alike, so no duplicate group holds them together
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"p{i}.png")
+    (tmp_path / "c.csv").write_text("id,kind\n" + "".join(f"p{i},{k}\n" for i, k in enumerate(kinds)))
+    data = load_dataset(str(tmp_path / "c.csv"), ("kind",), min_count=3, progress=False)
+    assert data.vocabs["kind"] == ["coat", "scarf", "Other"] or data.vocabs["kind"] == ["scarf", "coat", "Other"]
+    assert ("note: task kind: 12 classes with fewer than 3 training photos (min_count), 12 products of the catalog, "
+            "pooled into Other") in capsys.readouterr().err
 
 
 def test_parse_image_size():

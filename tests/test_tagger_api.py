@@ -81,7 +81,7 @@ def test_a_list_tags_in_order_and_a_bad_photo_does_not_stop_the_rest(tagger, shi
     array, data = shirt_png
     results = tagger([data, tmp_path / "missing.jpg", catalog.root / "images" / "9002.jpg", array], top_k=3)
     assert [r.ok for r in results] == [True, False, False, True]
-    assert results[1].error == "file not found" and results[2].error == "empty file"
+    assert results[1].error == f"file not found: {tmp_path / 'missing.jpg'}" and results[2].error == "empty file"
     assert results[0].labels() == results[3].labels()
     tag = results[0]["articleType"]
     assert len(tag.runners_up) == 2 and tag.runners_up[0][0] != tag.label
@@ -97,6 +97,23 @@ def test_one_unreadable_photo_raises(tagger, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match="unreadable"):
         tagger(tmp_path / "broken.jpg")
+    with pytest.raises(ImageError) as missing:
+        tagger(tmp_path / "shirt.jpg")
+    assert str(missing.value) == f"file not found: {tmp_path / 'shirt.jpg'}"  # which file, in a loop over many
+
+
+def test_a_result_names_the_tasks_says_whether_it_needs_review_and_shows_which(tagger, shirt_png):
+    _, data = shirt_png
+    with pytest.raises(KeyError, match="no task 'Gender'; the model's tasks are gender, masterCategory, "):
+        tagger(data)["Gender"]
+    plain, strict = tagger(data, min_confidence=0.0), tagger(data, min_confidence=1.0)
+    assert not plain.needs_review and strict.needs_review
+    assert "needs review" not in repr(plain)
+    assert repr(strict).count("(needs review)") == len(tagger.tasks)
+    lenient = tagger(data, min_confidence=plain["gender"].confidence)  # exactly at the threshold: accepted
+    assert not lenient["gender"].needs_review
+    assert "gender='" + plain["gender"].label + f"' {plain['gender'].confidence:.2f}," in repr(lenient)
+    assert PhotoResult(source="x.jpg", error="empty file").needs_review  # not tagged: a person must look
 
 
 @pytest.mark.parametrize("bad, words", [

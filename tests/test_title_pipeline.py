@@ -41,6 +41,56 @@ def test_the_title_branch_is_recorded_and_the_trunk_kept(trained, titled):
     assert all(np.array_equal(before[k], after[k]) for k in before)  # frozen means frozen
 
 
+def test_a_run_started_from_a_photo_and_title_model_stays_one(titled, catalog, tmp_path, capsys):
+    """--set init=MODEL with model_args left as they are: the start model's title branch, every tensor of it."""
+    from safetensors.torch import load_file
+
+    from fashiontag.train import train
+    cfg = tiny_config(catalog.root, tmp_path / "tuned", epochs=1, init=str(titled))
+    assert "title" not in cfg.model_args
+    tuned = train(cfg)
+    start = load_meta(titled)["arch_args"]
+    assert load_meta(tuned)["arch_args"] == start
+    n = len(load_file(str(titled / "model.safetensors")))
+    assert set(load_file(str(tuned / "model.safetensors"))) == set(load_file(str(titled / "model.safetensors")))
+    assert f"started from {titled}: {n} of {n} tensors of the start model\n" in capsys.readouterr().out
+    assert Tagger.load(tuned).tokenizer is not None
+
+
+def test_a_title_experts_epoch_is_timed_on_its_titles_and_told_in_seconds():
+    import torch
+
+    from fashiontag.models import create_model
+    from fashiontag.text import Tokenizer
+    from fashiontag.train import duration, expected_epoch_seconds
+    model = create_model("rescnn", {"gender": 2}, (32, 32), width=8, depths=[1], title=TITLE)
+
+    def no_photos(x):
+        raise AssertionError("a title expert's step looks at no photo")
+
+    model.trunk.forward = no_photos
+    tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(["Brand Men Red Tshirts"] * 8))
+    assert 0 < expected_epoch_seconds(model, None, tokens, 10, torch.device("cpu"), bf16=False) < 1
+    assert [duration(s) for s in (0.26, 12.4, 150, 7200)] == ["0.3 s", "12 s", "2.5 min", "2.0 h"]
+
+
+def test_titles_given_to_a_photo_only_model_warn_once(trained, catalog):
+    import warnings
+    tagger = Tagger.load(trained, bf16=False)
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:2]
+    titles = titles_of(catalog, paths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)  # Python's once-per-place filter out of the way: the Tagger's
+        tagger(paths, title=[None, ""])  # no title given: nothing to say
+        assert not caught
+        tagger(paths[0], title=titles[0])
+        tagger(paths, title=titles)
+    assert [str(w.message) for w in caught] == [
+        f"{trained} is a photo-only model: it tags from the photo alone and ignores titles (a photo + title model "
+        "reads them: README, Photo and title)"]
+    assert caught[0].filename == __file__  # it points at the caller's line
+
+
 def test_titles_lift_accuracy_and_photo_only_still_works(titled, catalog):
     tagger = Tagger.load(titled, bf16=False)
     paths = sorted((catalog.root / "images").glob("1*.jpg"))[:120]

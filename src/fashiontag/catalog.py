@@ -130,14 +130,25 @@ def with_reviewed(catalog: Catalog, reviewed: str | Path, id_column: str = "") -
     return merged, set(extra.ids)
 
 
+CATALOG_SUFFIXES = (".csv", ".tsv", *JSON_LINES)
+
+
+def did_you_mean(folder: Path) -> str:
+    """For a folder without styles.csv given as a catalog: "did you mean shop/catalog.csv?", naming the catalog files
+    (CSV, TSV, JSON Lines) in it; "" when it holds none."""
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in CATALOG_SUFFIXES and p.is_file())
+    return f"did you mean {' or '.join(map(str, found[:3]))}?" if found else ""
+
+
 def catalog_file(data: str | Path) -> Path:
     """The file to read: `data` itself, or the styles.csv of a Kaggle-layout folder."""
     path = Path(data)
     if path.is_dir():
         path = path / KAGGLE_FILE
         if not path.is_file():
-            raise CatalogError(f"{data} holds no {KAGGLE_FILE}: pass a catalog file (CSV, TSV or JSON Lines) or a "
-                               f"folder holding {KAGGLE_FILE} and images/<id>.jpg")
+            raise CatalogError(f"{data} is a folder without {KAGGLE_FILE}; " + (
+                did_you_mean(Path(data)) or "pass a catalog file (CSV, TSV or JSON Lines) or a folder holding "
+                f"{KAGGLE_FILE} and images/<id>.jpg"))
     elif not path.is_file():
         raise CatalogError(f"{data}: no such catalog file or folder")
     return path
@@ -168,15 +179,20 @@ def read_catalog(data: str | Path, id_column: str = "", image_column: str = "", 
     if source.name == KAGGLE_FILE and not kaggle and not id_column:
         missing = [c for c in KAGGLE_COLUMNS if c not in header]
         raise CatalogError(f"{source}: header lacks column(s) {', '.join(missing)}")
-    id_column = id_column or "id"
+    id_given, id_column = id_column, id_column or "id"
     title_column = title_column or (KAGGLE_TITLE if KAGGLE_TITLE in header else "")
+
+    def rows_of(merge_last: bool):
+        return json_rows if source.suffix.lower() in JSON_LINES else text_rows(merge_last)
+
     for what, name in (("id", id_column), ("image", image_column), ("title", title_column)):
         if name and name not in header:
-            raise CatalogError(f"{source}: {what} column {name!r} does not exist; its columns are "
+            hint = "" if what != "id" or id_given else _id_column_hint(header, rows_of(False))
+            raise CatalogError(f"{source}: {what} column {name!r} does not exist{hint}; its columns are "
                                f"{', '.join(header)}")
 
     # Unquoted commas inside a title in the last column (22 rows of the Kaggle file) belong to the title.
-    rows = json_rows if source.suffix.lower() in JSON_LINES else text_rows(title_column == header[-1])
+    rows = rows_of(title_column == header[-1])
     ids: list[str] = []
     columns: dict[str, list[str]] = {c: [] for c in header if c != id_column}
     seen: set[str] = set()
@@ -203,6 +219,19 @@ def read_catalog(data: str | Path, id_column: str = "", image_column: str = "", 
     refs = columns[image_column] if image_column else ids
     photos = [find(ref, by_name=not image_column) for ref in refs]
     return Catalog(source, ids, columns, photos, title_column, kaggle, problems)
+
+
+def _id_column_hint(header: list[str], rows) -> str:
+    """For a catalog read without --id-column that has no "id": the fix, naming the columns that could be the id
+    (a value on every row, no value twice, and not photo files)."""
+    values: dict[str, list[str]] = {c: [] for c in header}
+    for _, row in rows:
+        for c in header:
+            values[c].append(row.get(c, ""))
+    unique = [c for c, v in values.items() if v and all(v) and len(set(v)) == len(v)
+              and not all(x.lower().endswith(tuple(IMAGE_SUFFIXES)) for x in v)]
+    return ": name the id column with --id-column" + (
+        f" (a distinct value on every row: {', '.join(unique[:3])})" if unique else "")
 
 
 def _photo_finder(root: Path):

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from fashiontag import __version__
-from fashiontag.catalog import CatalogError
+from fashiontag.catalog import CatalogError, did_you_mean
 from fashiontag.config import TrainConfig
 from fashiontag.runlock import RunFolderBusy
 
@@ -35,7 +35,9 @@ def _data(data: Optional[str], fallback: str = "") -> str:
     if not data:
         raise typer.BadParameter(KAGGLE_HINT, param_hint="--data")
     if not Path(data).is_file() and not (Path(data) / "styles.csv").is_file():
-        raise typer.BadParameter(f"{data} is neither a catalog file nor a folder holding styles.csv. {KAGGLE_HINT}",
+        hint = did_you_mean(Path(data)) if Path(data).is_dir() else ""  # a shop's folder, not the Kaggle one
+        raise typer.BadParameter(f"{data} is a folder without styles.csv; {hint}" if hint else
+                                 f"{data} is neither a catalog file nor a folder holding styles.csv. {KAGGLE_HINT}",
                                  param_hint="--data")
     return data
 
@@ -221,6 +223,10 @@ def predict(
     data: Optional[str] = typer.Option(None, metavar="CATALOG",
                                        help="instead of PATH...: tag every row of a catalog (its photo and title, "
                                             "read with the model's columns), keyed by the catalog's id"),
+    id_column: str = typer.Option("", metavar="NAME", help="with --data: the id column (default: the model's, "
+                                  "else id)"),
+    image_column: str = typer.Option("", metavar="NAME", help="with --data: the photo column (default: the model's, "
+                                     "else images/<id>.<ext>)"),
     title_column: str = typer.Option("", metavar="NAME", help="with --data: the title column (default: the model's, "
                                      "else productDisplayName)"),
     out: Optional[str] = typer.Option(None, metavar="FILE",
@@ -262,7 +268,8 @@ def predict(
     try:
         counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
                              progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
-                             title_column=title_column, colours=colours)
+                             catalog_columns={"id_column": id_column, "image_column": image_column,
+                                              "title_column": title_column}, colours=colours)
     except (CatalogError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     tagged = counts["rows"] - counts["errors"]
@@ -322,6 +329,9 @@ def explore(
                f"columns: {kinds}\ntasks by default: {', '.join(s['tasks'])}\n"
                f"hierarchies: {', '.join(h['child'] + ' > ' + h['parent'] for h in s['hierarchies']) or 'none'}\n"
                f"report: {Path(out) / 'explore.md'}")
+    if s["photo_trouble"]:  # training would refuse this catalog: say so now
+        typer.secho(f"error: {s['photo_trouble']}", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -39,7 +39,7 @@ class TrainConfig:
     extra: tuple[str, ...] = ()        # reviewed-tags files (`fashiontag review export`) to train on as well
     out: str = "runs/default"          # run folder: best/ (the model), last/ (resume state), split.json
     model: str = "rescnn"              # a name from fashiontag.models
-    model_args: dict = field(default_factory=lambda: {"width": 32, "stem_stride": 2})
+    model_args: dict = field(default_factory=dict)  # over the family's default_args (models.family_args)
     pretrained: bool = False           # start from the family's ImageNet weights (efficientnet-lite0)
     tasks: tuple[str, ...] = ()        # task columns; default: Kaggle's seven, else every label-like column
     protocol: str = "all"              # "all" tasks and classes, or "notebook": the original notebook's filtering

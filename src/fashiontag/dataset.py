@@ -13,8 +13,8 @@ from fashiontag.cache import ImageCache, build_cache
 from fashiontag.catalog import NOTEBOOK_MASTER, NOTEBOOK_MIN_SHARE, NOTEBOOK_TASKS, Catalog, CatalogSpec, with_reviewed
 from fashiontag.config import protocol_name
 from fashiontag.split import SIDES, duplicate_groups, load_split, make_split
-from fashiontag.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, resolve_taxonomy
-from fashiontag.vocab import build_vocab, encode, encode_multi, split_values
+from fashiontag.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, photo_trouble, resolve_taxonomy
+from fashiontag.vocab import OTHER, build_vocab, encode, encode_multi, split_values
 
 
 @dataclass
@@ -93,6 +93,10 @@ def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), pr
     if hw is None:
         hw, hw_note = default_image_size(catalog)
     cache = build_cache(catalog, cache_dir or None, hw=hw, progress=progress, framing=framing)
+    # Trained on the few photos left, a wrongly described catalog would fail later, blaming its labels.
+    trouble = photo_trouble(catalog, cache.errors, spec.image_column, spec.separator)
+    if trouble:
+        raise ValueError(f"{catalog.source.name}: {trouble}")
     _check_reviewed_photos(origin, catalog, cache)
     usable = np.flatnonzero(cache.ok)
     if split_path and Path(split_path).exists():
@@ -170,9 +174,24 @@ def _vocabs(catalog: Catalog, kinds: dict[str, str], train_rows: np.ndarray, min
             print(f"warning: task {t} left out: too few of its classes have {min_count} training photos "
                   "(min_count); its column is empty or too sparse", file=sys.stderr)
             del vocabs[t]
+        elif kind == SINGLE:
+            _say_pooled(t, vocabs[t], catalog.columns[t], min_count)
     if not vocabs:
         raise ValueError(f"{catalog.source}: no task has two classes with {min_count} training photos (min_count)")
     return vocabs
+
+
+def _say_pooled(task: str, vocab: list[str], cells: list[str], min_count: int) -> None:
+    """Say how many classes and products of the catalog a single-label task's rare classes (under min_count training
+    photos) are: pooled into Other, or left out of the task where together they are too few to learn Other from."""
+    pooled = [v for v in cells if v and v not in vocab]
+    if not pooled:
+        return
+    rare, products = len(set(pooled)), len(pooled)
+    fate = (f"pooled into {OTHER}" if OTHER in vocab else
+            f"left out of this task (together under {min_count} training photos, too few for an {OTHER} class)")
+    print(f"note: task {task}: {rare:,} classes with fewer than {min_count} training photos (min_count), "
+          f"{products:,} products of the catalog, {fate}", file=sys.stderr)
 
 
 def _strata_task(taxonomy: Taxonomy, catalog: Catalog) -> str:

@@ -14,7 +14,7 @@ from fashiontag.cache import build_cache
 from fashiontag.catalog import CatalogSpec
 from fashiontag.split import duplicate_groups
 from fashiontag.taxonomy import (MULTI, SINGLE, column_kinds, default_image_size, find_hierarchies, photo_sizes,
-                                 resolve_taxonomy)
+                                 photo_trouble, resolve_taxonomy)
 from fashiontag.vocab import split_values
 
 
@@ -47,7 +47,9 @@ def explore(data: str | Path | CatalogSpec, out: str | Path = "reports/explore",
                "class_counts": counts, "hierarchies": hierarchies,
                "photo_sizes": _size_summary(sizes), "input_size": {"hw": list(hw), "why": hw_note},
                "malformed_rows": catalog.problems, "repeated_ids": len(repeated),
-               "unusable_photos": cache.errors, "duplicate_groups": len(dup_groups),
+               "unusable_photos": cache.errors,
+               "photo_trouble": photo_trouble(catalog, cache.errors, spec.image_column, spec.separator),
+               "duplicate_groups": len(dup_groups),
                "photos_in_duplicate_groups": sum(map(len, dup_groups)), "duplicate_group_ids": dup_groups}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,16 +74,18 @@ def render(summary: dict, cache_report: str) -> str:
                  f"{sizes['median_hw'][1]}, from {sizes['min_hw'][0]}x{sizes['min_hw'][1]} to "
                  f"{sizes['max_hw'][0]}x{sizes['max_hw'][1]}" if sizes["sampled"] else "- no readable photo to size")
     hw = summary["input_size"]["hw"]
-    lines = [f"# Catalog `{summary['data']}`", "",
-             f"- {summary['rows']:,} rows; {len(summary['malformed_rows'])} problems in the file (listed below), "
-             f"{summary['repeated_ids']} of them repeated ids",
-             f"- {cache_report}", size_line,
-             f"- model input by default: {hw[0]}x{hw[1]} ({summary['input_size']['why']})",
-             f"- {summary['duplicate_groups']:,} groups of re-listed photos (equal perceptual hash) holding "
-             f"{summary['photos_in_duplicate_groups']:,} photos; largest: "
-             f"{[len(g) for g in summary['duplicate_group_ids'][:5]]}",
-             f"- tasks by default: {', '.join(summary['tasks'])}",
-             "", "| column | kind | distinct values |", "|---|---|---|"]
+    lines = [f"# Catalog `{summary['data']}`", ""]
+    if summary["photo_trouble"]:
+        lines += [f"**Most photos cannot be used**: {summary['photo_trouble']}.", ""]
+    lines += [f"- {summary['rows']:,} rows; {len(summary['malformed_rows'])} problems in the file (listed below), "
+              f"{summary['repeated_ids']} of them repeated ids",
+              f"- {cache_report}", size_line,
+              f"- model input by default: {hw[0]}x{hw[1]} ({summary['input_size']['why']})",
+              f"- {summary['duplicate_groups']:,} groups of re-listed photos (equal perceptual hash) holding "
+              f"{summary['photos_in_duplicate_groups']:,} photos; largest: "
+              f"{[len(g) for g in summary['duplicate_group_ids'][:5]]}",
+              f"- tasks by default: {', '.join(summary['tasks'])}",
+              "", "| column | kind | distinct values |", "|---|---|---|"]
     for c, kind in summary["columns"].items():
         lines.append(f"| {c} | {kind} | {len(summary['class_counts'][c]) if c in summary['class_counts'] else ''} |")
     lines += ["", "Hierarchies found (each value of the child determines the parent in this share of rows):", ""]

@@ -88,7 +88,7 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageError(f"file not found: {data}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(TOO_LARGE.format("the photo")) from None
     except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"

@@ -173,11 +173,12 @@ def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, revie
             **(result.to_row(top_k, review) if result is not None else {}), "error": error}
 
 
-def catalog_photos(data: str, meta: dict, title_column: str = "", problems: Problems | None = None) -> list[Photo]:
-    """Every row of a catalog read with the model's columns (title_column replaces its title column): its photo,
-    id and title. The catalog's malformed rows are reported as problems."""
+def catalog_photos(data: str, meta: dict, columns: dict[str, str] | None = None, problems: Problems | None = None
+                   ) -> list[Photo]:
+    """Every row of a catalog read with the model's columns (those named in `columns`, e.g. {"title_column":
+    "name"}, replace its own): its photo, id and title. The catalog's malformed rows are reported as problems."""
     from fashiontag.catalog import CatalogSpec
-    record = {**meta.get("catalog", {}), **({"title_column": title_column} if title_column else {})}
+    record = {**meta.get("catalog", {}), **{k: v for k, v in (columns or {}).items() if v}}
     catalog = CatalogSpec.from_record(data, record).read()
     for p in catalog.problems:
         (problems or Problems()).warn(p)
@@ -237,11 +238,13 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
             top_k: int = 1, min_confidence: float | None = None, batch_size: int = 512, progress: bool = False,
-            engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None, title_column: str = "",
-            colours: bool = False) -> dict:
+            engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None,
+            catalog_columns: dict[str, str] | None = None, colours: bool = False) -> dict:
     """The `fashiontag predict` command: tag files and folders, or with `data` every row of a catalog (its photo
-    and title; rows keyed by the catalog's id, with a title column), into CSV, TSV or JSON lines (stdout without
-    `out`). colours: a `colours` column with the product's dominant colours (hex, share, nearest colour class).
+    and title, read with the model's columns but for those catalog_columns names: id_column, image_column,
+    title_column; rows keyed by the catalog's id, with a title column), into CSV, TSV or JSON lines (stdout without
+    `out`).
+    colours: a `colours` column with the product's dominant colours (hex, share, nearest colour class).
 
     min_confidence: the review threshold of every task; None takes the model's own thresholds.
     Returns counts: rows, errors (photos that could not be read), missing (paths), unreadable_folders."""
@@ -260,7 +263,7 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     if colours:
         columns.insert(-1, "colours")
     if data:
-        photos: Iterable[Photo] = catalog_photos(data, meta, title_column, problems)
+        photos: Iterable[Photo] = catalog_photos(data, meta, catalog_columns, problems)
         total, columns = len(photos), columns[:2] + ["title"] + columns[2:]
     else:
         photos = (Photo(p) for p in iter_image_paths(paths, problems))

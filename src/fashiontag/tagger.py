@@ -14,6 +14,7 @@ evaluation) renders the PhotoResult objects made here, so these rules exist once
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -89,9 +90,16 @@ class PhotoResult:
     def ok(self) -> bool:
         return not self.error
 
+    @property
+    def needs_review(self) -> bool:
+        """Whether a person should look at this photo: a tag of it needs review, or it could not be tagged."""
+        return bool(self.error) or any(tag.needs_review for tag in self.tags.values())
+
     def __getitem__(self, task: str) -> Tag:
         if self.error:
             raise KeyError(f"{self.source or 'this photo'} has no tags: {self.error}")
+        if task not in self.tags:
+            raise KeyError(f"no task {task!r}; the model's tasks are {', '.join(self.tags)}")
         return self.tags[task]
 
     def labels(self) -> dict[str, str]:
@@ -132,7 +140,8 @@ class PhotoResult:
     def __repr__(self) -> str:
         if self.error:
             return f"PhotoResult(source={self.source!r}, error={self.error!r})"
-        tags = ", ".join(f"{t}={tag.label!r} {tag.confidence:.2f}" for t, tag in self.tags.items())
+        tags = ", ".join(f"{t}={tag.label!r} {tag.confidence:.2f}{' (needs review)' if tag.needs_review else ''}"
+                         for t, tag in self.tags.items())
         return f"PhotoResult({tags})"
 
 
@@ -168,6 +177,7 @@ class Tagger:
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
         self.tokenizer = tokenizer_of(meta)  # None: a photo-only model, which ignores titles
+        self._said_titles_ignored = False
         # Dominant colours are named after the first colour task's classes (model.json colour_centroids).
         centroids = next(iter(meta.get("colour_centroids", {}).values()), {})
         self.colour_centroids = {c: np.asarray(lab, np.float32) for c, lab in centroids.items()}
@@ -202,6 +212,7 @@ class Tagger:
         either way. min_confidence: the review threshold of every task (default: the model's own thresholds).
         colours: also the product's dominant colours (PhotoResult.colours; about 1 ms a photo)."""
         check_options(top_k, min_confidence)
+        self._say_if_titles_ignored(title)
         if _is_batch(images):
             results: list[PhotoResult] = []
             items = list(images)
@@ -216,6 +227,16 @@ class Tagger:
         result = self.tag_pixels(self.prepare(images)[None], top_k, min_confidence, titles, colours)[0]
         result.source = _source_name(images)
         return result
+
+    def _say_if_titles_ignored(self, title) -> None:
+        """Titles given to a photo-only model change nothing, which reads like a title that did not help: warn, once
+        per Tagger rather than once a call."""
+        given = [title] if isinstance(title, str) else list(title) if isinstance(title, Iterable) else []
+        if self.tokenizer is None and any(given) and not self._said_titles_ignored:
+            self._said_titles_ignored = True
+            warnings.warn(f"{self.model_dir or 'this model'} is a photo-only model: it tags from the photo alone and "
+                          "ignores titles (a photo + title model reads them: README, Photo and title)", UserWarning,
+                          stacklevel=3)
 
     def prepare(self, image) -> np.ndarray:
         """The letterboxed (H, W, 3) uint8 model input for one photo; ImageError if it cannot be read."""

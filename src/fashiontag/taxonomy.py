@@ -23,6 +23,7 @@ KINDS = (SINGLE, MULTI, "text", "number", "id", "photo", "empty")
 MAX_CLASSES = 500              # a column with more distinct values is text or ids, not a task
 TEXT_WORDS = 4                 # cells this long on average are titles or descriptions, however few distinct
 MULTI_SHARE = 0.02             # a column is multi-label when this share of its filled cells hold the separator
+FREE_TEXT_SHARE = 0.9          # a column this share of whose filled cells are distinct is free text, not a task
 HIERARCHY_SHARE = 0.99         # a value of the finer task names its parent in at least this share of the rows
 MAX_SIDE = 160                 # default photo size cap: CPU training time grows with the pixel count
 SIZE_SAMPLE = 200              # photos whose sizes set the default input size
@@ -87,9 +88,15 @@ def resolve_taxonomy(catalog: Catalog, tasks: tuple[str, ...] = (), separator: s
                          "with --tasks")
     task_kinds = {t: (kinds or {}).get(t) or (MULTI if found.get(t) == MULTI else SINGLE) for t in tasks}
     for t in tasks if named else ():  # a preset or found task that is empty is left out later, with a warning
-        n = len({v for v in catalog.columns[t] if v})
+        filled = [v for v in catalog.columns[t] if v]
+        n = len(set(filled))
         if task_kinds[t] == SINGLE and n < 2:
             raise ValueError(f"task column {t!r} has {n} class{'es' if n != 1 else ''}: nothing to learn")
+        # Else the split, which keeps the classes in proportion, fails on classes of one product each.
+        if task_kinds[t] == SINGLE and n > FREE_TEXT_SHARE * len(filled):
+            raise ValueError(f"task column {t!r} looks like free text, not a task: nearly every value is unique "
+                             f"({n:,} distinct in {len(filled):,} rows), where a task's classes are shared by many "
+                             f"products; leave it out of --tasks (a product title goes to --title-column)")
     chain = _declared(hierarchy, task_kinds, catalog)
     if not chain and catalog.kaggle:
         chain = [t for t in KAGGLE_HIERARCHY if t in tasks]
@@ -158,6 +165,24 @@ def longest_chain(pairs: list[tuple[str, str, float]]) -> list[str]:
 
     chains = [longest_from(c) for c in sorted(parents)]
     return max(chains, key=len, default=[])
+
+
+def photo_trouble(catalog: Catalog, errors: dict[str, str], image_column: str, separator: str = "|") -> str:
+    """"" when most of the catalog's photos can be used; else how many cannot, an example, and the likely fix: a
+    photo column not passed as --image-column above all, which otherwise reads as a catalog of missing photos."""
+    if len(errors) <= len(catalog) / 2:
+        return ""
+    pid, why = next(iter(errors.items()))
+    text = f"{len(errors):,} of {len(catalog):,} photos cannot be used (e.g. {pid}: {why})"
+    photo_columns = [c for c, v in catalog.columns.items()
+                     if c != image_column and column_kind(v, separator) == "photo"]
+    if photo_columns:
+        return text + f"; column {photo_columns[0]} holds photo files: pass --image-column {photo_columns[0]}"
+    if not image_column:
+        return text + (f"; without --image-column a row's photo is images/<id>.<ext> beside {catalog.source.name}: "
+                       "name the column holding the photos' paths with --image-column")
+    return text + (f"; column {image_column}'s paths are read relative to {catalog.root} (or as absolute paths): "
+                   "check that the photos are there")
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
 from fashiontag.model_meta import load_meta, write_meta
-from fashiontag.models import TitleFusion, create_model
+from fashiontag.models import TitleFusion, create_model, family_args
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
 from fashiontag.tagger import Tagger
@@ -151,19 +151,31 @@ def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], 
     return acc
 
 
-def expected_epoch_seconds(model: nn.Module, x: torch.Tensor, steps: int, device: torch.device, bf16: bool) -> float:
-    """One training step timed on a copy of the model (after a warm-up step), times the steps of an epoch."""
+def expected_epoch_seconds(model: nn.Module, x: torch.Tensor | None, tokens: torch.Tensor | None, steps: int,
+                           device: torch.device, bf16: bool, timed: int = 3) -> float:
+    """A training step as the loop takes it (photos, photos and titles, or titles alone for a title expert: x None)
+    timed on a copy of the model, times the steps of an epoch. A warm-up step pays for allocations and kernel choices
+    first; then the median of `timed` steps, since a busy machine's steps vary by half. A title expert's steps never
+    touch a photo, so its title branch alone is timed."""
     with torch.random.fork_rng():  # the run's own random stream stays as it would be without this
         trial = copy.deepcopy(model).train()
-        for _ in range(2):
+        seconds = []
+        for _ in range(1 + timed):
             start = time.perf_counter()
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                out = trial(x)
-            loss = sum(v.float().mean() for v in out.values())
-            if loss.requires_grad:  # a frozen photo part without titles has nothing to learn here
-                loss.backward()
-            seconds = time.perf_counter() - start
-    return seconds * steps
+                out = (trial.title_logits(tokens) if x is None else trial(x) if tokens is None else trial(x, tokens))
+            sum(v.float().mean() for v in out.values()).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds[1:])) * steps
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.4 min or 2.1 h: a time as a person reads it."""
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def ema_update(decay: float):
@@ -203,10 +215,8 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
-    if "title" in cfg.model_args:  # the tokenizer's settings in full: the model folder must reproduce its ids
-        title = cfg.model_args["title"]
-        cfg = cfg.override(model_args={**cfg.model_args, "title": {
-            **title, "tokenizer": Tokenizer(**title.get("tokenizer", {})).config()}})
+    # The family's default arguments filled in: config.json and model.json record what the model is built with.
+    cfg = cfg.override(model_args=family_args(cfg.model, cfg.model_args))
     state = load_state(out / "last") if resume else None
     if resume and state is None:
         raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
@@ -224,6 +234,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     split_file = out / "split.json"
     data = training_data(cfg, cfg.split or split_file, progress=cfg.progress and main)
+    cfg = cfg.override(model_args=title_args(cfg, data.catalog.titles, resume))
     kinds = data.kinds
     unknown = sorted(set(cfg.task_precision) - set(kinds))
     if unknown:
@@ -281,9 +292,12 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     # The last partial batch is dropped: BatchNorm dislikes tiny ones.
     steps_per_epoch = max(1, len(train_rows) // world // cfg.batch_size)
     if main and not resume:
-        x = torch_input(train_pixels[:cfg.batch_size], device, cfg.channels_last)
-        tqdm.write(f"expected epoch time: {expected_epoch_seconds(raw_model, x, steps_per_epoch, device, bf16) / 60:.1f}"
-                   f" min ({steps_per_epoch:,} steps of {cfg.batch_size} photos, timed before compiling)")
+        x = None if title_expert else torch_input(train_pixels[:cfg.batch_size], device, cfg.channels_last)
+        tokens = (torch.from_numpy(tokenizer(list(titles[train_rows[:cfg.batch_size]]))).to(device)
+                  if tokenizer else None)
+        seconds = expected_epoch_seconds(raw_model, x, tokens, steps_per_epoch, device, bf16)
+        tqdm.write(f"expected epoch time: {duration(seconds)} ({steps_per_epoch:,} steps of {cfg.batch_size} "
+                   f"{'titles' if title_expert else 'photos'}, timed before compiling)")
     # Compiling costs about 45 s here and saves about 5 s an epoch of the full catalog (benchmarks/speed.py).
     if cfg.compile or (cfg.compile is None and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
         torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
@@ -492,6 +506,23 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
                         extra=cfg.extra)
 
 
+def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
+    """cfg.model_args with the title branch settled. Started from a photo + title model (init), a run whose
+    model_args name no title branch takes the start model's when the catalog has titles: fine-tuning keeps the
+    model photo + title. The tokenizer's settings are written out in full: the model folder must reproduce its ids."""
+    args = dict(cfg.model_args)
+    start = load_meta(cfg.init)["arch_args"].get("title") if cfg.init and not resume else None
+    if start is not None and "title" not in args:
+        if any(titles):
+            args["title"] = start
+        else:
+            tqdm.write(f"{cfg.init} reads titles too, but this catalog has none (--title-column): its title branch "
+                       "is left out")
+    if "title" in args:
+        args["title"] = {**args["title"], "tokenizer": Tokenizer(**args["title"].get("tokenizer", {})).config()}
+    return args
+
+
 def photo_part(model: nn.Module) -> list[nn.Module]:
     """What freeze_photo keeps still: a photo + title model's photo part."""
     if not isinstance(model, TitleFusion):
@@ -512,7 +543,9 @@ def start_from(model: nn.Module, folder: str) -> None:
         raise ValueError(f"{folder}: only {len(taken)} of this model's {len(own)} tensors match its weights; "
                          "start from a model of the same family and size")
     model.load_state_dict(taken, strict=False)
-    tqdm.write(f"started from {folder}: {len(taken)} of {len(own)} tensors")
+    fresh = len(own) - len(taken)
+    tqdm.write(f"started from {folder}: {len(taken)} of {len(source)} tensors of the start model"
+               + (f"; {fresh} of this model's {len(own)} start afresh" if fresh else ""))
 
 
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:

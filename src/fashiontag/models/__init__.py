@@ -6,6 +6,7 @@ callers (training, prediction, ONNX export, serving) all feed the same thing.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -14,26 +15,47 @@ from torch import nn
 from fashiontag import INPUT_HW
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULT_ARGS: dict[str, dict] = {}
 
 
-def register(name: str):
-    """Class decorator: makes the model family buildable by name."""
+def register(name: str, default_args: dict | None = None):
+    """Class decorator: makes the model family buildable by name. default_args: the arguments a training run gets
+    unless its model_args say otherwise (family_args). They are not the constructor's defaults because a model.json
+    records its arguments as trained and is rebuilt with the constructor's defaults for what it leaves out: changing
+    those would change models already trained."""
     def add(cls):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = cls
+        _DEFAULT_ARGS[name] = dict(default_args or {})
         return cls
     return add
 
 
-def create_model(name: str, heads: dict[str, int], input_hw: tuple[int, int] = INPUT_HW, title: dict | None = None,
-                 **kwargs) -> nn.Module:
-    """Build model `name` with one head per task (task -> number of classes) for photos of input_hw pixels. With
-    `title` (TitleFusion's arguments: tokenizer, dim, hidden, fusion), the family's trunk fused with a title
-    encoder: forward(x, tokens)."""
+def _family(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    model = _REGISTRY[name](heads=heads, input_hw=tuple(input_hw), **kwargs)
+    return _REGISTRY[name]
+
+
+def family_args(name: str, args: dict) -> dict:
+    """A training run's model arguments: `args` (TrainConfig.model_args) over family `name`'s default_args. An
+    argument the family does not take is an error naming those it does, before any photo is read."""
+    taken = sorted(set(inspect.signature(_family(name)).parameters) - {"heads", "input_hw"} | {"title"})
+    unknown = sorted(set(args) - set(taken))
+    if unknown:
+        raise ValueError(f"model_args: model {name!r} takes no {', '.join(map(repr, unknown))}; its arguments are "
+                         f"{', '.join(taken)}")
+    return {**_DEFAULT_ARGS[name], **args}
+
+
+def create_model(name: str, heads: dict[str, int], input_hw: tuple[int, int] = INPUT_HW, title: dict | None = None,
+                 **kwargs) -> nn.Module:
+    """Build model `name` with one head per task (task -> number of classes) for photos of input_hw pixels, from
+    exactly the arguments given (a model.json's arch_args; a training run's come from family_args). With
+    `title` (TitleFusion's arguments: tokenizer, dim, hidden, fusion), the family's trunk fused with a title
+    encoder: forward(x, tokens)."""
+    model = _family(name)(heads=heads, input_hw=tuple(input_hw), **kwargs)
     return model if title is None else TitleFusion(model, heads, **title)
 
 

@@ -26,7 +26,7 @@ class Block(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-@register("rescnn")
+@register("rescnn", default_args={"width": 32, "stem_stride": 2})  # the shipped model's trunk
 class ResCNN(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], width: int = 32, depths: tuple[int, ...] = (1, 1, 2, 1),
                  stem_stride: int = 1, dropout: float = 0.2, input_hw: tuple[int, int] = (80, 60)):
