@@ -36,3 +36,33 @@ def train_interrupted(cfg: TrainConfig, at_batch: int) -> None:
             train_mod.train(cfg)
     finally:
         train_mod.augment = real_augment
+
+
+def write_over_onnx(path) -> None:
+    """Up to 4 KB written over inside an ONNX file's largest weight tensor (issue 20 #2): onnxruntime loads the file
+    without a word, and computes NaN."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    data = path.read_bytes()
+    weights = max((i.raw_data for i in onnx.load(str(path)).graph.initializer), key=len)
+    start, n = data.find(weights), min(4096, len(weights)) // 4
+    path.write_bytes(data[:start] + np.full(n, np.nan, np.float32).tobytes() + data[start + 4 * n:])
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": np.random.default_rng(0).random((2, 3, 80, 60), dtype=np.float32)})
+    assert all(np.isnan(o).all() for o in out)
+
+
+def nan_model(model, dest):
+    """A copy of the model folder whose gender head's weights are NaN: a model damaged where no check can see it
+    (the safetensors file is whole), so every photo's outputs are NaN."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fashiontag.model_meta import WEIGHTS, weight_header
+    shutil.copytree(model, dest)
+    weights = load_file(dest / WEIGHTS)
+    next(v for k, v in weights.items() if k.endswith("heads.gender.weight")).fill_(float("nan"))
+    save_file(weights, dest / WEIGHTS, weight_header(dest / WEIGHTS)["__metadata__"])
+    return dest

@@ -20,7 +20,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'fashiontag[ray]')")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from fashiontag.batch import SHARD_PREFIX, filesystem, shard_paths, tag_on_ray  # noqa: E402
+from fashiontag.batch import (SHARD_PREFIX, _read, filesystem, list_photos, open_output, shard_paths,  # noqa: E402
+                              tag_on_ray)
 from fashiontag.predict import tag_paths  # noqa: E402
 from fashiontag.tagger import Tagger, reviewed  # noqa: E402
 
@@ -63,6 +64,39 @@ def assert_same_rows(rows: list[dict], expected: dict[str, dict], key=lambda pat
 def shard_rows(out: str) -> list[dict]:
     fs, folder = filesystem(out)
     return [row for shard in shard_paths(fs, folder) for row in pq.read_table(shard, filesystem=fs).to_pylist()]
+
+
+def test_a_bad_out_is_refused_before_the_model_or_the_cluster(catalog, tmp_path):
+    """Issue 20 #10: an existing file, a place that cannot be written or an unreachable bucket as --out gave
+    tracebacks after the photos were tagged; open_output checks it first, by writing a file there."""
+    from typer.testing import CliRunner
+
+    from fashiontag.cli import app
+    (tmp_path / "taken").write_text("")
+    for out, words in [(tmp_path / "taken", "is a file"), (tmp_path / "taken" / "sub", "Not a directory"),
+                       ("s3://bucket/tags?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1",
+                        "Could not connect"),
+                       ("s3://bucket/tags?secret_key=hush&bogus=1", "s3://bucket/tags cannot be written")]:
+        with pytest.raises(ValueError, match=words) as e:
+            open_output(str(out))
+        assert "hush" not in str(e.value)  # a URI's options (credentials) stay out of messages
+    result = CliRunner().invoke(app, ["predict", str(catalog.root / "images"), "--on", "ray", "--out",
+                                      str(tmp_path / "taken"), "--model", "no/such/model"])
+    assert result.exit_code == 2 and "--out" in result.output and "is a file" in result.output
+    fs, folder = open_output(str(tmp_path / "new" / "tags"))
+    assert [p.name for p in (tmp_path / "new" / "tags").iterdir()] == []  # made, and the probe removed
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_printable_and_read_by_its_bytes(catalog, tmp_path):
+    """Issue 20 #7: Arrow's strings are UTF-8, and `caf\\xe9.jpg` (Latin-1) stopped the listing."""
+    photos = os.fsencode(tmp_path)
+    shutil.copy(catalog.root / "images" / "1000.jpg", os.path.join(photos, b"caf\xe9.jpg"))
+    shutil.copy(catalog.root / "images" / "1001.jpg", os.path.join(photos, b"plain.jpg"))
+    listing = list_photos([str(tmp_path)]).to_pylist()
+    assert sorted(r["path"] for r in listing) == [f"{tmp_path}/caf\\xe9.jpg", f"{tmp_path}/plain.jpg"]
+    photo_input = Tagger.load(engine=ENGINE).photo_input
+    fs = filesystem(str(tmp_path))[0]
+    assert all(_read(fs, r["key"], photo_input)[1] == "" for r in listing)
 
 
 class TestLocalInstance:

@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 
 from fashiontag.checkpoint import load_model
 from fashiontag.cli import app
-from fashiontag.engines import ONNX_VERSION_KEY, OnnxEngine
+from fashiontag.engines import ONNX_VERSION_KEY, OnnxEngine, digest_path, export_damage, file_sha256
 from fashiontag.export import export_onnx
-from fashiontag.model_meta import model_version
+from fashiontag.model_meta import ModelError, model_version
 from fashiontag.images import PhotoInput
 from fashiontag.predict import _load_batch, iter_image_paths, predict, tag_paths
 from fashiontag.tagger import Tagger
+from helpers import write_over_onnx
 
 
 @pytest.fixture()
@@ -111,6 +112,7 @@ def test_stale_or_unwritable_exports_are_redone(model_copy, monkeypatch, tmp_pat
     graph = onnx.load(str(path))
     onnx.helper.set_model_props(graph, {ONNX_VERSION_KEY: "other weights"})
     onnx.save(graph, str(path))
+    digest_path(path).write_text(file_sha256(path))  # intact, as an export of other weights is: only stale
     monkeypatch.setenv("FASHIONTAG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("fashiontag.engines.os.access", lambda p, mode: False)  # a read-only model folder
     OnnxEngine.from_folder(model_copy)
@@ -119,6 +121,51 @@ def test_stale_or_unwritable_exports_are_redone(model_copy, monkeypatch, tmp_pat
     mtime = fresh.stat().st_mtime_ns
     OnnxEngine.from_folder(model_copy)
     assert fresh.stat().st_mtime_ns == mtime  # found again, not exported again
+
+
+def test_every_export_records_its_sha256_beside_it(model_copy, tmp_path):
+    path = export_onnx(model_copy, tmp_path / "out" / "tagger.onnx")
+    assert digest_path(path).read_text() == f"{file_sha256(path)}  tagger.onnx\n"  # `sha256sum -c` reads it
+    assert export_damage(path) is None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tagger.onnx", "tagger.onnx.sha256"]  # no temp files
+
+
+def test_a_damaged_export_is_made_again_for_the_tagger_and_predict(model_copy, catalog, tmp_path, monkeypatch):
+    monkeypatch.setattr("fashiontag.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
+    path = export_onnx(model_copy)
+    photos = _photos(catalog)
+    want = Tagger.load(model_copy).probabilities(photos)
+    write_over_onnx(path)
+    assert "is damaged" in export_damage(path)
+    got = Tagger.load(model_copy, engine="onnx").probabilities(photos)
+    for t in want:
+        assert np.abs(got[t] - want[t]).max() < 1e-4, t
+    assert export_damage(path) is None  # made again in place: the folder is writable
+
+    write_over_onnx(path)
+    result = CliRunner().invoke(app, ["predict", str(catalog.root / "images"), "--model", str(model_copy), "--engine",
+                                      "onnx", "--out", str(tmp_path / "tags.csv"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in csv.DictReader((tmp_path / "tags.csv").open()) if not r["error"]]
+    assert len(rows) > 300 and all(np.isfinite(float(r["gender_confidence"])) for r in rows)
+    assert len({r["articleType"] for r in rows}) > 1 and export_damage(path) is None
+
+
+def test_a_damaged_export_that_cannot_be_made_again_is_refused_in_one_line(model_copy, catalog, tmp_path,
+                                                                           monkeypatch):
+    path = export_onnx(model_copy)
+    write_over_onnx(path)
+    monkeypatch.setitem(__import__("sys").modules, "fashiontag.export", None)  # as where torch is not installed
+    with pytest.raises(ModelError, match="model.onnx is damaged: its SHA-256 is not the one recorded") as e:
+        Tagger.load(model_copy, engine="onnx")
+    assert "needs torch and onnx" in str(e.value) and "fashiontag export --model" in str(e.value)
+    out = tmp_path / "out" / "tags.csv"
+    out.parent.mkdir()
+    result = CliRunner().invoke(app, ["predict", str(catalog.root / "images" / "1000.jpg"), "--model",
+                                      str(model_copy), "--engine", "onnx", "--out", str(out)])
+    assert result.exit_code == 2 and result.output.startswith("error: no usable ONNX export")
+    assert "is damaged" in result.output and "Traceback" not in result.output
+    assert list(out.parent.iterdir()) == []  # no rows, no .partial file
 
 
 def test_tagging_streams_in_constant_memory(trained, catalog):

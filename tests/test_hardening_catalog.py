@@ -1,6 +1,7 @@
 """Nothing about a catalog breaks quietly (issue 10): the reader loses no row to stray quotes, byte-order marks, huge
 fields or Latin-1, and a damaged image cache is rebuilt, never trained on."""
 
+import codecs
 import json
 
 import numpy as np
@@ -59,6 +60,27 @@ def test_a_latin1_file_is_decoded_and_says_so(tmp_path):
     assert c.problems == ["styles.csv is not UTF-8 from line 3 (byte 0xe9) on; read as cp1252 (Latin-1)"]
 
 
+@pytest.mark.parametrize("encoding, prefix", [("utf-16", b""), ("utf-16-le", b""), ("utf-16-be", b""),
+                                              ("utf-32", b""), ("utf-16-le", b"\xff\xfe")])
+def test_a_utf16_or_utf32_file_is_read_as_such(tmp_path, encoding, prefix):
+    """Issue 20 #16: a UTF-16 catalog was read as cp1252 and refused with column names full of NUL bytes."""
+    c = read_catalog(write(tmp_path, [row(1), row(2, "Café Crème Shirt"), row(3)], encoding, prefix))
+    assert c.ids == ["1", "2", "3"] and c.titles[1] == "Café Crème Shirt" and c.problems == []
+    assert c.columns["gender"] == ["Men"] * 3
+
+
+def test_broken_utf16_is_refused_naming_the_encoding(tmp_path):
+    (tmp_path / "styles.csv").write_bytes(codecs.BOM_UTF16_LE + "\n".join([HEADER, row(1)]).encode("utf-16-le")
+                                          + b"\x00\xdc")  # a low surrogate with no high one before it
+    with pytest.raises(CatalogError, match="looks like UTF-16 but is not valid UTF-16 at line 2"):
+        read_catalog(tmp_path)
+
+
+def test_a_stray_nul_in_a_utf8_file_is_no_reason_to_read_it_as_utf16(tmp_path):
+    c = read_catalog(write(tmp_path, [row(1), row(2, "Odd\x00Shirt"), row(3)]))
+    assert c.ids == ["1", "2", "3"] and c.titles[1] == "Odd\x00Shirt"
+
+
 def test_a_file_in_no_known_encoding_is_refused_with_the_line(tmp_path):
     write(tmp_path, [row(1), row(2, "Caf\x81 Shirt")], encoding="latin-1")  # 0x81: no character in cp1252
     with pytest.raises(CatalogError, match=r"neither UTF-8 \(at line 3 \(byte 0x81\)\) nor cp1252"):
@@ -100,6 +122,20 @@ def test_a_truncated_cache_is_rebuilt(cached, capsys):
     cache, err = reopen(c, folder, capsys)
     assert "cannot be read" in err and "mmap length is greater than file size" in err and "rebuilding" in err
     assert np.array_equal(cache.pixels, pixels)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_cache_whose_npy_header_is_written_over_is_rebuilt(cached, capsys, seed):
+    """Issue 20 #9: bytes 10-20 (inside the header's dict) made numpy raise tokenize.TokenError, which the rebuild
+    path did not catch, so every later run failed until the file was deleted by hand."""
+    c, folder, npy, pixels = cached
+    with open(npy, "r+b") as f:
+        f.seek(10)
+        f.write(np.random.default_rng(seed).integers(0, 256, 11, dtype=np.uint8).tobytes())
+    cache, err = reopen(c, folder, capsys)
+    assert "damaged, cannot be read" in err and "rebuilding" in err
+    assert np.array_equal(cache.pixels, pixels)
+    assert reopen(c, folder, capsys)[1] == ""
 
 
 def test_a_cache_without_checksums_is_rebuilt(cached, capsys):

@@ -16,6 +16,7 @@ from fashiontag.evaluate import evaluate
 from fashiontag.model_meta import ModelError
 from fashiontag.predict import predict
 from fashiontag.tagger import Tagger
+from helpers import nan_model
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -73,6 +74,37 @@ def test_tampered_model_fails_predict_evaluate_and_serve_without_a_traceback(tra
         proc = _cli(*args)
         assert proc.returncode == 2 and "error: " in proc.stderr and "reordered" in proc.stderr, args
         assert "Traceback" not in proc.stderr
+
+
+def test_a_truncated_weights_file_fails_predict_evaluate_and_serve_in_one_line(trained, catalog, tmp_path):
+    """Issue 20 #8: a model.safetensors cut short gave a SafetensorError traceback."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ModelError, match="model.safetensors: damaged: .* bytes where its header describes .* "
+                                         r"\(cut short\)"):
+        Tagger.load(folder)
+    for args in (["predict", str(catalog.root / "images" / "1000.jpg"), "--model", str(folder)],
+                 ["evaluate", "--data", str(catalog.root), "--model", str(folder), "--out", str(tmp_path / "r")],
+                 ["serve", "--model", str(folder), "--port", "1"]):
+        proc = _cli(*args)
+        assert proc.returncode == 2 and f"error: {weights}: damaged" in proc.stderr and "cut short" in proc.stderr
+        assert "Traceback" not in proc.stderr and "SafetensorError" not in proc.stderr, args
+
+
+def test_a_model_giving_nan_tags_no_photo(trained, catalog, tmp_path):
+    """Issue 20 #2: NaN outputs were written as tags with confidence nan, needs_review False, one label for all."""
+    folder = nan_model(trained, tmp_path / "model")
+    out = tmp_path / "tags.csv"
+    counts = predict([str(catalog.root / "images")], str(out), str(folder), min_confidence=0.5)
+    rows = list(csv.DictReader(out.open()))
+    assert counts["rows"] == len(rows) > 300 and counts["errors"] == len(rows)
+    assert all(r["error"] for r in rows) and not any(r["gender"] or r["gender_confidence"] for r in rows)
+    assert sum("NaN or infinite" in r["error"] for r in rows) > 300  # the unreadable photos keep their own error
+    proc = _cli("predict", str(catalog.root / "images" / "1000.jpg"), "--model", str(folder))
+    [row] = csv.DictReader(proc.stdout.splitlines())
+    assert proc.returncode == 1 and row["gender_confidence"] == "" and "NaN or infinite" in row["error"]
 
 
 # ---------------------------------------------------------------------------------------- predict, file system
@@ -140,6 +172,74 @@ def test_output_format_follows_the_extension(trained, catalog, tmp_path):
     assert (tmp_path / "tags.tsv").read_text().startswith("path\tid\tgender\t")
     assert json.loads((tmp_path / "tags.jsonl").read_text())["id"] == "1000"
     assert (tmp_path / "tags.csv").read_text().startswith("path,id,gender,")
+
+
+def test_format_given_names_the_format_of_an_out_without_extension(trained, catalog, tmp_path):
+    """Issue 20 #17: `--format csv --out tags` was told to use --format, which it had."""
+    photo = str(catalog.root / "images" / "1000.jpg")
+    result = CliRunner().invoke(app, ["predict", photo, "--model", str(trained), "--format", "tsv", "--out",
+                                      str(tmp_path / "tags")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tags").read_text().startswith("path\tid\tgender\t")
+    result = CliRunner().invoke(app, ["predict", photo, "--model", str(trained), "--out", str(tmp_path / "tags")])
+    assert result.exit_code == 2 and "unknown extension '(none)'; name the file .csv, .tsv, .jsonl, or give --format" \
+        in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_a_file_name_that_is_not_utf8_is_written_escaped_and_the_rest_tagged(trained, catalog, tmp_path, fmt):
+    """Issue 20 #7: one Latin-1 name (read as a lone surrogate) stopped the run, and nothing was written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, pid in ((b"caf\xe9.jpg", 1000), (b"plain.jpg", 1001), (b"caf\xe9-broken.jpg", None)):
+        target = os.path.join(os.fsencode(photos), name)
+        if pid is None:
+            open(target, "wb").write(b"not a photo")
+        else:
+            shutil.copy(catalog.root / "images" / f"{pid}.jpg", target)
+    out = tmp_path / f"tags.{fmt}"
+    counts = predict([str(photos)], str(out), str(trained))
+    assert counts["rows"] == 3 and counts["errors"] == 1
+    text = out.read_text(encoding="utf-8")  # valid UTF-8, every row there
+    rows = ([json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else
+            list(csv.DictReader(text.splitlines(), delimiter="\t" if fmt == "tsv" else ",")))
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"caf\\xe9", "plain", "caf\\xe9-broken"}
+    assert by_id["caf\\xe9"]["path"] == f"{photos}/caf\\xe9.jpg" and by_id["caf\\xe9"]["gender"]
+    assert by_id["caf\\xe9"]["error"] == "" and "unreadable image" in by_id["caf\\xe9-broken"]["error"]
+    escaped = by_id["caf\\xe9"]["path"].encode().decode("unicode_escape").encode("latin-1")
+    assert os.path.exists(escaped)  # the escapes give the name's bytes back
+
+
+def test_sigterm_leaves_no_partial_file(trained, catalog, tmp_path):
+    """Issue 20 #13: predict stopped with SIGTERM left .tags.csv.partial behind."""
+    import signal
+    import time
+    out, partial = tmp_path / "tags.csv", tmp_path / ".tags.csv.partial"
+    proc = subprocess.Popen([sys.executable, "-m", "fashiontag", "predict", *[str(catalog.root / "images")] * 50,
+                             "--model", str(trained), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not partial.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    time.sleep(1)  # into the tagging
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_output(trained, catalog, tmp_path, monkeypatch):
+    """Issue 20 #13: a full disk (ENOSPC) was an OSError traceback. /dev/full answers every write so."""
+    import builtins
+    monkeypatch.setattr("fashiontag.predict.open", lambda path, *args, **kw: builtins.open("/dev/full", *args, **kw),
+                        raising=False)
+    out = tmp_path / "tags.csv"
+    result = CliRunner().invoke(app, ["predict", str(catalog.root / "images"), "--model", str(trained), "--out",
+                                      str(out), "--no-progress"])
+    assert result.exit_code == 2 and f"error: cannot write {out}: No space left on device" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_paths_and_nothing_to_tag_exit_non_zero(trained, catalog, tmp_path):

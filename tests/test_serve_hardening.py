@@ -176,3 +176,42 @@ def test_a_body_without_its_closing_boundary_is_refused(url, photo):
         assert http.post("/v1/tag", content=whole, headers=headers).status_code == 200
         r = http.post("/v1/tag", content=cut, headers=headers)
     assert r.status_code == 400 and r.json()["error"] == "bad_multipart" and "closing boundary" in r.json()["message"]
+
+
+# ------------------------------------------------------------------------------------ a damaged model (issue 20 #2)
+
+def _post(app, photo, n: int = 2):
+    import warnings
+    with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
+        warnings.filterwarnings("ignore", message=".*httpx2")
+        from fastapi.testclient import TestClient
+    with TestClient(app) as client:
+        return client.post("/v1/tag", files=[("files", photo)] * n)
+
+
+def test_a_damaged_onnx_export_is_made_again_and_tags_are_numbers(trained, photo, tmp_path):
+    """4 KB written over inside model.onnx: every POST answered 500 (NaN confidences cannot be JSON)."""
+    from fashiontag.engines import export_damage
+    from fashiontag.export import export_onnx
+    from helpers import write_over_onnx
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    write_over_onnx(export_onnx(model))
+    answer = _post(create_app(model), photo)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["tagged"] == 2 and body["failed"] == 0
+    assert all(0 <= t["confidence"] <= 1 for r in body["results"] for t in r["tags"].values())
+    assert export_damage(model / "model.onnx") is None
+
+
+def test_a_model_giving_nan_is_an_error_per_photo_not_a_500(trained, photo, tmp_path, caplog):
+    from helpers import nan_model
+    model = nan_model(trained, tmp_path / "model")
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+        answer = _post(create_app(model, engine="torch"), photo)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["tagged"] == 0 and body["failed"] == 2
+    assert all(r["status"] == 500 and "NaN or infinite" in r["error"] and "tags" not in r for r in body["results"])
+    assert "the model failed on 2 photos" in caplog.text

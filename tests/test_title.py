@@ -39,6 +39,23 @@ def test_long_titles_are_cut_at_max_len_keeping_the_words():
     assert (x > 0).all() and list(x[0]) == tok.ids("a b c d e f g h")
 
 
+def test_a_huge_title_is_cut_before_it_is_tokenised():
+    """Issue 20 #15: a 10 MB title took 9 s and 1.2 GB before its ids were cut to max_len."""
+    import time
+    import tracemalloc
+    tok = Tokenizer()
+    title = "Puma Men Blue Running Shoes " * 40
+    assert list(tok([title])[0]) == list(tok([title + "x" * 10_000_000])[0])  # max_len ids come before the cut
+    for huge in ("x" * 10_000_000, "Puma Men " * 1_000_000):
+        tracemalloc.start()
+        started = time.perf_counter()
+        row = tok([huge])[0]
+        seconds, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (row > 0).all() and seconds < 1.0 and peak < 20_000_000
+    assert all(len(ids) <= tok.max_len for ids in tok._cache.values())  # a long word is not cached in full
+
+
 def test_degradations():
     rng = np.random.default_rng(0)
     assert truncate("Puma Men Blue Running Shoes", 2) == "Puma Men"

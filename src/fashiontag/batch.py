@@ -32,7 +32,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
-from fashiontag.predict import iter_image_paths, tag_row, write_rows
+from fashiontag.predict import iter_image_paths, printable, printable_row, tag_row, write_rows
 from fashiontag.tagger import Tagger, reviewed
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
@@ -75,12 +75,11 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     Returns a summary: tagged, errors, skipped, photos_per_s, shards, seconds, out, csv.
     """
     started = time.perf_counter()
+    out_fs, out_dir = open_output(out)
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
     tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
     schema = shard_schema(tagger.columns(top_k, review=reviewed(tagger.meta, min_confidence)))
-    out_fs, out_dir = filesystem(out)
-    out_fs.create_dir(out_dir, recursive=True)
     remove_partial_shards(out_fs, out_dir)
     sources = list(sources)
     listing = list_photos(sources)
@@ -149,6 +148,27 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+def open_output(out: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and folder of --out, made if missing and proven writable by writing a file into it, before
+    any photo is read: a file in the way, a read-only place or an unreachable bucket is one clear ValueError
+    rather than a traceback from the cluster after the photos were tagged."""
+    try:
+        fs, folder = filesystem(out)
+        if fs.get_file_info(folder).type == pafs.FileType.File:
+            raise ValueError(f"--out {out} is a file: --on ray writes Parquet shards into a folder; name one")
+        fs.create_dir(folder, recursive=True)
+        # Named as a shard being written is: should this run be killed right here, the next one removes it.
+        probe = f"{folder}/.{SHARD_PREFIX}{uuid.uuid4().hex}.tmp"
+        with fs.open_output_stream(probe):
+            pass
+        fs.delete_file(probe)
+    except (OSError, ImportError, pa.ArrowException) as e:  # pyarrow's and fsspec's ways of saying "not here"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shown = out.split("?", 1)[0] if "://" in out else out  # a URI's options may hold credentials
+        raise ValueError(f"--out {shown} cannot be written: {reason}") from None
+    return fs, folder
+
+
 def uri(location: str, path: str) -> str:
     """A path inside the filesystem of the URI location, as a URI of the same scheme: without the location's
     credentials and options, which must not end up in rows and messages."""
@@ -156,13 +176,14 @@ def uri(location: str, path: str) -> str:
 
 
 def list_photos(sources: list[str]) -> pa.Table:
-    """One row per photo: path (as predict writes it), key (where its filesystem finds it), source (index into
-    sources), size and mtime_ns. Local sources are walked as predict walks them; a path that does not exist
-    gets a row too, with size -1, so that it is reported like any unreadable photo."""
+    """One row per photo: path (as predict writes it: printable), key (where its filesystem finds it: the name's
+    bytes, which need not be UTF-8), source (index into sources), size and mtime_ns. Local sources are walked as
+    predict walks them; a path that does not exist gets a row too, with size -1, so that it is reported like any
+    unreadable photo."""
     rows: dict[str, list] = {"path": [], "key": [], "source": [], "size": [], "mtime_ns": []}
 
     def add(path: str, key: str, source: int, size: int, mtime_ns: int) -> None:
-        for name, value in zip(rows, (path, key, source, size, mtime_ns)):
+        for name, value in zip(rows, (printable(path), os.fsencode(key), source, size, mtime_ns)):
             rows[name].append(value)
 
     for i, source in enumerate(sources):
@@ -186,7 +207,7 @@ def list_photos(sources: list[str]) -> pa.Table:
                 add(uri(source, f.path), f.path, i, f.size, f.mtime_ns)
             else:
                 add(uri(source, f.path), f.path, i, -1, -1)
-    return pa.table(rows, schema=pa.schema([("path", pa.string()), ("key", pa.string()), ("source", pa.int32()),
+    return pa.table(rows, schema=pa.schema([("path", pa.string()), ("key", pa.binary()), ("source", pa.int32()),
                                             ("size", pa.int64()), ("mtime_ns", pa.int64())]))
 
 
@@ -219,12 +240,12 @@ def tagged_versions(fs: pafs.FileSystem, folder: str) -> pa.Table:
     return pads.dataset(shards, filesystem=fs, format="parquet").to_table(columns=VERSION_KEY)
 
 
-def _read(fs: pafs.FileSystem, key: str, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
+def _read(fs: pafs.FileSystem, key: bytes, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
     """A letterboxed photo, or None and why it cannot be read, in predict's words."""
     try:
         if fs.type_name == "local":
-            return photo_input.load(key), ""  # by path, exactly as predict reads it
-        with fs.open_input_file(key) as f:
+            return photo_input.load(os.fsdecode(key)), ""  # by path, exactly as predict reads it
+        with fs.open_input_file(os.fsdecode(key)) as f:
             return photo_input.load(f.read()), ""
     except ImageError as e:
         return None, str(e)
@@ -259,7 +280,8 @@ class _TagActor:
         readable = batch["error"] == ""
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
         review = reviewed(self.tagger.meta, self.min_confidence)
-        rows = [tag_row(path, next(results) if ok else None, error, self.top_k, review)
+        # printable: an error message may quote the file's name, which Parquet's UTF-8 strings cannot hold as is.
+        rows = [printable_row(tag_row(path, next(results) if ok else None, error, self.top_k, review))
                 | {"size": size, "mtime_ns": mtime_ns}
                 for path, ok, error, size, mtime_ns
                 in zip(batch["path"], readable, batch["error"], batch["size"], batch["mtime_ns"])]

@@ -59,8 +59,11 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
             if damage is None:
                 return ImageCache(pixels, np.array(meta["ok"], bool), np.array(meta["hashes"], np.uint64),
                                   meta["errors"])
-        except (OSError, EOFError, ValueError, KeyError) as e:  # cut short: "mmap length is greater than file size"
-            damage = f"cannot be read, truncated? ({e})"
+        # Any failure to read what is on disk is damage: numpy's .npy header parser alone raises ValueError,
+        # SyntaxError or tokenize.TokenError on bytes written over, and "mmap length is greater than file size"
+        # when cut short. Rebuilding is always safe; one run refusing means every later run refuses too.
+        except Exception as e:  # noqa: BLE001
+            damage = f"damaged, cannot be read ({type(e).__name__}: {e})"
         print(f"image cache {pix_path}: {damage}; rebuilding it", file=sys.stderr)
 
     if progress:

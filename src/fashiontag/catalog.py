@@ -5,6 +5,7 @@ column). Every column is kept as text; which of them are tasks is decided by tax
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -164,10 +165,11 @@ def read_catalog(data: str | Path, id_column: str = "", image_column: str = "", 
     title_column defaults to productDisplayName where the file has it. In JSON Lines, a list is one multi-valued
     cell, joined with `separator`.
 
-    Text files are UTF-8 (a byte-order mark is fine) or else cp1252, which covers Latin-1's printable characters;
-    a file that is neither is refused, naming the line. The delimiter (comma, tab, semicolon or bar) is the one
-    the header line uses most. Each row is one line: a quote left open, which would make csv run the following
-    lines into one row, is reported and its lines are read one by one."""
+    Text files are UTF-8 (a byte-order mark is fine), UTF-16 or UTF-32 (by their byte-order mark, or UTF-16 by its
+    NUL bytes), or else cp1252, which covers Latin-1's printable characters; a file that is none is refused, naming
+    the line. The delimiter (comma, tab, semicolon or bar) is the one the header line uses most. Each row is one
+    line: a quote left open, which would make csv run the following lines into one row, is reported and its lines
+    are read one by one."""
     source = catalog_file(data)
     text, encoding_note = _decode(source)
     problems = [encoding_note] if encoding_note else []
@@ -266,6 +268,14 @@ def _decode(path: Path) -> tuple[str, str | None]:
         line = data.count(b"\n", 0, e.start) + 1
         return f"line {line} (byte 0x{data[e.start]:02x})"
 
+    # Excel's "Unicode text" and PowerShell write UTF-16, which cp1252 would read as every other character NUL.
+    wide = _wide_encoding(data)
+    if wide:
+        try:
+            return data.decode(wide), None
+        except UnicodeDecodeError as e:
+            raise CatalogError(f"{path}: looks like {wide.upper()} but is not valid {wide.upper()} at {where(e)}; "
+                               "save it as UTF-8") from None
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as e:
@@ -275,6 +285,25 @@ def _decode(path: Path) -> tuple[str, str | None]:
     except UnicodeDecodeError as e:
         raise CatalogError(f"{path}: neither UTF-8 (at {not_utf8}) nor cp1252/Latin-1 (at {where(e)}); "
                            "save it as UTF-8") from None
+
+
+# Byte-order marks, UTF-32's first: UTF-32 LE's begins with UTF-16 LE's. The codecs named read the mark.
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+             (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """UTF-32 or UTF-16 by the file's byte-order mark; else UTF-16 LE or BE when NUL bytes fill one half of the
+    byte pairs (the high bytes of mostly-ASCII text) and hardly any of the other; else None. A stray NUL in a UTF-8
+    or cp1252 file is no reason to read it otherwise."""
+    found = next((name for bom, name in WIDE_BOMS if data.startswith(bom)), None)
+    if found:
+        return found
+    sample = data[:4096]
+    odd, even = sample[1::2].count(0), sample[0::2].count(0)
+    if max(odd, even) * 4 <= len(sample) or min(odd, even) * 8 > max(odd, even):
+        return None
+    return "utf-16-le" if odd > even else "utf-16-be"
 
 
 def _json_rows(text: str, name: str, separator: str, problems: list[str]) -> tuple[list[str], list]:

@@ -12,11 +12,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fashiontag import INPUT_HW
-from fashiontag.model_meta import META, VOCABS_KEY, WEIGHTS, load_meta, model_folder, readable_folder
+from fashiontag.model_meta import META, VOCABS_KEY, WEIGHTS, ModelError, load_meta, model_folder, readable_folder
 from fashiontag.models import create_model
 
 
@@ -54,7 +55,11 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[nn.
     meta = load_meta(path)
     heads = {t: len(classes) for t, classes in meta["vocabs"].items()}
     model = create_model(meta["arch"], heads, meta.get("input_hw", INPUT_HW), **meta.get("arch_args", {}))
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=device))
+    try:
+        weights = load_file(str(path / WEIGHTS), device=device)
+    except SafetensorError as e:  # damage that the header check (model_meta.weight_header) cannot see
+        raise ModelError(f"{path / WEIGHTS}: damaged, cannot be loaded ({e})") from None
+    model.load_state_dict(weights)
     return model.to(device).eval(), meta
 
 

@@ -264,13 +264,13 @@ def predict(
             _fail("--data is not taken with --on yet: tag the catalog's photo folder")
         return _predict_on_ray(on, paths or [], out, model, top_k, min_confidence, batch_size, progress, engine,
                                flip, actors, csv)
-    from fashiontag.predict import predict as run_predict
+    from fashiontag.predict import OutputError, predict as run_predict
     try:
         counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
                              progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
                              catalog_columns={"id_column": id_column, "image_column": image_column,
                                               "title_column": title_column}, colours=colours)
-    except (CatalogError, FileNotFoundError, ValueError) as e:
+    except (CatalogError, FileNotFoundError, OutputError, ValueError) as e:
         _fail(str(e))
     tagged = counts["rows"] - counts["errors"]
     typer.echo(f"tagged {tagged:,} photos; {counts['errors']:,} could not be read"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 import warnings
@@ -14,6 +15,25 @@ from fashiontag.thresholds import precision_targets
 # "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
 PROTOCOLS = ("all", "notebook")
 SCHEDULES = ("cosine", "constant")
+# Each number's range, checked when a config is made: `--epochs 0` or `--set lr=-1` used to work for a minute
+# (the photo cache built, the model made) and then fail or train on nothing.
+RANGES = {
+    "epochs": (lambda v: v >= 1, "1 or more"),
+    "batch_size": (lambda v: v >= 1, "1 or more"),
+    "patience": (lambda v: v >= 1, "1 or more"),
+    "lr": (lambda v: v > 0, "above 0"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_epochs": (lambda v: v >= 0, "0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "from 0 to below 1"),
+    "mixup": (lambda v: v >= 0, "0 (off) or more"),
+    "ema": (lambda v: 0 <= v < 1, "0 (off) or more and below 1"),
+    "distill": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "seller_share": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    "min_count": (lambda v: v >= 0, "0 or more"),
+    "max_train": (lambda v: v >= 0, "0 (all) or more"),
+    "threads": (lambda v: v >= 0, "0 (torch's default) or more"),
+    "checkpoint_minutes": (lambda v: v > 0, "above 0"),
+}
 
 
 def protocol_name(protocol: str) -> str:
@@ -92,8 +112,9 @@ class TrainConfig:
         self.protocol = protocol_name(self.protocol)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"config field schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not 0 < self.seller_share <= 1:
-            raise ValueError(f"config field seller_share: {self.seller_share} is not above 0 and at most 1")
+        for name, (fits, allowed) in RANGES.items():
+            if not fits(getattr(self, name)):
+                raise ValueError(f"config field {name}: {getattr(self, name)!r} is not {allowed}")
         # Tasks left to the data are checked against it when training starts (train._train).
         unknown = sorted(set(self.task_precision) - set(self.tasks)) if self.tasks else []
         if unknown:
@@ -148,6 +169,8 @@ def _checked(name: str, value, annotation):
         raise error
     if annotation is float and isinstance(value, int):
         return float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):  # JSON reads NaN, Infinity
+        raise ValueError(f"config field {name}: {value!r} is not a finite number")
     if not isinstance(value, origin or annotation):
         raise error
     return value

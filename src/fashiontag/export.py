@@ -3,7 +3,8 @@
 The graph takes what every fashiontag model takes: `image`, float32 (N, 3, 80, 60) with values in [0, 1], the
 batch axis dynamic. It returns one output per task, named after the task: the logits, before temperature
 scaling (the temperatures, vocabularies and hierarchy stay in model.json). The file records the model version
-(model_meta.model_version) it came from, so the onnx engines notice a stale export rather than use it.
+(model_meta.model_version) it came from, and its own SHA-256 is written beside it (model.onnx.sha256), so the onnx
+engines notice a stale or damaged export rather than use it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from fashiontag.checkpoint import load_model
-from fashiontag.engines import INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_TOKENS, ONNX_VERSION_KEY, nchw_float
+from fashiontag.engines import (INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_TOKENS, ONNX_VERSION_KEY, digest_path,
+                                file_sha256, nchw_float)
 from fashiontag.images import PhotoInput
 from fashiontag.model_meta import model_folder, model_version
 from fashiontag.predict import _load, iter_image_paths
@@ -91,14 +93,19 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
 
 
 def _save_atomically(graph, dest: Path) -> None:
-    """Readers of dest see the old file or the new one, never half of one."""
+    """Readers of dest see the old file or the new one, never half of one; its SHA-256 goes beside it
+    (engines.digest_path). Between the two renames a reader sees a digest that does not match, and exports again."""
     import onnx
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    digest, tmp_digest = digest_path(dest), digest_path(tmp)
     try:
         onnx.save(graph, str(tmp))
+        tmp_digest.write_text(f"{file_sha256(tmp)}  {dest.name}\n")
         os.replace(tmp, dest)
+        os.replace(tmp_digest, digest)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_digest.unlink(missing_ok=True)
 
 
 def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int = CALIBRATION_PHOTOS) -> np.ndarray:

@@ -65,9 +65,19 @@ def weight_header(path: str | Path) -> dict:
         if n > 100 * 1024 * 1024:
             raise ModelError(f"{path}: not a safetensors file (header of {n:,} bytes)")
         try:
-            return json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = json.loads(f.read(n))
+            body = max((spec["data_offsets"][1] for name, spec in header.items() if name != "__metadata__"),
+                       default=0)
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
             raise ModelError(f"{path}: not a safetensors file (unreadable header)") from None
+        # A file cut short (a copy or download broken off) loads nowhere: say so here, in one line, rather than
+        # in a SafetensorError traceback from whichever command reads the weights first.
+        size, expected = os.fstat(f.fileno()).st_size, 8 + n + body
+        if size != expected:
+            raise ModelError(f"{path}: damaged: {size:,} bytes where its header describes {expected:,} "
+                             f"({'cut short' if size < expected else 'bytes after the last tensor'}); copy or "
+                             "train the model again")
+        return header
 
 
 def load_meta(path: str | Path | None = None) -> dict:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -168,9 +171,11 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
 
 def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, review: bool, pid: str = "") -> dict:
     """One output row: path, id (the catalog's, else the file name without its extension), the task columns (none
-    for a photo that could not be read), error. Every writer of rows (predict, Ray) makes them here."""
+    for a photo that could not be read or tagged), error (reading's, else tagging's: PhotoResult.error). Every
+    writer of rows (predict, Ray) makes them here."""
     return {"path": path, "id": pid or PurePosixPath(path).stem,
-            **(result.to_row(top_k, review) if result is not None else {}), "error": error}
+            **(result.to_row(top_k, review) if result is not None else {}),
+            "error": error or (result.error if result is not None else "")}
 
 
 def catalog_photos(data: str, meta: dict, columns: dict[str, str] | None = None, problems: Problems | None = None
@@ -194,18 +199,21 @@ def thread_split(cores: int | None = None) -> tuple[int, int]:
 
 
 def output_format(out: str | None, fmt: str | None) -> str:
-    """csv, tsv or jsonl: as asked, else from out's extension; an extension that says otherwise is refused."""
+    """csv, tsv or jsonl: as asked (whatever out's extension, unless it names another of them), else from out's
+    extension."""
     if fmt is not None and fmt not in FORMATS.values():
         raise ValueError(f"unknown format {fmt!r}: use {', '.join(FORMATS.values())}")
     if not out:
         return fmt or "csv"
     suffix = Path(out).suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"--out {out}: unknown extension {suffix or '(none)'!r}; use "
-                         f"{', '.join(FORMATS)} (or --format with one of those names)")
-    if fmt is not None and fmt != FORMATS[suffix]:
+    if fmt is None:
+        if suffix not in FORMATS:
+            raise ValueError(f"--out {out}: unknown extension {suffix or '(none)'!r}; name the file "
+                             f"{', '.join(FORMATS)}, or give --format")
+        return FORMATS[suffix]
+    if suffix in FORMATS and fmt != FORMATS[suffix]:
         raise ValueError(f"--format {fmt} does not match --out {out}: name the file .{fmt}")
-    return FORMATS[suffix]
+    return fmt
 
 
 def check_out(out: str) -> None:
@@ -221,6 +229,7 @@ def check_out(out: str) -> None:
 
 
 def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str = "csv") -> int:
+    rows = map(printable_row, rows)
     n = 0
     if fmt in ("csv", "tsv"):
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore",
@@ -234,6 +243,44 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: IO[str], fmt: str 
             out.write(json.dumps(row) + "\n")
             n += 1
     return n
+
+
+def printable(text: str) -> str:
+    """text with the bytes of a file name that is not UTF-8 as \\xNN escapes: a Latin-1 "café.jpg" is written
+    caf\\xe9.jpg. Python reads such a name as lone surrogates, which no UTF-8 file (nor Parquet) can hold; the escapes
+    keep every output UTF-8 and the name recoverable (decode them to bytes), and leave every other text as it is."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (Windows names, JSON's \ud800): \uXXXX
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable_row(row: dict) -> dict:
+    return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+class OutputError(OSError):
+    """The output file could not be written (a full disk, a quota): its name and why, in one line."""
+
+
+@contextmanager
+def _sigterm_as_exit():
+    """Inside: SIGTERM (`kill`, a scheduler stopping the job) raises SystemExit, so that `finally` blocks run and
+    remove the .partial file; by default it ends the process on the spot. Only where SIGTERM still has Python's
+    default action (an application's own handler stays) and in the main thread, the only one that may set it."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)  # the exit status of a process that SIGTERM ended
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
@@ -288,9 +335,15 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
         if out:
             tmp = Path(out).with_name(f".{Path(out).name}.partial")
             try:
-                with open(tmp, "w", newline="") as f:
+                with _sigterm_as_exit(), open(tmp, "w", newline="") as f:
                     counts["rows"] = write_rows(counted(rows), columns, f, fmt)
                 os.replace(tmp, out)
+            except OSError as e:
+                # Writing's errors name no file (write, flush) or tmp (open, rename); the model's files' errors,
+                # raised while the rows are made, name those files and pass as they are.
+                if e.filename not in (None, str(tmp)):
+                    raise
+                raise OutputError(f"cannot write {out}: {e.strerror or e}; no rows were kept") from None
             finally:
                 tmp.unlink(missing_ok=True)
         else:

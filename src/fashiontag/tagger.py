@@ -30,6 +30,7 @@ from fashiontag.text import tokenizer_of
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
+NOT_FINITE = "the model gave NaN or infinite outputs for this photo, so it has no tags: are the model's files damaged?"
 
 
 def below_threshold(confidence, threshold):
@@ -208,8 +209,9 @@ class Tagger:
 
         title: the product's title (for a list, one per photo, None or "" where there is none); a photo + title
         model reads it, a photo-only model ignores it. One photo that cannot be read raises ImageError; in a list it
-        gets a result with `error` set and the rest are tagged. A wrong type, dtype or shape raises ValueError
-        either way. min_confidence: the review threshold of every task (default: the model's own thresholds).
+        gets a result with `error` set and the rest are tagged. A photo for which the model's outputs are not finite
+        (a damaged model) gets a result with `error` set, alone or in a list. A wrong type, dtype or shape raises
+        ValueError either way. min_confidence: the review threshold of every task (default: the model's own thresholds).
         colours: also the product's dominant colours (PhotoResult.colours; about 1 ms a photo)."""
         check_options(top_k, min_confidence)
         self._say_if_titles_ignored(title)
@@ -262,12 +264,19 @@ class Tagger:
                       ) -> dict[str, np.ndarray]:
         """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos (and their titles, one
         per photo, for a photo + title model): a distribution over the classes (single-label tasks), or each class's
-        own probability (multi-label tasks)."""
+        own probability (multi-label tasks); NaN where the model's outputs for the photo are not finite."""
         views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
         tokens = self.tokenizer(titles) if self.tokenizer is not None and titles is not None else None
         probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / self.temperatures[t])
-                  for t, lg in self.engine.logits(view, tokens).items()} for view in views]
+                  for t, lg in self._logits(view, tokens).items()} for view in views]
         return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
+
+    def _logits(self, pixels: np.ndarray, tokens: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The engine's logits, with a photo's row of a task all NaN where any of it is not finite, so that its
+        probabilities are NaN too (tag_pixels makes that the photo's error): a sigmoid or softmax would read an
+        infinite logit as a sure 1.0 or 0.0."""
+        return {t: np.where(np.isfinite(v).all(1, keepdims=True), v, np.nan)
+                for t, v in self.engine.logits(pixels, tokens).items()}
 
     def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class index per single-label task, and (N, classes) booleans per multi-label task (each class at its
@@ -313,7 +322,11 @@ class Tagger:
                                                                 np.take_along_axis(p, ranks, 1).tolist())]
             per_task[t] = [Tag(label, conf, r, thresholds[t])
                            for label, conf, r in zip(labels[c].tolist(), p[idx, c].tolist(), runners)]
-        results = [PhotoResult(dict(zip(self.tasks, row))) for row in zip(*per_task.values())]
+        # A damaged model (weights written over) gives NaN: an error for the photo, never a tag whose confidence
+        # is NaN and which no review threshold flags.
+        finite = np.logical_and.reduce([np.isfinite(p).all(1) for p in probs.values()])
+        results = [PhotoResult(dict(zip(self.tasks, row))) if ok else PhotoResult(error=NOT_FINITE)
+                   for ok, row in zip(finite, zip(*per_task.values()))]
         for result, photo in zip(results, pixels) if colours else ():
             result.colours = self.colours_of(photo)
         return results

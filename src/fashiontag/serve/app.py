@@ -217,14 +217,20 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         for u in uploads:
             if u.status:
                 results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
+            elif tagged[u.index].error:  # the model failed on it (NaN outputs): the server's fault, not the file's
+                results.append({"file": u.name, "index": u.index, "error": tagged[u.index].error, "status": 500})
             else:
                 rendered = tagged[u.index].to_dict(options.top_k, options.min_confidence)
                 results.append({"file": u.name, "index": u.index, "tags": rendered["tags"],
                                 **({"colours": rendered["colours"]} if options.colours else {})})
+        failed = sum("error" in r for r in results)
+        if failed > len(bad):
+            log.error("the model failed on %d photos: %s", failed - len(bad),
+                      next(r["error"] for r in results if r.get("status") == 500))
         # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
         return JSONResponse({"model": info["version"], "top_k": options.top_k,
-                             "min_confidence": options.min_confidence, "tagged": len(good), "failed": len(bad),
-                             "results": results})
+                             "min_confidence": options.min_confidence, "tagged": len(uploads) - failed,
+                             "failed": failed, "results": results})
 
     @app.get("/v1/model", summary="The loaded model: tasks, classes, hierarchy, version, validation metrics")
     async def model():

@@ -56,7 +56,8 @@ class PhotoResult(BaseModel):
     index: int = Field(description="position in the upload, from 0")
     tags: dict[str, TaskTag] | None = Field(None, description="per task; absent for a photo that failed")
     colours: list[Colour] | None = Field(None, description="the product's dominant colours (colours=true)")
-    error: str | None = Field(None, description="why the photo could not be tagged (partial=true only)")
+    error: str | None = Field(None, description="why the photo could not be tagged: a bad file (partial=true only) "
+                              "or the model failing on it (status 500)")
     status: int | None = Field(None, description="the HTTP status the photo alone would have got")
 
 
