@@ -109,6 +109,27 @@ def test_titles_lift_accuracy_and_photo_only_still_works(titled, catalog):
         tagger(paths[:2], title=titles[0])
 
 
+def test_a_photo_without_its_title_is_judged_by_the_photo_only_calibration(titled, catalog):
+    meta = load_meta(titled)
+    photo_only = meta["photo_only"]
+    assert set(photo_only["thresholds"]) == set(meta["thresholds"]) == set(meta["vocabs"])
+    # the photo alone is less sure of gender (the tiny photo model barely sees it): calibrated on its own
+    assert photo_only["temperatures"]["gender"] != meta["temperatures"]["gender"]
+    tagger = Tagger.load(titled, bf16=False)
+    paths = sorted((catalog.root / "images").glob("1*.jpg"))[:40]
+    titles = titles_of(catalog, paths)
+    mixed = tagger(paths, title=[t if i % 2 else None for i, t in enumerate(titles)])
+    alone, both = tagger(paths), tagger(paths, title=titles)
+    for i, result in enumerate(mixed):
+        same = both[i] if i % 2 else alone[i]  # each photo as if it came alone with what it came with
+        for t, tag in result.tags.items():
+            assert tag.threshold == (meta if i % 2 else photo_only)["thresholds"][t]
+            assert (tag.label, tag.confidence) == pytest.approx((same[t].label, same[t].confidence))
+    # a model used without titles accepts only what its photo-only thresholds allow
+    assert all(tag.needs_review == (tag.confidence < photo_only["thresholds"][t])
+               for r in alone for t, tag in r.tags.items())
+
+
 def test_onnx_takes_tokens_and_matches_torch(titled, catalog, tmp_path):
     import shutil
     folder = tmp_path / "model"

@@ -203,16 +203,24 @@ def calibrate(
     task_precision: List[str] = typer.Option([], metavar="TASK=P", help="one task's own target; repeatable"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
-    """Fit auto-accept thresholds onto an existing model folder (model.json; model.onnx re-exported if present)."""
+    """Fit temperatures and auto-accept thresholds onto an existing model folder, with titles and for the photo
+    alone (model.json; model.onnx re-exported if present)."""
     from fashiontag.refit import calibrate as run_calibrate
     try:
         per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
         record = run_calibrate(model, _data(data), precision, per_task, progress=progress)
     except (CatalogError, FileNotFoundError, ValueError, TypeError) as e:
         _fail(str(e))
-    for t, c in record["thresholds_val"].items():
-        typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of validation photos "
-                   f"at {record['threshold_precision'][t]:.0%} precision")
+    for condition, fitted in (("with titles" if "photo_only" in record else "", record),
+                              ("photo alone", record.get("photo_only"))):
+        if fitted is None:
+            continue
+        if condition:
+            typer.echo(f"{condition}:")
+        for t, c in fitted["thresholds_val"].items():
+            typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of validation "
+                       f"photos at {fitted['threshold_precision'][t]:.0%} precision (95% sure)"
+                       + (f": {c['why']}" if c.get("why") else ""))
 
 
 @app.command()

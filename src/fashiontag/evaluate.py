@@ -102,9 +102,11 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     metrics = {t: (multi_label_metrics if tagger.kinds[t] == MULTI else task_metrics)(
         ds.targets[t][rows], probs[t], chosen[t], tagger.vocabs[t]) for t in tagger.tasks}
     confidence, correct = decoded_confidence(probs, chosen, {t: ds.targets[t][rows] for t in tagger.tasks})
+    # Each product is judged by its condition's thresholds: the photo alone's where it came without a title.
+    thresholds = tagger.thresholds if with_titles else tagger.photo_thresholds
     for t in tagger.tasks:
         metrics[t]["coverage"] = coverage_table(confidence[t], correct[t])
-        metrics[t]["at_threshold"] = at_threshold(confidence[t], correct[t], tagger.thresholds[t])
+        metrics[t]["at_threshold"] = at_threshold(confidence[t], correct[t], thresholds[t])
     summary = {"model": str(tagger.model_dir), "model_version": tagger.info()["version"], "data": str(data),
                "side": side, "engine": engine, "flip": flip, "titles": with_titles,
                "n": int(len(rows)), "catalog_problems": len(ds.catalog.problems), "unusable_photos": len(ds.cache.errors),
@@ -116,7 +118,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path 
     figures = {}
     if plot:
         figures = plots.report_plots(out, ds, rows, pixels, probs, chosen, tagger.meta, metrics)
-        plots.risk_coverage(out / "risk_coverage.png", confidence, correct, tagger.thresholds)
+        plots.risk_coverage(out / "risk_coverage.png", confidence, correct, thresholds)
         figures["risk_coverage"] = "risk_coverage.png"
     (out / "report.md").write_text(render_report(summary, tagger.meta, figures))
     return summary

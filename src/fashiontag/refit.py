@@ -1,7 +1,11 @@
-"""`fashiontag calibrate`: fit auto-accept thresholds onto a model folder that was trained without them.
+"""Calibration of a model folder: temperatures and auto-accept thresholds, per input condition.
 
-Training chooses them itself (train.finish_model); this is for models made before, such as the shipped one. Only
-model.json changes: the weights, and the vocabularies their header records, stay as they are.
+One path for training's calibration (train.finish_model) and `fashiontag calibrate` (models made before, such as
+the shipped one): both load the folder as a Tagger and compute the validation logits as tagging does by default
+(the same engine, folded batch norms and precision; fitted on other logits, bf16 ones say, thresholds moved by up
+to 0.015). A photo + title model is calibrated twice: with each product's title (model.json's top level) and on
+the photo alone ("photo_only"), since a title makes the model surer and thresholds fitted with titles let wrong
+photo-only tags through. Only model.json changes: the weights, and the vocabularies their header records, stay.
 """
 
 from __future__ import annotations
@@ -9,20 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from fashiontag.calibration import fit_temperatures
 from fashiontag.evaluate import model_dataset
-from fashiontag.model_meta import load_meta, write_meta
-from fashiontag.tagger import Tagger
-from fashiontag.thresholds import fit_on_photos
+from fashiontag.model_meta import MULTI, load_meta, write_meta
+from fashiontag.tagger import PHOTO_ONLY, Tagger
+from fashiontag.thresholds import decoded_confidence, fit_thresholds, precision_targets
 
 
 def calibrate(model: str | Path, data: str | Path, precision: float | None = None,
               task_precision: dict[str, float] | None = None, cache_dir: str | None = None,
               progress: bool = True) -> dict:
-    """Choose each task's threshold on the validation side of the model's split of `data`, write them into the
-    folder's model.json, and re-export its model.onnx when it has one (the export records the model version,
-    which model.json is part of). Targets: task_precision per task, else precision, else the model's config's.
-    Returns model.json's threshold record (thresholds, threshold_precision, thresholds_val)."""
+    """Fit each task's temperature and threshold (fit_calibration) on the validation side of the model's split of
+    `data`, write them into the folder's model.json, and re-export its model.onnx when it has one (the export
+    records the model version, which model.json is part of). Targets: task_precision per task, else precision,
+    else the model's config's. Returns the calibration record written."""
     tagger = Tagger.load(model)
     unknown = sorted(set(task_precision or {}) - set(tagger.tasks))
     if unknown:
@@ -36,11 +42,40 @@ def calibrate(model: str | Path, data: str | Path, precision: float | None = Non
         raise ValueError(f"{data}: none of the model's validation photos is in this catalog; pass the catalog it "
                          "was trained on")
     # Judged as the tags will be given: a photo + title model with each product's title (others ignore it).
-    record = fit_on_photos(tagger, np.asarray(ds.cache.pixels[rows]), [ds.catalog.titles[i] for i in rows],
-                           {t: ds.targets[t][rows] for t in tagger.tasks}, config)
+    record = fit_calibration(tagger, np.asarray(ds.cache.pixels[rows]), [ds.catalog.titles[i] for i in rows],
+                             {t: ds.targets[t][rows] for t in tagger.tasks}, config)
     folder = tagger.model_dir
     write_meta(folder, {**load_meta(folder), **record})
     if (folder / "model.onnx").exists():
         from fashiontag.export import export_onnx
         export_onnx(folder)
     return record
+
+
+def fit_calibration(tagger: Tagger, pixels: np.ndarray, titles: list[str | None], targets: dict[str, np.ndarray],
+                    config: dict) -> dict:
+    """model.json's calibration record from validation photos (letterboxed uint8), their titles and labels:
+    temperatures, calibration_val, thresholds, threshold_precision and thresholds_val as tagging uses them with
+    the titles, and for a photo + title model the same on the photo alone under "photo_only"."""
+    targets = {t: targets[t] for t in tagger.tasks}
+    record = _fit_condition(tagger, pixels, titles, targets, config, {})
+    if tagger.tokenizer is not None:
+        record[PHOTO_ONLY] = _fit_condition(tagger, pixels, None, targets, config, record)
+    return record
+
+
+def _fit_condition(tagger: Tagger, pixels: np.ndarray, titles: list[str | None] | None,
+                   targets: dict[str, np.ndarray], config: dict, with_titles: dict) -> dict:
+    """One input condition's temperatures (single-label tasks: multi-label ones decide per class) and then its
+    thresholds on the probabilities they give, decoded jointly as tagging decodes them. with_titles: the record
+    of the condition with titles, when this is the photo-only one (a Tagger reads photo-only values from there)."""
+    tokens = tagger.tokenizer(titles) if tagger.tokenizer is not None and titles is not None else None
+    logits = tagger.engine.logits(pixels, tokens)
+    single = [t for t in tagger.tasks if tagger.kinds[t] != MULTI]
+    temps, ece = fit_temperatures({t: torch.from_numpy(logits[t]) for t in single}, {t: targets[t] for t in single})
+    record = {"temperatures": {t: temps.get(t, 1.0) for t in tagger.tasks}, "calibration_val": ece}
+    meta = {**tagger.meta, **with_titles, PHOTO_ONLY: record} if with_titles else {**tagger.meta, **record}
+    calibrated = Tagger(tagger.engine, meta, tagger.model_dir)
+    probs = calibrated.probabilities(pixels, titles)
+    confidence, correct = decoded_confidence(probs, calibrated.choose(probs), targets)
+    return {**record, **fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))}

@@ -31,6 +31,9 @@ from fashiontag.text import tokenizer_of
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
 NOT_FINITE = "the model gave NaN or infinite outputs for this photo, so it has no tags: are the model's files damaged?"
+# model.json's record of a photo + title model's calibration on the photo alone (refit.fit_calibration): the
+# temperatures and thresholds a photo that comes without a title is judged by.
+PHOTO_ONLY = "photo_only"
 
 
 def below_threshold(confidence, threshold):
@@ -172,9 +175,14 @@ class Tagger:
         self.separator = meta.get("catalog", {}).get("separator") or "|"
         self.class_thresholds = {t: np.asarray(meta.get("class_thresholds", {}).get(t, [0.5] * len(self.vocabs[t])))
                                  for t in self.tasks if self.kinds[t] == MULTI}
-        self.temperatures = {t: float(meta.get("temperatures", {}).get(t, 1.0)) for t in self.tasks}
-        # The auto-accept thresholds chosen at calibration (thresholds.py); a model without them flags nothing.
-        self.thresholds = {t: float(meta.get("thresholds", {}).get(t, 0.0)) for t in self.tasks}
+        # Temperatures and auto-accept thresholds (thresholds.py) per input condition: a photo with its title by
+        # model.json's top level, a photo alone by its "photo_only" record (a photo-only model's, or one made before
+        # that record, are the top level's). A model without thresholds flags nothing.
+        photo_only = {**meta, **meta.get(PHOTO_ONLY, {})}
+        self.temperatures, self.photo_temperatures = (
+            {t: float(m.get("temperatures", {}).get(t, 1.0)) for t in self.tasks} for m in (meta, photo_only))
+        self.thresholds, self.photo_thresholds = (
+            {t: float(m.get("thresholds", {}).get(t, 0.0)) for t in self.tasks} for m in (meta, photo_only))
         self.photo_input = PhotoInput.of(meta)
         self.input_hw = self.photo_input.hw
         self.tokenizer = tokenizer_of(meta)  # None: a photo-only model, which ignores titles
@@ -265,11 +273,19 @@ class Tagger:
         """Calibrated class probabilities per task for letterboxed uint8 (N, H, W, 3) photos (and their titles, one
         per photo, for a photo + title model): a distribution over the classes (single-label tasks), or each class's
         own probability (multi-label tasks); NaN where the model's outputs for the photo are not finite."""
+        return self._probabilities(pixels, titles)[0]
+
+    def _probabilities(self, pixels: np.ndarray, titles: Sequence[str | None] | None
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """probabilities, and per photo whether the model read a title with it (which calibration judges it by)."""
         views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
         tokens = self.tokenizer(titles) if self.tokenizer is not None and titles is not None else None
-        probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / self.temperatures[t])
+        titled = tokens.any(1) if tokens is not None else np.zeros(len(pixels), bool)
+        temps = {t: np.where(titled, self.temperatures[t], self.photo_temperatures[t]).astype(np.float32)[:, None]
+                 for t in self.tasks}
+        probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / temps[t])
                   for t, lg in self._logits(view, tokens).items()} for view in views]
-        return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}
+        return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}, titled
 
     def _logits(self, pixels: np.ndarray, tokens: np.ndarray | None) -> dict[str, np.ndarray]:
         """The engine's logits, with a photo's row of a task all NaN where any of it is not finite, so that its
@@ -302,10 +318,11 @@ class Tagger:
                              "(tagger(photos)) for photos of any size")
         if len(pixels) == 0:
             return []
-        probs = self.probabilities(pixels, check_titles(titles, len(pixels)))
+        probs, titled = self._probabilities(pixels, check_titles(titles, len(pixels)))
         chosen = self.choose(probs)
         idx = np.arange(len(pixels))
-        thresholds = self.thresholds if min_confidence is None else dict.fromkeys(self.tasks, min_confidence)
+        thresholds = ({t: np.where(titled, self.thresholds[t], self.photo_thresholds[t]).tolist() for t in self.tasks}
+                      if min_confidence is None else {t: [min_confidence] * len(pixels) for t in self.tasks})
         per_task = {}
         for t in self.tasks:  # a task at a time in numpy: per-photo Python work adds up at thousands a second
             if self.kinds[t] == MULTI:
@@ -320,8 +337,8 @@ class Tagger:
                 ranks = top[keep].reshape(len(top), top.shape[1] - 1)
                 runners = [tuple(zip(ls, cs)) for ls, cs in zip(labels[ranks].tolist(),
                                                                 np.take_along_axis(p, ranks, 1).tolist())]
-            per_task[t] = [Tag(label, conf, r, thresholds[t])
-                           for label, conf, r in zip(labels[c].tolist(), p[idx, c].tolist(), runners)]
+            per_task[t] = [Tag(label, conf, r, threshold) for label, conf, r, threshold
+                           in zip(labels[c].tolist(), p[idx, c].tolist(), runners, thresholds[t])]
         # A damaged model (weights written over) gives NaN: an error for the photo, never a tag whose confidence
         # is NaN and which no review threshold flags.
         finite = np.logical_and.reduce([np.isfinite(p).all(1) for p in probs.values()])
@@ -338,13 +355,13 @@ class Tagger:
                      for h, share in dominant_colours(photo))
 
     def _multi_label_tags(self, p: np.ndarray, chosen: np.ndarray, labels: np.ndarray, top_k: int,
-                          threshold: float) -> list[Tag]:
+                          thresholds: list[float]) -> list[Tag]:
         """One Tag per photo for a multi-label task: its labels most probable first, the classes left out as
         runners-up."""
         order = np.argsort(-p, axis=1)
         sure = np.where(chosen, p, 1 - p).min(1)
         tags = []
-        for row, (o, c) in enumerate(zip(order, chosen)):
+        for row, (o, c, threshold) in enumerate(zip(order, chosen, thresholds)):
             held = tuple((labels[i], float(p[row, i])) for i in o if c[i])
             runners = tuple((labels[i], float(p[row, i])) for i in o if not c[i])[:max(0, top_k - 1)]
             tags.append(Tag(self.separator.join(label for label, _ in held), float(sure[row]), runners,
@@ -369,6 +386,7 @@ class Tagger:
             "takes_titles": self.tokenizer is not None,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
             "thresholds": self.thresholds, "threshold_precision": meta.get("threshold_precision", {}),
+            "photo_only_thresholds": self.photo_thresholds,
             "metrics": {"val_acc": meta.get("val_acc", {}),
                         "calibration_ece_val": {t: v.get("after") for t, v in calibration.items()
                                                 if isinstance(v, dict)}},

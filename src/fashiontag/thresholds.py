@@ -16,6 +16,8 @@ DEFAULT_PRECISION = 0.98
 REPORTED_PRECISIONS = (0.90, 0.95, 0.98, 0.99)
 # Where no confidence reaches the target, nothing is auto-accepted: no calibrated probability exceeds 1.
 UNREACHABLE = 1.0
+# Auto-accept thresholds promise their precision at 95% confidence (one-sided): z of the normal distribution.
+PROMISE_Z = 1.6449
 
 
 def ranked(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,20 +32,38 @@ def ranked(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.
     return conf[ends], taken / len(conf), np.cumsum(hits)[ends] / taken
 
 
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float) -> dict:
+def precision_lower_bound(hits: np.ndarray, n: np.ndarray, z: float = PROMISE_Z) -> np.ndarray:
+    """Wilson's lower bound of a precision measured as hits of n (z = 0: the measured precision itself)."""
+    hits, n = np.asarray(hits, float), np.maximum(np.asarray(n, float), 1)
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 0.0) -> dict:
     """The lowest threshold whose accepted photos reach `precision`, with its coverage and measured precision.
 
-    Precision is not monotone in the threshold; the largest accepted set that still reaches the target is taken,
-    which is what a team wants: as much automatic as the target allows."""
-    if len(confidence) == 0:
-        return {"threshold": UNREACHABLE, "coverage": 0.0, "precision": None, "n": 0}
+    z > 0: the accepted photos' precision must reach the target with that much confidence (its Wilson lower bound,
+    `lower` in the record), so a promise fitted on a few hundred validation photos still holds on new ones; where
+    no set of them can show it, nothing is accepted and `why` says so. Precision is not monotone in the threshold;
+    the largest accepted set that still reaches the target is taken, which is what a team wants: as much automatic
+    as the target allows."""
+    n = len(confidence)
+    refused = {"threshold": UNREACHABLE, "coverage": 0.0, "precision": None, "lower": None, "n": n}
+    if n == 0:
+        return {**refused, "why": "no labelled validation photos"}
     thresholds, coverage, prec = ranked(np.asarray(confidence, float), correct)
-    ok = np.flatnonzero(prec >= precision)
+    taken = np.rint(coverage * n)
+    lower = precision_lower_bound(np.rint(prec * taken), taken, z)
+    ok = np.flatnonzero(lower >= precision)
     if len(ok) == 0:
-        return {"threshold": UNREACHABLE, "coverage": 0.0, "precision": None, "n": len(confidence)}
+        best = int(np.argmax(lower))
+        return {**refused, "why": f"the best any threshold shows on {n} validation photos is "
+                                  f"{lower[best]:.3f}{' at 95% confidence' if z else ''}, below {precision}"}
     i = ok[-1]
     return {"threshold": float(thresholds[i]), "coverage": float(coverage[i]), "precision": float(prec[i]),
-            "n": len(confidence)}
+            "lower": float(lower[i]), "n": n}
 
 
 def coverage_table(confidence: np.ndarray, correct: np.ndarray,
@@ -66,8 +86,9 @@ def precision_targets(config: dict, tasks: list[str]) -> dict[str, float]:
 def fit_thresholds(confidence: dict[str, np.ndarray], correct: dict[str, np.ndarray], targets: dict[str, float]
                    ) -> dict:
     """model.json's record: "thresholds" {task: float}, "threshold_precision" {task: target} and
-    "thresholds_val" {task: {threshold, coverage, precision, n}} measured on the photos given."""
-    chosen = {t: choose_threshold(confidence[t], correct[t], targets[t]) for t in targets}
+    "thresholds_val" {task: {threshold, coverage, precision, lower, n[, why]}} measured on the photos given, each
+    threshold promising its target at 95% confidence."""
+    chosen = {t: choose_threshold(confidence[t], correct[t], targets[t], PROMISE_Z) for t in targets}
     return {"thresholds": {t: c["threshold"] for t, c in chosen.items()}, "threshold_precision": dict(targets),
             "thresholds_val": chosen}
 
@@ -91,17 +112,6 @@ def decoded_confidence(probs: dict[str, np.ndarray], chosen: dict[str, np.ndarra
         conf[t] = p[known][np.arange(len(c)), c]
         correct[t] = c == y[known]
     return conf, correct
-
-
-def fit_on_photos(tagger, pixels: np.ndarray, titles, targets: dict[str, np.ndarray], config: dict) -> dict:
-    """The one threshold fit: training's calibration and `fashiontag calibrate` both call it, with a Tagger loaded
-    from the model folder, so both compute the validation logits as tagging does by default (the same engine,
-    folded batch norms and precision: fitted on other logits, bf16 ones say, thresholds moved by up to 0.015).
-    pixels: letterboxed uint8 validation photos; titles: theirs (ignored by a photo-only model); targets: their
-    labels. Returns model.json's record (fit_thresholds)."""
-    probs = tagger.probabilities(pixels, titles)
-    confidence, correct = decoded_confidence(probs, tagger.choose(probs), targets)
-    return fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))
 
 
 def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:

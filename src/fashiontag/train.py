@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fashiontag import __version__
 from fashiontag.augment import colour_tasks, seller_augment, studio_augment
 from fashiontag.cache import build_cache
-from fashiontag.calibration import fit_class_thresholds, fit_temperatures, fit_title_scales
+from fashiontag.calibration import fit_class_thresholds, fit_title_scales
 from fashiontag.catalog import CatalogSpec
 from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
 from fashiontag.colours import colour_centroids
@@ -34,10 +34,10 @@ from fashiontag.model_meta import load_meta, write_meta
 from fashiontag.models import TitleFusion, create_model, family_args
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
-from fashiontag.tagger import Tagger
+from fashiontag.refit import fit_calibration
+from fashiontag.tagger import PHOTO_ONLY, Tagger
 from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
 from fashiontag.text import TitleDropout, Tokenizer, tokenizer_of
-from fashiontag.thresholds import fit_on_photos
 
 
 COMPILE_MIN_STEPS = 2000
@@ -559,13 +559,14 @@ def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dic
 
 def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
-    """Calibrate the best model's confidences on the validation split and record the full history: a temperature
-    per single-label task, a decision threshold per class of a multi-label task."""
+    """Calibrate the best model on the validation split and record the full history: the title part's weight per
+    task (late fusion), a decision threshold per class of a multi-label task, then temperatures and auto-accept
+    thresholds per input condition (refit.fit_calibration, as `fashiontag calibrate` fits them)."""
     model, meta = load_model(folder, device=str(device))
     rows = data.rows["val"]
     engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
     tokenizer = tokenizer_of(meta)
-    pixels = data.cache.pixels[rows]
+    pixels = np.asarray(data.cache.pixels[rows])
     titles = [data.catalog.titles[i] for i in rows]
     tokens = tokenizer(titles) if tokenizer else None
     logits = engine.logits_tensors(pixels, tokens)
@@ -577,24 +578,21 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
         logits = {t: photo[t] + scales[t] * (logits[t] - photo[t]) for t in logits}
         meta["title_scales"] = scales
         tqdm.write("title weights: " + ", ".join(f"{t} x{s:.2f}" for t, s in scales.items()))
-    kinds = data.kinds
-    single = [t for t in logits if kinds[t] == SINGLE]
-    temps, ece = fit_temperatures({t: logits[t] for t in single}, {t: targets[t] for t in single})
     class_thresholds = {t: fit_class_thresholds(logits[t].float().sigmoid().numpy(), targets[t])
-                        for t in logits if kinds[t] == MULTI}
-    meta.update(temperatures={t: temps.get(t, 1.0) for t in logits}, calibration_val=ece, history=history,
-                train_seconds=round(seconds, 1), class_thresholds=class_thresholds)
-    meta["colour_centroids"] = colour_class_centroids(data)
+                        for t in logits if data.kinds[t] == MULTI}
+    meta.update(history=history, train_seconds=round(seconds, 1), class_thresholds=class_thresholds,
+                colour_centroids=colour_class_centroids(data))
     save_model(folder, model, meta, data.split)
-    # The auto-accept thresholds judge tags as users get them: from the saved folder, calibrated, then decoded
-    # jointly, exactly as `fashiontag calibrate` fits them.
-    meta.update(fit_on_photos(Tagger.load(folder), np.asarray(pixels), titles, targets, meta["config"]))
+    meta.update(fit_calibration(Tagger.load(folder), pixels, titles, targets, meta["config"]))
     write_meta(folder, meta)
+    ece = meta["calibration_val"]
     tqdm.write("calibrated: " + ", ".join(
-        [f"{t} T={temps[t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in temps]
+        [f"{t} T={meta['temperatures'][t]:.2f} ECE {_ece(ece[t]['before'])}->{_ece(ece[t]['after'])}" for t in ece]
         + [f"{t} class thresholds {min(v):.2f}-{max(v):.2f}" for t, v in class_thresholds.items()]))
-    tqdm.write("auto-accept: " + ", ".join(f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}"
-                                           for t, c in meta["thresholds_val"].items()))
+    for condition, record in (("", meta), (" (photo alone)", meta.get(PHOTO_ONLY))):
+        if record:
+            tqdm.write(f"auto-accept{condition}: " + ", ".join(
+                f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}" for t, c in record["thresholds_val"].items()))
 
 
 def colour_class_centroids(data: TrainingData, photos: int = CENTROID_PHOTOS) -> dict[str, dict[str, list[float]]]:
