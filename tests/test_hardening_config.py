@@ -50,7 +50,7 @@ def test_protocol_seed_is_a_deprecated_name_for_notebook():
     ("distill", 1.5, "config field distill: 1.5 is not from 0 to 1"),
     ("seller_share", 0, "config field seller_share: 0.0 is not above 0 and at most 1"),
     ("max_train", -1, "config field max_train: -1 is not 0 \\(all\\) or more"),
-    ("checkpoint_minutes", 0, "config field checkpoint_minutes: 0.0 is not above 0"),
+    ("checkpoint_minutes", -1, "config field checkpoint_minutes: -1.0 is not 0 or more"),
 ])
 def test_config_refuses_a_number_out_of_range_naming_the_field(field, value, expected):
     """Issue 20 #14: `train --epochs 0` or `--set lr=NaN` worked for a minute (the photo cache built) and then

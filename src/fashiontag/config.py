@@ -32,7 +32,7 @@ RANGES = {
     "min_count": (lambda v: v >= 0, "0 or more"),
     "max_train": (lambda v: v >= 0, "0 (all) or more"),
     "threads": (lambda v: v >= 0, "0 (torch's default) or more"),
-    "checkpoint_minutes": (lambda v: v > 0, "above 0"),
+    "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),  # 0: resume state after every batch
 }
 
 
