@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from fashiontag import __version__
 from fashiontag.catalog import CatalogError, did_you_mean
-from fashiontag.config import TrainConfig
+from fashiontag.config import STARTS, TrainConfig
 from fashiontag.runlock import RunFolderBusy
 
 # Plain click help: rich markup would eat text in brackets and label every option with its Python type.
@@ -82,6 +82,13 @@ def _refuse_both(flags: dict, sets: dict) -> dict:
     return given
 
 
+def _start(where: Optional[str]) -> dict:
+    """--from: a named starting point (TrainConfig.start) or a model folder to fine-tune (TrainConfig.init)."""
+    if where is None:
+        return {}
+    return {"start": where} if where in STARTS else {"init": where}
+
+
 def _train_config(config: Optional[Path], flags: dict, sets: dict, need_data: bool = True) -> TrainConfig:
     """config.json (or the defaults), changed by the flags given and the --set fields.
 
@@ -128,6 +135,11 @@ def train(
     out: Optional[str] = typer.Option(None, metavar="DIR", help=f"run folder (default: {TrainConfig.out})"),
     model: Optional[str] = typer.Option(None, metavar="NAME",
                                         help="model family: rescnn (default), seed-cnn, mlp, efficientnet-lite0"),
+    start: Optional[str] = typer.Option(None, "--from", metavar="WHERE",
+                                        help="where training starts: shipped (the shipped model's trunk and title "
+                                             "encoder, with the catalog's own heads), scratch, imagenet (with --model "
+                                             "efficientnet-lite0) or a model folder (fine-tuning). Default: shipped "
+                                             "for your own catalog, scratch for the Kaggle layout"),
     epochs: Optional[int] = typer.Option(None, metavar="N", help="epochs at most; early stopping may end sooner "
                                          f"(default: {TrainConfig.epochs})"),
     batch_size: Optional[int] = typer.Option(None, metavar="N",
@@ -155,7 +167,7 @@ def train(
                                          tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
                                          title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
                                          image_size=image_size, precision=precision,
-                                         extra=tuple(extra) if extra else None),
+                                         extra=tuple(extra) if extra else None, **_start(start)),
                             _parse_sets(set_), need_data=not (resume and not data))
         best = run_training(cfg, resume=resume)
     except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:

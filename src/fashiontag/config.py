@@ -15,6 +15,7 @@ from fashiontag.thresholds import precision_targets
 # "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
 PROTOCOLS = ("all", "notebook")
 SCHEDULES = ("cosine", "constant")
+STARTS = ("auto", "scratch", "shipped", "imagenet")
 # Each number's range, checked when a config is made: `--epochs 0` or `--set lr=-1` used to work for a minute
 # (the photo cache built, the model made) and then fail or train on nothing.
 RANGES = {
@@ -80,7 +81,10 @@ class TrainConfig:
     seller_share: float = 0.7          # with seller_augment, the share of photos changed so; the rest stay studio
     framing: bool = False              # crop each photo to its product first (framing.py), in training and use
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
-    init: str = ""                     # a model folder to start from (fine-tuning): its weights and vocabularies
+    init: str = ""                     # a model folder to start from (fine-tuning); empty: as `start` says
+    # Where training starts without init (train.starting_point): auto (the shipped model for a shop's own catalog,
+    # random weights for the Kaggle layout, which the shipped model was trained on), scratch, shipped, imagenet.
+    start: str = "auto"
     freeze_photo: bool = False         # photo + title: train the title branch only, the photo model's part as init has it
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
@@ -112,6 +116,8 @@ class TrainConfig:
         self.protocol = protocol_name(self.protocol)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"config field schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.start not in STARTS:
+            raise ValueError(f"config field start: {self.start!r} is not one of {', '.join(STARTS)}")
         for name, (fits, allowed) in RANGES.items():
             if not fits(getattr(self, name)):
                 raise ValueError(f"config field {name}: {getattr(self, name)!r} is not {allowed}")

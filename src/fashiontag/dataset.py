@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,18 @@ class TrainingData:
         combos = set(zip(*(self.targets[t][r] for t in tasks)))
         return [tasks] + sorted([self.vocabs[t][i] for t, i in zip(tasks, c)]
                                 for c in combos if min(c) >= 0)
+
+    def with_start_vocabs(self, start: dict[str, list[str]]) -> tuple[TrainingData, list[str]]:
+        """This data with a start model's vocabulary for each task it has under the same name and whose classes it
+        covers (fine-tuning keeps its heads and their classes), the targets encoded again; and those tasks. A task
+        the start model lacks, or one with classes it does not know (a shop's own words), keeps its own
+        vocabulary and gets a fresh head."""
+        kept = [t for t, v in self.vocabs.items() if t in start and set(v) <= set(start[t])]
+        vocabs = {t: list(start[t]) if t in kept else v for t, v in self.vocabs.items()}
+        targets = {t: (np.array(encode(self.catalog.columns[t], vocabs[t]), dtype=np.int64) if self.kinds[t] == SINGLE
+                       else encode_multi(self.catalog.columns[t], vocabs[t], self.spec.separator)) if t in kept
+                   else y for t, y in self.targets.items()}
+        return replace(self, vocabs=vocabs, targets=targets), kept
 
     def class_counts(self, task: str, side: str = "train") -> np.ndarray:
         y = self.targets[task][self.rows[side]]

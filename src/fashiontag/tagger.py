@@ -27,6 +27,7 @@ from fashiontag.engines import Engine, load_engine
 from fashiontag.images import ImageError, PhotoInput
 from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
 from fashiontag.text import tokenizer_of
+from fashiontag.vocab import OTHER
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
@@ -58,7 +59,8 @@ class Tag:
 
     @property
     def needs_review(self) -> bool:
-        return bool(below_threshold(self.confidence, self.threshold))
+        """Below its threshold, or the pooled class of rare labels: `Other` names no real class, however sure."""
+        return self.label == OTHER or bool(below_threshold(self.confidence, self.threshold))
 
     @property
     def status(self) -> str:

@@ -30,7 +30,7 @@ from fashiontag.colours import colour_centroids
 from fashiontag.config import TrainConfig
 from fashiontag.dataset import TrainingData, load_dataset
 from fashiontag.engines import TorchEngine, bf16_supported, torch_input
-from fashiontag.model_meta import load_meta, write_meta
+from fashiontag.model_meta import DEFAULT_MODEL_DIR, load_meta, write_meta
 from fashiontag.models import TitleFusion, create_model, family_args
 from fashiontag.runlock import run_lock
 from fashiontag.split import load_split, save_split
@@ -233,7 +233,14 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     split_file = out / "split.json"
+    cfg, start_note = starting_point(cfg) if not resume else (cfg, "")
     data = training_data(cfg, cfg.split or split_file, progress=cfg.progress and main)
+    if start_note and main:
+        tqdm.write(start_note)
+    fresh_heads = []
+    if cfg.init:
+        data, kept = data.with_start_vocabs(load_meta(cfg.init)["vocabs"])
+        fresh_heads = [t for t in data.vocabs if t not in kept]
     cfg = cfg.override(model_args=title_args(cfg, data.catalog.titles, resume))
     kinds = data.kinds
     unknown = sorted(set(cfg.task_precision) - set(kinds))
@@ -273,7 +280,7 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     heads = {t: len(v) for t, v in data.vocabs.items()}
     raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
     if cfg.init and not resume:
-        start_from(raw_model, cfg.init)
+        start_from(raw_model, cfg.init, fresh_heads)
     frozen = photo_part(raw_model) if cfg.freeze_photo else []
     title_expert = bool(frozen) and raw_model.fusion == "late"
     for part in frozen:
@@ -496,14 +503,55 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
     it exists, else made) and vocabularies."""
     spec = CatalogSpec(cfg.data, cfg.id_column, cfg.image_column, cfg.title_column, cfg.label_separator)
     hw = parse_image_size(cfg.image_size) if cfg.image_size else None
+    # Started from a model, training takes its input size: a trunk's layers depend on the size (rescnn pools
+    # larger inputs after its stem), so its weights fit no other. A fine-tuning (a model folder named, not the
+    # shipped model as a shop's starting point) also takes its tasks unless told otherwise.
     start = load_meta(cfg.init) if cfg.init else {}
+    start_tasks = tuple(start.get("vocabs", ())) if cfg.start != "shipped" else ()
     if start and hw and list(hw) != start["input_hw"]:
-        raise ValueError(f"image size {cfg.image_size} differs from {cfg.init}'s input, {start['input_hw']}")
-    return load_dataset(spec, cfg.tasks or tuple(start.get("vocabs", ())), cfg.protocol, split_path=split_path,
-                        vocabs=start.get("vocabs"), min_count=cfg.min_count, seed=cfg.seed,
-                        cache_dir=cfg.cache_dir or None, progress=progress, framing=cfg.framing,
-                        hw=hw or (tuple(start["input_hw"]) if start else None), hierarchy=cfg.hierarchy,
-                        extra=cfg.extra)
+        raise ValueError(f"image size {cfg.image_size} differs from {cfg.init}'s input, "
+                         f"{'x'.join(map(str, start['input_hw']))}: drop --image-size to start from it, or start "
+                         "from scratch (--from scratch)")
+    return load_dataset(spec, cfg.tasks or start_tasks, cfg.protocol, split_path=split_path,
+                        min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None, progress=progress,
+                        framing=cfg.framing, hw=hw or (tuple(start["input_hw"]) if start else None),
+                        hierarchy=cfg.hierarchy, extra=cfg.extra)
+
+
+def starting_point(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+    """cfg with where training starts settled (init, pretrained), from cfg.start when no init is given, and a line
+    saying where and why.
+
+    auto: the shipped model's trunk (and title encoder) for a shop's own catalog, where its 32,000 fashion
+    products are worth most; random weights for the Kaggle layout, the catalog it was trained on, whose new split
+    would put photos it learnt from on the new run's validation and test sides. A start model that does not fit
+    the requested family and input size is an error when asked for by name, a note under auto."""
+    if cfg.init or cfg.start == "scratch":
+        return cfg, ""
+    if cfg.start == "imagenet":
+        if cfg.model != "efficientnet-lite0":
+            raise ValueError("--from imagenet starts from EfficientNet-Lite0's ImageNet weights: add --model "
+                             "efficientnet-lite0")
+        return cfg.override(pretrained=True), "starting from EfficientNet-Lite0's ImageNet weights"
+    shipped = load_meta(DEFAULT_MODEL_DIR)
+    trunk = {k: v for k, v in shipped["arch_args"].items() if k != "title"}
+    unfit = None
+    own = {k: v for k, v in cfg.model_args.items() if k != "title"}
+    if cfg.model != shipped["arch"] or own != trunk:
+        unfit = f"it is a {shipped['arch']} {trunk}, this run a {cfg.model} {own}"
+    elif cfg.image_size and list(parse_image_size(cfg.image_size)) != shipped["input_hw"]:
+        unfit = f"it takes {'x'.join(map(str, shipped['input_hw']))} photos, this run {cfg.image_size}"
+    if cfg.start == "shipped":
+        if unfit:
+            raise ValueError(f"--from shipped: the shipped model's trunk does not fit this model ({unfit}); drop "
+                             "--model / model_args, or use --from scratch")
+    elif unfit or (Path(cfg.data) / "styles.csv").is_file():
+        why = unfit or "this is the Kaggle layout the shipped model was trained on (--from shipped to start from it)"
+        return cfg, f"starting from random weights, not the shipped model: {why}"
+    return cfg.override(init=str(DEFAULT_MODEL_DIR), start="shipped"), (
+        f"starting from the shipped model ({DEFAULT_MODEL_DIR}) at its input size, "
+        f"{'x'.join(map(str, shipped['input_hw']))}: its trunk (and title encoder, for a catalog with titles), with "
+        "this catalog's own heads where its tasks or classes differ (--from scratch: random weights)")
 
 
 def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
@@ -530,15 +578,19 @@ def photo_part(model: nn.Module) -> list[nn.Module]:
     return model.photo_part()
 
 
-def start_from(model: nn.Module, folder: str) -> None:
+def start_from(model: nn.Module, folder: str, fresh_heads: list[str] = ()) -> None:
     """Copy a model folder's weights into `model` wherever name and shape agree (fine-tuning, or a larger model
-    grown from a smaller one); an architecture that shares almost nothing with it is an error."""
+    grown from a smaller one), except the heads of `fresh_heads` (tasks whose classes are not the start model's:
+    a head of the same size would still mean other classes); an architecture that shares almost nothing with it is
+    an error."""
     from safetensors.torch import load_file
 
     from fashiontag.model_meta import WEIGHTS, model_folder
     source = load_file(str(model_folder(folder) / WEIGHTS))
     own = model.state_dict()
-    taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    own_classes = tuple(f"heads.{t}." for t in fresh_heads)
+    taken = {k: v for k, v in source.items()
+             if k in own and own[k].shape == v.shape and not any(h in k for h in own_classes)}
     if len(taken) < len(own) / 2:
         raise ValueError(f"{folder}: only {len(taken)} of this model's {len(own)} tensors match its weights; "
                          "start from a model of the same family and size")
