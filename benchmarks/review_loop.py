@@ -95,7 +95,9 @@ def main() -> None:
     url = f"sqlite:///{db.resolve()}"
     store = ReviewStore(url)
     try:
-        filled = fill_queue(store, [str(ds.catalog.photos[row_of[p]]) for p in arrivals], args.model)
+        # No audits: the loop measures the thresholds' own split between auto-accepted and reviewed tags.
+        filled = fill_queue(store, [str(ds.catalog.photos[row_of[p]]) for p in arrivals], args.model,
+                            audit_share=0.0)
     finally:
         store.close()
     counts = simulate_reviewer(url, truth)

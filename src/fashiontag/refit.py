@@ -17,8 +17,9 @@ import torch
 
 from fashiontag.calibration import fit_temperatures
 from fashiontag.evaluate import model_dataset
-from fashiontag.model_meta import MULTI, load_meta, write_meta
+from fashiontag.model_meta import MULTI, load_meta, model_folder, write_meta
 from fashiontag.tagger import PHOTO_ONLY, Tagger
+from fashiontag.text import tokenizer_of
 from fashiontag.thresholds import decoded_confidence, fit_thresholds, precision_targets
 
 
@@ -79,3 +80,60 @@ def _fit_condition(tagger: Tagger, pixels: np.ndarray, titles: list[str | None] 
     probs = calibrated.probabilities(pixels, titles)
     confidence, correct = decoded_confidence(probs, calibrated.choose(probs), targets)
     return {**record, **fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))}
+
+
+def calibrate_from_reviews(model: str | Path, reviews: str, precision: float | None = None,
+                           task_precision: dict[str, float] | None = None) -> dict:
+    """Refit auto-accept thresholds on the tags people decided in a review database (review/stats.reviewed_tags:
+    accepted = the model was right, corrected = wrong; bulk-accepted tags left out), through the same
+    choose_threshold as validation (fit_thresholds: each target promised at 95% confidence), and write them into
+    the folder's model.json; temperatures stay (the queue keeps each tag's confidence, not the logits they would
+    be fitted on). Tasks with no decided tag keep their thresholds. The queue does not record whether a photo came
+    with a title: for a photo + title model the thresholds go into the photo-alone record ("photo_only"), which is
+    how photos reach a review queue unless loaded from a predict output with titles. Returns {record, condition,
+    fitted: {task: n}, kept: [tasks], queue_model}."""
+    from fashiontag.review.stats import reviewed_tags
+    from fashiontag.review.store import ReviewStore
+
+    folder = model_folder(model)
+    meta = load_meta(folder)
+    tasks = list(meta["vocabs"])
+    unknown = sorted(set(task_precision or {}) - set(tasks))
+    if unknown:
+        raise ValueError(f"--task-precision names tasks the model does not have: {', '.join(unknown)}; its tasks: "
+                         f"{', '.join(tasks)}")
+    store = ReviewStore(reviews, create=False)
+    try:
+        queued = store.model() or {}
+        decided = reviewed_tags(store)
+        shown = store.shown_url
+    finally:
+        store.close()
+    if queued.get("vocabs") and queued["vocabs"] != meta["vocabs"]:
+        raise ValueError(f"{shown} holds tags of a model with other tasks or classes than {folder}: calibrate the "
+                         "model that tagged the queue")
+    decided = {t: d for t, d in decided.items() if t in tasks and len(d["confidence"])}
+    if not decided:
+        raise ValueError(f"{shown}: no tag decided by a person yet (accepted or corrected on the review page)")
+    config = dict(meta.get("config", {}))
+    config.update({k: v for k, v in (("precision", precision), ("task_precision", task_precision)) if v is not None})
+    targets = precision_targets(config, tasks)
+    fitted = fit_thresholds({t: d["confidence"] for t, d in decided.items()},
+                            {t: d["correct"] for t, d in decided.items()}, {t: targets[t] for t in decided})
+    for c in fitted["thresholds_val"].values():
+        c["source"] = "reviews"
+    condition = PHOTO_ONLY if tokenizer_of(meta) is not None else ""
+    old = meta.get(condition, {}) if condition else meta
+    record = {"thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
+              "threshold_precision": {**old.get("threshold_precision", meta.get("threshold_precision", {})),
+                                      **fitted["threshold_precision"]},
+              "thresholds_val": {**old.get("thresholds_val", meta.get("thresholds_val", {})),
+                                 **fitted["thresholds_val"]},
+              "thresholds_reviews": {"db": shown, "tags": {t: len(d["confidence"]) for t, d in decided.items()},
+                                     "queue_model": queued.get("version")}}
+    write_meta(folder, {**meta, condition: {**old, **record}} if condition else {**meta, **record})
+    if (folder / "model.onnx").exists():
+        from fashiontag.export import export_onnx
+        export_onnx(folder)
+    return {"record": record, "condition": condition, "fitted": fitted["thresholds_val"],
+            "kept": [t for t in tasks if t not in decided], "queue_model": queued.get("version")}

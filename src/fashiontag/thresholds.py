@@ -41,6 +41,12 @@ def precision_lower_bound(hits: np.ndarray, n: np.ndarray, z: float = PROMISE_Z)
     return (centre - spread) / (1 + z * z / n)
 
 
+def precision_upper_bound(hits: np.ndarray, n: np.ndarray, z: float = PROMISE_Z) -> np.ndarray:
+    """Wilson's upper bound of a precision measured as hits of n: the lower bound of the misses' share, mirrored."""
+    hits, n = np.asarray(hits, float), np.asarray(n, float)
+    return 1 - precision_lower_bound(n - hits, n, z)
+
+
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 0.0) -> dict:
     """The lowest threshold whose accepted photos reach `precision`, with its coverage and measured precision.
 

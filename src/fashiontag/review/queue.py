@@ -8,8 +8,10 @@ in a loaded file that leads elsewhere (`/etc/shadow`) is skipped here, and refus
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -17,11 +19,14 @@ from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, 
 from fashiontag.predict import FORMATS, Problems, iter_image_paths, tag_paths
 from fashiontag.review.store import ReviewStore
 from fashiontag.spreadsheet import restored
-from fashiontag.tagger import Tagger, check_options
+from fashiontag.tagger import PHOTO_ONLY, Tagger, check_options
 
 # Runners-up kept per tag: keys 1-9 on the page take one.
 TOP_K = 10
 DB_SUFFIX = ".review.db"
+# The share of auto-accepted tags queued for a person all the same (audits): what measures the thresholds' promise
+# on the shop's own photos (review/stats.py).
+AUDIT_SHARE = 0.02
 
 
 def default_db(paths: list[str]) -> str:
@@ -32,11 +37,43 @@ def default_db(paths: list[str]) -> str:
 
 
 def model_record(meta: dict, folder: Path) -> dict:
-    """What the queue keeps of the model (see ReviewStore.set_model)."""
+    """What the queue keeps of the model (see ReviewStore.set_model), with what its thresholds promise and the
+    share of validation photos they accepted (thresholds_val's threshold, coverage, n per task) for review stats:
+    under "photo_only" the same for the photo alone, for a photo + title model."""
     hierarchy = hierarchy_of(meta)
+
+    def promise(m: dict) -> dict:
+        return {"thresholds": m.get("thresholds", {}), "threshold_precision": m.get("threshold_precision", {}),
+                "thresholds_val": {t: {k: v for k, v in c.items() if k in ("threshold", "coverage", "n")}
+                                   for t, c in (m.get("thresholds_val") or {}).items() if isinstance(c, dict)}}
+
+    photo_only = meta.get(PHOTO_ONLY)
     return {"version": model_version(folder)[:12], "tasks": list(meta["vocabs"]), "vocabs": meta["vocabs"],
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
-            "thresholds": meta.get("thresholds", {}), "id_column": meta.get("catalog", {}).get("id_column") or "id"}
+            **promise(meta), "id_column": meta.get("catalog", {}).get("id_column") or "id",
+            "titles": meta.get("arch_args", {}).get("title") is not None,
+            **({PHOTO_ONLY: promise({**meta, **photo_only})} if isinstance(photo_only, dict) else {})}
+
+
+def audit_draws(path: str, tasks: Iterable[str], share: float) -> set[str]:
+    """The tasks of a photo whose tag is audited (if auto-accepted): each with probability `share`, drawn from a
+    generator seeded by the photo's path, so filling the same photos again draws the same."""
+    if share <= 0:
+        return set()
+    rng = random.Random(int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogatepass")).digest()[:8], "big"))
+    return {t for t in tasks if rng.random() < share}
+
+
+def mark_audits(items: list[dict], share: float) -> int:
+    """Mark the drawn auto-accepted tags of items (audit_draws) as audits; returns how many."""
+    marked = 0
+    for item in items:
+        drawn = audit_draws(item["path"], item["tags"], share)
+        for t, tag in item["tags"].items():
+            if t in drawn and tag["confidence"] >= tag["threshold"]:
+                tag["audit"] = True
+                marked += 1
+    return marked
 
 
 def is_tag_list(path: str) -> bool:
@@ -121,14 +158,20 @@ def queue_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, fl
 
 
 def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | None = None,
-               min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = ()) -> dict:
+               min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = (),
+               audit_share: float = AUDIT_SHARE) -> dict:
     """Add to the queue the photos under `paths` that it does not hold yet (tagging them now), or the rows of
     one predict output file. min_confidence replaces the model's thresholds. roots: more folders that photos may
     come from (a predict output's photos elsewhere than its own folder, symlinked photos' folders). A photo outside
     the queue's folders, or a row of a predict output that cannot be queued, is skipped with a warning naming it.
+    audit_share: the share of auto-accepted tags of the photos added that is queued for review all the same, marked
+    as audits (audit_draws). Thresholds: a photo + title model's photos are judged by the record of what they came
+    with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does.
     Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
-    missing (paths), skipped (photos and rows)."""
+    missing (paths), skipped (photos and rows), audits (tags of the photos added marked as audits)."""
     check_options(1, min_confidence)
+    if not (math.isfinite(audit_share) and 0.0 <= audit_share <= 1.0):
+        raise ValueError(f"--audit-share {audit_share}: a share between 0 and 1")
     paths = [str(p) for p in paths]
     extra_roots = [Path(r) for r in roots]
     for r in extra_roots:
@@ -140,8 +183,9 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
     vocabs = meta["vocabs"]
     separators = {t: meta.get("catalog", {}).get("separator") or "|" for t, kind in task_kinds(meta).items()
                   if kind == MULTI}
-    thresholds = {t: float(meta.get("thresholds", {}).get(t, 0.0)) if min_confidence is None else min_confidence
-                  for t in vocabs}
+    photo_only = {**meta, **(meta.get(PHOTO_ONLY) or {})}
+    thresholds, photo_thresholds = ({t: float(m.get("thresholds", {}).get(t, 0.0)) if min_confidence is None
+                                     else min_confidence for t in vocabs} for m in (meta, photo_only))
     problems = Problems()
     known = store.known_paths()
     allowed = store.add_roots(photo_roots(paths) + [str(r.resolve()) for r in extra_roots])
@@ -165,7 +209,8 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
                 raise ValueError(f"{tag_list}, line {line}: no {', '.join(missing)} column: tag it with this "
                                  f"model (its tasks: {', '.join(vocabs)})")
             try:
-                item = queue_item(row, vocabs, thresholds, tag_list.parent, separators)
+                item = queue_item(row, vocabs, thresholds if isinstance(row, dict) and row.get("title") else
+                                  photo_thresholds, tag_list.parent, separators)
             except RowRefused as e:
                 skipped += 1
                 problems.warn(f"{tag_list}, line {line}: {e}; skipped")
@@ -178,7 +223,8 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
                 if str(p.resolve()) not in known and (not p.exists() or not outside(str(p), p.resolve()))]
         tagger = Tagger.load(folder, engine=engine)
         rows = tag_paths(tagger, todo, top_k=TOP_K, min_confidence=min_confidence, problems=problems) if todo else []
-        items = [queue_item(r, vocabs, thresholds, Path.cwd(), separators) for r in rows]
+        items = [queue_item(r, vocabs, photo_thresholds, Path.cwd(), separators) for r in rows]
+    audits = mark_audits([i for i in items if i["path"] not in known], audit_share)
     added = store.add_photos(items)
     return {"added": added, "queued": len(known) + added, "errors": sum(bool(i["error"]) for i in items),
-            "missing": len(problems.missing), "skipped": skipped}
+            "missing": len(problems.missing), "skipped": skipped, "audits": audits}

@@ -5,7 +5,10 @@ loses nothing that a reviewer was told is saved. Each tag carries a version; a w
 based on and is refused (Conflict) when another reviewer wrote that tag since, so nobody overwrites anybody.
 
 Tag status: `needs_review` (below its auto-accept threshold, nobody has looked), `auto` (at or above it, nobody
-has looked), `accepted` (a person kept the label), `corrected` (a person chose another label).
+has looked), `accepted` (a person kept the label), `corrected` (a person chose another label). A tag drawn for an
+audit (`audit`, fill_queue's audit_share) was at or above its threshold but is queued as `needs_review` all the same,
+so that people measure the auto-accepted tags' precision as the queue runs (review/stats.py); it stays marked as an
+audit after review.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine, event,
-                        inspect, select, update)
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
+                        event, false, inspect, select, update)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-SCHEMA_VERSION = 1
+# 2: tags.audit (a version-1 database gains it, false, when opened: _migrate).
+SCHEMA_VERSION = 2
 REVIEWED = ("accepted", "corrected")
 UNTOUCHED = ("needs_review", "auto")
 
@@ -44,7 +48,8 @@ tags = Table("tags", metadata,
              Column("status", String(16), nullable=False),
              Column("version", Integer, nullable=False),
              Column("reviewer", String(128)),
-             Column("updated_at", String(32)))
+             Column("updated_at", String(32)),
+             Column("audit", Boolean, nullable=False, default=False, server_default=false()))
 actions = Table("actions", metadata,
                 Column("id", Integer, primary_key=True, autoincrement=True),
                 Column("reviewer", String(128), nullable=False),
@@ -61,6 +66,12 @@ changes = Table("changes", metadata,
                 Column("after_label", String(256), nullable=False),
                 Column("after_status", String(16), nullable=False),
                 Column("after_version", Integer, nullable=False))
+# Reviewer accounts (review/auth.py): added to older databases when they are opened; none means no sign-in.
+users = Table("users", metadata,
+              Column("name", String(128), primary_key=True),
+              Column("role", String(16), nullable=False),  # reviewer, admin
+              Column("password_hash", Text, nullable=False),
+              Column("created_at", String(32), nullable=False))
 
 
 # A database that cannot be reached or written now (server stopped, disk full, file gone, pool exhausted), as
@@ -167,6 +178,8 @@ class ReviewStore:
                 found = conn.execute(select(schema_info.c.version)).scalar()
                 if found is None and create:
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+                elif found is not None and found < SCHEMA_VERSION:
+                    found = _migrate(conn, found)
         except DatabaseError as e:  # no server, no such file or folder, or a file that is not a database
             self.engine.dispose()
             raise StoreError(f"--db {self.shown_url}: cannot open the database ({reason(e)})") from None
@@ -238,8 +251,9 @@ class ReviewStore:
             return set(conn.execute(select(photos.c.path)).scalars())
 
     def add_photos(self, items: list[dict]) -> int:
-        """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold}}}; a path already
-        in the queue is skipped (its review goes on). Returns how many were added."""
+        """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold[, audit]}}}; a path
+        already in the queue is skipped (its review goes on). A tag with a true `audit` is queued as needing review
+        whatever its confidence. Returns how many were added."""
         known = self.known_paths()
         new = [i for i in items if i["path"] not in known]
         with self.engine.begin() as conn:
@@ -248,8 +262,9 @@ class ReviewStore:
                                                           error=item["error"])).inserted_primary_key[0]
                 rows = [{"photo_id": pid, "task": t, "model_label": tag["label"], "confidence": tag["confidence"],
                          "runners_up": json.dumps(tag["runners_up"]), "threshold": tag["threshold"],
-                         "label": tag["label"], "version": 1,
-                         "status": "needs_review" if tag["confidence"] < tag["threshold"] else "auto"}
+                         "label": tag["label"], "version": 1, "audit": bool(tag.get("audit")),
+                         "status": "needs_review" if tag["confidence"] < tag["threshold"] or tag.get("audit")
+                         else "auto"}
                         for t, tag in item["tags"].items()]
                 if rows:
                     conn.execute(tags.insert(), rows)
@@ -272,7 +287,7 @@ class ReviewStore:
             out[r.photo_id]["tags"][r.task] = {
                 "label": r.label, "status": r.status, "version": r.version, "reviewer": r.reviewer,
                 "updated_at": r.updated_at, "model_label": r.model_label, "confidence": r.confidence,
-                "threshold": r.threshold, "runners_up": json.loads(r.runners_up)}
+                "threshold": r.threshold, "runners_up": json.loads(r.runners_up), "audit": bool(r.audit)}
         return list(out.values())
 
     def photo(self, photo_id: int, conn: Connection | None = None) -> dict:
@@ -406,6 +421,17 @@ class ReviewStore:
                                                  before_label=before.label, before_status=before.status,
                                                  after_label=label, after_status=status, after_version=version + 1))
         return action_id
+
+
+def _migrate(conn: Connection, found: int) -> int:
+    """Bring an older schema up to SCHEMA_VERSION in the opening transaction; returns the version now."""
+    if found == 1:  # 1 -> 2: tags.audit, false for every tag queued before audits
+        if "audit" not in {c["name"] for c in inspect(conn).get_columns(tags.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {tags.name} ADD COLUMN audit BOOLEAN NOT NULL DEFAULT "
+                                 f"{'0' if conn.dialect.name == 'sqlite' else 'false'}")
+        found = 2
+    conn.execute(update(schema_info).values(version=found))
+    return found
 
 
 def unseen_combination(model: dict, labels: dict[str, str]) -> list[str] | None:

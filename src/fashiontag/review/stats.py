@@ -1,0 +1,153 @@
+"""How the auto-accept thresholds do on the shop's own photos, measured while the review queue runs.
+
+A random share of the tags at or above their threshold is queued for a person all the same, marked as audits
+(queue.fill_queue's audit_share). Per task, the audits a person decided are a random sample of the auto-accepted
+tags: accepted ones were right, corrected ones wrong, and their share is the live precision of auto-accept, with a
+95% Wilson interval. A task whose interval lies wholly below the precision its threshold promises
+(model.json's threshold_precision) is "below its promise". Beside it: the share of the queue's tags at or above
+their thresholds against the share of validation photos the thresholds accepted, and each reviewer's throughput.
+
+`reviewed_tags` gives the tags people decided (not bulk-accepted unseen), with their confidence and whether the
+model was right: what `fashiontag calibrate --reviews` fits thresholds on (refit.calibrate_from_reviews).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from sqlalchemy import func, select
+
+from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, photos, tags
+from fashiontag.thresholds import precision_lower_bound, precision_upper_bound
+
+# A two-sided 95% interval: each bound holds with 97.5% confidence.
+INTERVAL_Z = 1.96
+PHOTO_ONLY = "photo_only"
+CONDITIONS = {"": "with titles", PHOTO_ONLY: "photo alone"}
+
+
+def _condition(model: dict, task: str, queued: Counter) -> str:
+    """Which record of the model ("" top level, "photo_only") the queue's tags of a task were judged by: the one
+    whose threshold most of them carry (the queue stores each tag's threshold)."""
+    if PHOTO_ONLY not in model:
+        return ""
+    for threshold, _ in queued.most_common():
+        for key in (PHOTO_ONLY, ""):
+            record = model[key] if key else model
+            if record.get("thresholds", {}).get(task) is not None and \
+                    abs(float(record["thresholds"][task]) - threshold) < 1e-9:
+                return key
+    return PHOTO_ONLY  # a queue's photos came without titles unless a loaded predict output had them
+
+
+def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
+    """{tasks: {task: {...}}, reviewers: [...], below_promise: [tasks], audits_pending: n}. Per task: promise
+    (target precision), audits (decided audits), right, precision, low, high (Wilson, z), below_promise, pending
+    (audits not decided yet), tags (the queue's tags), auto_share (share at or above their threshold),
+    val_share (validation's coverage at the threshold, None where the queue did not record it), condition
+    ("with titles"/"photo alone" for a photo + title model, else None). Reviewers: name, tags (decided one by one),
+    bulk (accepted with "Accept all sure photos"), hours (clock hours with any action), per_hour."""
+    model = store.model() or {}
+    task_list = list(model.get("tasks") or [])
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(tags.c.task, tags.c.status, tags.c.audit, tags.c.confidence, tags.c.threshold)
+                            .join(photos, photos.c.id == tags.c.photo_id)).all()
+        done = conn.execute(select(actions.c.reviewer, actions.c.kind, actions.c.at,
+                                   func.count(changes.c.id).label("n"))
+                            .join(changes, changes.c.action_id == actions.c.id, isouter=True)
+                            .where(actions.c.undone_by.is_(None), actions.c.kind != "undo")
+                            .group_by(actions.c.id, actions.c.reviewer, actions.c.kind, actions.c.at)).all()
+    by_task: dict[str, list] = {}
+    for r in rows:
+        by_task.setdefault(r.task, []).append(r)
+    task_list += sorted(set(by_task) - set(task_list))
+    out = {}
+    for t in task_list:
+        rs = by_task.get(t, [])
+        audits = [r for r in rs if r.audit and r.status in REVIEWED]
+        right = sum(r.status == "accepted" for r in audits)
+        n = len(audits)
+        key = _condition(model, t, Counter(r.threshold for r in rs))
+        record = model.get(key, {}) if key else model
+        promise = record.get("threshold_precision", {}).get(t, model.get("threshold_precision", {}).get(t))
+        val = (record.get("thresholds_val") or {}).get(t) or {}
+        low = float(precision_lower_bound(right, n, z)) if n else None
+        high = float(precision_upper_bound(right, n, z)) if n else None
+        out[t] = {"promise": float(promise) if promise is not None else None, "audits": n, "right": right,
+                  "precision": right / n if n else None, "low": low, "high": high,
+                  "below_promise": bool(n and promise is not None and high < float(promise)),
+                  "pending": sum(bool(r.audit) and r.status not in REVIEWED for r in rs),
+                  "tags": len(rs), "auto_share": sum(r.confidence >= r.threshold for r in rs) / len(rs) if rs else None,
+                  "val_share": val.get("coverage"), "val_n": val.get("n"),
+                  "condition": CONDITIONS[key] if PHOTO_ONLY in model else None}
+    return {"tasks": out, "reviewers": _throughput(done), "below_promise": [t for t, s in out.items()
+                                                                            if s["below_promise"]],
+            "audits_pending": sum(s["pending"] for s in out.values()), "z": z}
+
+
+def _throughput(done) -> list[dict]:
+    """Per reviewer: tags decided one by one, tags bulk-accepted, clock hours (UTC) with any action, tags decided
+    per such hour."""
+    people: dict[str, dict] = {}
+    for r in done:
+        p = people.setdefault(r.reviewer, {"reviewer": r.reviewer, "tags": 0, "bulk": 0, "hours": set()})
+        p["bulk" if r.kind == "bulk_accept" else "tags"] += r.n
+        p["hours"].add(r.at[:13])  # ISO time to the hour
+    out = []
+    for p in sorted(people.values(), key=lambda p: p["reviewer"]):
+        hours = len(p["hours"])
+        out.append({**p, "hours": hours, "per_hour": p["tags"] / hours if hours else None})
+    return out
+
+
+def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
+    """Per task, the tags a person decided (accepted or corrected in a review action; tags accepted unseen with
+    "Accept all sure photos" are left out, as are undone decisions): confidence, correct (the model's label kept),
+    audit (an audit tag)."""
+    with store.engine.connect() as conn:
+        last = (select(changes.c.photo_id, changes.c.task, func.max(changes.c.id).label("last"))
+                .group_by(changes.c.photo_id, changes.c.task).subquery())
+        rows = conn.execute(
+            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit)
+            .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
+            .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
+            .where(tags.c.status.in_(REVIEWED), actions.c.kind == "review")).all()
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": []})
+        d["confidence"].append(r.confidence)
+        d["correct"].append(r.status == "accepted")
+        d["audit"].append(bool(r.audit))
+    return {t: {k: np.asarray(v, float if k == "confidence" else bool) for k, v in d.items()} for t, d in out.items()}
+
+
+def print_stats(stats: dict, file=None) -> None:
+    """The stats as two readable tables (rich): per task, and per reviewer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
+    conditions = {s["condition"] for s in stats["tasks"].values()} - {None}
+    tasks = Table(title="Auto-accepted tags measured by audits (95% Wilson interval)")
+    for name in ("task", "live precision", "interval", "audits", "pending", "promise", "", "auto-accepted",
+                 "validation" + (" (condition)" if conditions else ""), "tags"):
+        tasks.add_column(name, justify="left" if name in ("task", "") else "right")
+    for t, s in stats["tasks"].items():
+        tasks.add_row(t, pct(s["precision"]), f"{pct(s['low'])} - {pct(s['high'])}" if s["audits"] else "-",
+                      str(s["audits"]), str(s["pending"]), pct(s["promise"]),
+                      "[bold red]below its promise[/]" if s["below_promise"] else "", pct(s["auto_share"]),
+                      pct(s["val_share"]) + (f" ({s['condition']})" if s["condition"] else ""), str(s["tags"]))
+    people = Table(title="Reviewers")
+    for name in ("reviewer", "tags decided", "bulk-accepted", "active hours", "tags / hour"):
+        people.add_column(name, justify="left" if name == "reviewer" else "right")
+    for p in stats["reviewers"]:
+        people.add_row(p["reviewer"], str(p["tags"]), str(p["bulk"]), str(p["hours"]),
+                       "-" if p["per_hour"] is None else f"{p['per_hour']:.0f}")
+    console = Console(file=file, width=160)
+    console.print(tasks)
+    console.print(people if stats["reviewers"] else "no reviewer actions yet")
+    if stats["below_promise"]:
+        console.print(f"[bold red]below its promise:[/] {', '.join(stats['below_promise'])}: the audited "
+                      "precision's upper bound is under the target; recalibrate (`fashiontag calibrate --reviews`)")

@@ -1,0 +1,259 @@
+"""Measured while it runs (issue 23): audits of auto-accepted tags, `review stats` (live precision with its
+interval, below its promise, shares, throughput), thresholds refit from the shop's own reviews, and an older
+review database gaining the audit column."""
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from fashiontag.cli import app
+from fashiontag.model_meta import META, WEIGHTS, default_model_dir, load_meta
+from fashiontag.review.queue import audit_draws, fill_queue, mark_audits, model_record
+from fashiontag.review.routes import review_router
+from fashiontag.review.stats import review_stats, reviewed_tags
+from fashiontag.review.store import SCHEMA_VERSION, ReviewStore, schema_info, tags
+from fashiontag.thresholds import PROMISE_Z, choose_threshold
+
+MODEL = {"version": "abc123", "tasks": ["gender", "usage"], "id_column": "id",
+         "vocabs": {"gender": ["Men", "Women"], "usage": ["Casual", "Formal"]}, "hierarchy": None,
+         "thresholds": {"gender": 0.8, "usage": 0.8}, "threshold_precision": {"gender": 0.98, "usage": 0.98},
+         "thresholds_val": {"gender": {"threshold": 0.8, "coverage": 0.7, "n": 500},
+                            "usage": {"threshold": 0.8, "coverage": 0.6, "n": 500}}}
+
+
+def _item(n: int, conf: dict, audit: tuple = ()) -> dict:
+    return {"path": f"/photos/{n}.jpg", "item_id": str(n), "error": "", "tags": {
+        t: {"label": MODEL["vocabs"][t][0], "confidence": c, "runners_up": [[MODEL["vocabs"][t][1], 1 - c]],
+            "threshold": 0.8, **({"audit": True} if t in audit else {})} for t, c in conf.items()}}
+
+
+def _decide(store, photo, task, right: bool, reviewer="ann"):
+    tag = photo["tags"][task]
+    label = tag["model_label"] if right else next(c for c in store.model()["vocabs"][task] if c != tag["model_label"])
+    return store.review(photo["id"], {task: {"label": label, "version": tag["version"]}}, reviewer, confirm=True)
+
+
+def test_audits_draw_about_their_share_stably_and_never_from_unsure_tags(db_url):
+    items = [_item(n, {"gender": 0.95, "usage": 0.5 if n % 3 == 0 else 0.9}) for n in range(300)]
+    audits = mark_audits(items, 0.2)
+    sure = sum(t["confidence"] >= t["threshold"] for i in items for t in i["tags"].values())
+    assert sure == 500
+    assert abs(audits - 0.2 * sure) <= 4 * math.sqrt(sure * 0.2 * 0.8)  # binomial, 4 sigma
+    assert not any(t.get("audit") for i in items for t in i["tags"].values() if t["confidence"] < t["threshold"])
+    assert audit_draws("/photos/7.jpg", ["gender", "usage"], 0.2) == audit_draws("/photos/7.jpg", ["gender", "usage"],
+                                                                                 0.2)
+    assert mark_audits([_item(1, {"gender": 0.95})], 0.0) == 0 and audit_draws("/p.jpg", ["gender"], 1.0) == {"gender"}
+    store = ReviewStore(db_url)
+    store.set_model(MODEL)
+    store.add_photos(items)
+    got = [(p, t) for p in store.photos() for t in p["tags"].values()]
+    marked = [t for _, t in got if t["audit"]]
+    assert len(marked) == audits and all(t["status"] == "needs_review" for t in marked)
+    assert all(t["status"] == "auto" for _, t in got if not t["audit"] and t["confidence"] >= 0.8)
+    # An audit is not accepted unseen by "Accept all sure photos", and stays an audit once decided.
+    audited = {p["id"] for p, t in got if t["audit"]}
+    all_sure = {p["id"] for p, t in got if t["confidence"] >= 0.8} - {p["id"] for p, t in got if t["confidence"] < 0.8}
+    accepted = set(store.bulk_accept("ann")["accepted"])
+    assert accepted == all_sure - audited and audited & all_sure
+    photo = store.photo(min(audited))
+    task = next(t for t, tag in photo["tags"].items() if tag["audit"])
+    after = _decide(store, photo, task, right=False)["photo"]["tags"][task]
+    assert (after["status"], after["audit"]) == ("corrected", True)
+    store.close()
+
+
+def _shipped_tag_list(tmp_path, n: int) -> tuple:
+    """A predict CSV for the shipped model: every tag at its first class, sure (0.999)."""
+    meta = load_meta(default_model_dir())
+    rows = [{"path": str(tmp_path / f"p{i}.jpg"), "id": str(i), "error": "",
+             **{k: v for t, classes in meta["vocabs"].items()
+                for k, v in ((t, classes[0]), (f"{t}_confidence", 0.999))}}
+            for i in range(n)]
+    path = tmp_path / "tags.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, meta
+
+
+def test_fill_queue_audits_its_share_of_sure_tags_and_refills_the_same(tmp_path):
+    path, meta = _shipped_tag_list(tmp_path, 120)
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    store = ReviewStore(url)
+    counts = fill_queue(store, [str(path)], audit_share=0.2)
+    photos = store.photos()
+    tags_ = [t for p in photos for t in p["tags"].values()]
+    sure = [t for t in tags_ if t["confidence"] >= t["threshold"]]
+    assert counts["audits"] == sum(t["audit"] for t in tags_) > 0
+    assert abs(counts["audits"] - 0.2 * len(sure)) <= 4 * math.sqrt(len(sure) * 0.16)
+    # The photo alone is judged by the photo_only thresholds (a predict output without titles).
+    assert {t: p["tags"][t]["threshold"] for p in photos[:1] for t in p["tags"]} == pytest.approx(
+        meta["photo_only"]["thresholds"])
+    assert store.model()["photo_only"]["thresholds_val"]["gender"]["coverage"] == \
+        meta["photo_only"]["thresholds_val"]["gender"]["coverage"]
+    store.close()
+    again = ReviewStore(f"sqlite:///{tmp_path / 'q2.db'}")
+    fill_queue(again, [str(path)], audit_share=0.2)
+    assert [{t: x["audit"] for t, x in p["tags"].items()} for p in again.photos()] == \
+        [{t: x["audit"] for t, x in p["tags"].items()} for p in photos]
+    again.close()
+
+
+def _stats_store(url):
+    store = ReviewStore(url)
+    store.set_model(MODEL)
+    # 50 gender audits (45 right), 20 usage audits (all right), 10 unsure tags, 3 audits not decided yet.
+    store.add_photos([_item(n, {"gender": 0.95, "usage": 0.9}, audit=("gender",) + (("usage",) if n < 20 else ()))
+                      for n in range(53)] + [_item(100 + n, {"gender": 0.5, "usage": 0.99}) for n in range(10)])
+    photos = store.photos()
+    for i, p in enumerate(photos[:50]):
+        _decide(store, p, "gender", right=i >= 5, reviewer="ann" if i % 2 else "bob")
+    for p in photos[:20]:
+        _decide(store, p, "usage", right=True, reviewer="ann")
+    for p in photos[53:]:  # an unsure tag, decided: not an audit, not counted in live precision
+        _decide(store, p, "gender", right=False, reviewer="bob")
+    return store
+
+
+def _wilson(hits, n, z=1.96):
+    p = hits / n
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
+def test_stats_live_precision_interval_promise_shares_and_throughput(db_url):
+    store = _stats_store(db_url)
+    stats = review_stats(store)
+    g, u = stats["tasks"]["gender"], stats["tasks"]["usage"]
+    assert (g["audits"], g["right"], g["precision"], g["pending"]) == (50, 45, 0.9, 3)
+    assert (g["low"], g["high"]) == pytest.approx(_wilson(45, 50))
+    assert g["high"] < 0.98 and g["below_promise"] and stats["below_promise"] == ["gender"]
+    assert (u["audits"], u["precision"], u["below_promise"]) == (20, 1.0, False)
+    assert (u["low"], u["high"]) == pytest.approx(_wilson(20, 20))
+    assert g["auto_share"] == pytest.approx(53 / 63) and u["auto_share"] == 1.0
+    assert (g["val_share"], u["val_share"], g["promise"], g["condition"]) == (0.7, 0.6, 0.98, None)
+    people = {p["reviewer"]: p for p in stats["reviewers"]}
+    assert (people["ann"]["tags"], people["bob"]["tags"]) == (45, 35)
+    assert people["ann"]["hours"] >= 1 and people["ann"]["per_hour"] == 45 / people["ann"]["hours"]
+    # The page's endpoint and the command line say the same.
+    api = FastAPI()
+    api.include_router(review_router(store))
+    with TestClient(api) as client:
+        answer = client.get("/review/api/stats").json()
+    assert answer["below_promise"] == ["gender"] and answer["tasks"]["gender"]["audits"] == 50
+    result = CliRunner().invoke(app, ["review", "stats", "--db", db_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["tasks"]["gender"]["high"] == pytest.approx(g["high"])
+    table = CliRunner().invoke(app, ["review", "stats", "--db", db_url])
+    assert table.exit_code == 0 and "below its promise" in table.output and "gender" in table.output
+    store.close()
+
+
+def test_an_old_schema_database_gains_the_audit_column(db_url):
+    store = ReviewStore(db_url)
+    store.set_model(MODEL)
+    store.add_photos([_item(1, {"gender": 0.95, "usage": 0.5})])
+    with store.engine.begin() as conn:  # as fashiontag wrote it before audits
+        conn.exec_driver_sql("ALTER TABLE tags DROP COLUMN audit")
+        conn.execute(schema_info.update().values(version=1))
+    store.close()
+    reopened = ReviewStore(db_url, create=False)
+    with reopened.engine.connect() as conn:
+        assert conn.execute(select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 2
+        assert conn.execute(select(tags.c.audit)).scalars().all() == [False, False]
+    photo = reopened.photos()[0]
+    assert {t: (x["status"], x["audit"]) for t, x in photo["tags"].items()} == {
+        "gender": ("auto", False), "usage": ("needs_review", False)}
+    reopened.add_photos([_item(2, {"gender": 0.95}, audit=("gender",))])
+    assert reopened.photos()[1]["tags"]["gender"]["audit"] is True
+    reopened.close()
+
+
+def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (META, WEIGHTS):
+        shutil.copy(default_model_dir() / name, folder / name)
+    meta = load_meta(folder)
+    url = f"sqlite:///{tmp_path / 'reviews.db'}"
+    store = ReviewStore(url)
+    store.set_model(model_record(meta, folder))
+    rng = np.random.default_rng(0)
+    conf = np.round(rng.uniform(0.3, 1.0, 300), 4)
+    correct = rng.uniform(size=300) < conf ** 0.3
+    classes = meta["vocabs"]["gender"]
+    store.add_photos([{"path": f"/p/{i}.jpg", "item_id": str(i), "error": "", "tags": {
+        "gender": {"label": classes[0], "confidence": float(c), "runners_up": [], "threshold": 0.5}}}
+        for i, c in enumerate(conf)] + [{"path": f"/p/sure{i}.jpg", "item_id": f"s{i}", "error": "", "tags": {
+            "gender": {"label": classes[0], "confidence": 0.2, "runners_up": [], "threshold": 0.1}}}
+        for i in range(20)])
+    for p, right in zip(store.photos(), correct):
+        _decide(store, p, "gender", bool(right))
+    store.bulk_accept("ann")  # accepted unseen: no evidence, left out
+    got = reviewed_tags(store)["gender"]
+    assert len(got["confidence"]) == 300 and got["correct"].sum() == correct.sum()
+    store.close()
+    result = CliRunner().invoke(app, ["calibrate", "--model", str(folder), "--reviews", url, "--precision", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert "photo_only" in result.output and "kept (no reviewed tag)" in result.output
+    want = choose_threshold(conf, correct, 0.9, PROMISE_Z)
+    after = load_meta(folder)
+    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(want["threshold"]) and want["coverage"] > 0
+    assert after["photo_only"]["thresholds_val"]["gender"]["n"] == 300
+    assert after["photo_only"]["threshold_precision"]["gender"] == 0.9
+    # the rest stays: other tasks, the with-titles record, temperatures
+    assert after["photo_only"]["thresholds"]["usage"] == meta["photo_only"]["thresholds"]["usage"]
+    assert after["thresholds"] == meta["thresholds"] and after["temperatures"] == meta["temperatures"]
+    assert after["photo_only"]["temperatures"] == meta["photo_only"]["temperatures"]
+
+
+def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_promise(browser, tmp_path):
+    """Audit tags need review with an "audit" badge and "Accept all sure photos" leaves them; a task measured below
+    its promise gets a banner; "reviewed" (filter and data-done) follows the server's rule."""
+    from browser import live_server, open_page
+    from synthetic import draw
+
+    from fashiontag.serve import create_app
+    from fashiontag.tagger import Tagger
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate(["Red", "Blue", "Black", "Green"]):
+        draw("Tshirts", colour, "Men").save(photos / f"{i}.jpg", "JPEG")
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
+    fill_queue(store, [str(photos)], engine="onnx", min_confidence=0.0, audit_share=0.0)  # every tag sure
+    a, b, c, d = (p["id"] for p in store.photos())
+    with store.engine.begin() as conn:  # gender of a and b drawn for audit
+        conn.execute(tags.update().where(tags.c.photo_id.in_([a, b]), tags.c.task == "gender")
+                     .values(audit=True, status="needs_review"))
+    _decide(store, store.photo(b), "gender", right=False)  # an audit found wrong: 0 of 1, below 98%
+    _decide(store, store.photo(d), "usage", right=True)  # d: a person decided a tag, the rest stay the model's
+    app = create_app(tagger=Tagger.load(None, engine="onnx", threads=1), review=store)
+    with live_server(app) as url, open_page(browser, url) as page:
+        assert page.locator("#promise-warning").is_visible()
+        assert "gender" in page.locator("#promise-warning").text_content()
+        page.fill("#reviewer", "ann")
+        page.select_option("#f-status", "all")
+        done = {int(el.get_attribute("data-id")): el.get_attribute("data-done") for el in page.locator(".card").all()}
+        assert done == {a: "false", b: "true", c: "false", d: "true"}
+        audit_row = page.locator(f".card[data-id='{a}'] tr[data-task='gender']")
+        assert audit_row.get_attribute("data-audit") == "true" and audit_row.locator(".badge.audit").is_visible()
+        assert audit_row.get_attribute("data-status") == "needs_review"
+        page.select_option("#f-status", "reviewed")
+        assert {int(el.get_attribute("data-id")) for el in page.locator(".card").all()} == {b, d}
+        page.select_option("#f-status", "needs")
+        assert {int(el.get_attribute("data-id")) for el in page.locator(".card").all()} == {a}
+        page.click("#bulk")
+        page.wait_for_function(f"window.fashiontag.state.photos.find((p) => p.id === {c})"
+                               ".tags.gender.status === 'accepted'", timeout=15000)
+        assert store.photo(a)["tags"]["gender"]["status"] == "needs_review"
+        assert store.photo(a)["tags"]["usage"]["status"] == "auto"
+    store.close()
