@@ -6,7 +6,8 @@ and 1,000 others as its new arrivals. The shop speaks its own words: gender -> a
 department, articleType -> category, baseColour -> colour, values lower-cased, and some merged (its "sneakers"
 are two articleTypes, its "kids" two genders). Each shop trains with the README's plain command (`fashiontag train
 --data shop.csv --id-column sku --image-column photo [--title-column name]`), from the shipped model (the
-default) and `--from scratch`, photo only and photo + title; scored on the new arrivals with `fashiontag evaluate`.
+default; photo only and photo + title) and `--from scratch` (photo only); scored on the new arrivals with
+`fashiontag evaluate`.
 A TF-IDF (character 2-5-grams) + linear SVM on the same titles is the baseline. Run by hand (minutes per shop):
 
     PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/few_shot.py --n 900 --draws 1
@@ -84,7 +85,8 @@ def run(n: int, draw: int, work: Path, starts: list[str]) -> list[dict]:
     results = [{"n": n, "draw": draw, "model": "TF-IDF + SVM, title", "seconds": None,
                 **svm_baseline(labelled, arrivals)}]
     for start in starts:
-        for title in ("", "name"):
+        # From scratch a model has no title branch unless model_args build one: photo only.
+        for title in ("",) if start == "scratch" else ("", "name"):
             out = work / f"{start}-{title or 'photo'}"
             cfg = TrainConfig(data=str(shop), id_column="sku", image_column="photo", title_column=title,
                               tasks=tuple(COLUMNS.values()), out=str(out), start=start, seed=draw, progress=False)
