@@ -205,6 +205,39 @@ def evaluate(
 
 
 @app.command()
+def audit(
+    data: Optional[str] = typer.Option(None, metavar="CATALOG", help=DATA_HELP + "; read with the model's columns"),
+    model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
+    tasks: Optional[str] = typer.Option(None, metavar="A,B,...", help="tasks to audit (default: all the model's "
+                                        "single-label tasks)"),
+    side: str = typer.Option("unseen", metavar="SIDE", help="on the model's own catalog: unseen (validation and "
+                             "test sides), val or test; its training side's labels were learnt, so never audited. "
+                             "Another catalog is audited whole"),
+    out: str = typer.Option("audit.csv", metavar="FILE", help="the flagged labels, most likely wrong first; "
+                            "audit.md, a report, is written beside it"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+):
+    """Find the catalog's labels that are likely wrong, from a model that did not learn them (cleanlab)."""
+    from fashiontag.audit import LEVELS, audit as run_audit
+    try:
+        result = run_audit(_data(data), model, _tasks(tasks), side, progress=progress)
+        report = result.save(out)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {out}: {e.strerror or e}")
+    typer.echo(f"audited {result.scope}")
+    for t, s in result.summary.items():
+        typer.echo(f"{t:15s} {s['scored']:,} labels: " + ", ".join(f"{s[f'at_{x}']:,} at score >= {x}" for x in LEVELS)
+                   + f"; cleanlab finds {s['cleanlab']:,}" + (f"; {s['unknown']:,} not the model's classes"
+                                                               if s["unknown"] else ""))
+    for note in result.notes:
+        typer.echo(note)
+    typer.echo(f"identical photos with different labels: {len(result.duplicates):,} groups")
+    typer.echo(f"{len(result.flags):,} flags: {out}; report: {report}")
+
+
+@app.command()
 def calibrate(
     model: str = typer.Option(..., metavar="DIR", help="model folder whose model.json receives the thresholds"),
     data: Optional[str] = typer.Option(None, metavar="DIR", help="the catalog it was trained on (default: "

@@ -1,0 +1,254 @@
+"""Catalog audit: which of the labels already in a catalog are likely wrong (issue 24).
+
+A label is judged by a model that did not learn it: on a catalog the model was not trained on, its predictions for
+every row; on the model's own catalog only the sides of its split it never trained on (validation and test),
+since on its training photos it has learnt the catalog's labels, wrong ones included (scoring the training side
+needs cross-fitted predictions: future work). cleanlab ranks the labels from those calibrated probabilities.
+
+    from fashiontag.audit import audit
+    result = audit("path/to/catalog")
+    result.to_csv("audit.csv")
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fashiontag.evaluate import model_dataset, rows_to_score
+from fashiontag.model_meta import MULTI
+from fashiontag.spreadsheet import inert_row
+from fashiontag.tagger import Tagger
+from fashiontag.vocab import OTHER
+
+COLUMNS = ["id", "task", "catalog_label", "suggested_label", "score", "path", "title", "runners_up", "cleanlab_issue"]
+LEVELS = (0.5, 0.8, 0.95)
+# cleanlab's label quality "self_confidence" is p(label), so a score (1 - quality) of 0.5 or more means the model
+# gives the catalog's label less than even odds. On planted errors it found more than cleanlab's
+# "normalized_margin" and "confidence_weighted_entropy" (benchmarks/audit.py): those also raise labels the model
+# is merely unsure between, which the catalog has many of (colours).
+METHOD = "self_confidence"
+RUNNERS_UP = 3
+
+
+@dataclass
+class Flag:
+    """One label of one product that the model disagrees with."""
+    id: str
+    task: str
+    catalog_label: str
+    suggested_label: str
+    score: float              # 1 - cleanlab's label quality: 0.5 and more, the label has under even odds
+    path: str
+    title: str
+    runners_up: str           # the model's most probable classes, "label p; label p; ..."
+    cleanlab_issue: bool      # cleanlab.filter.find_label_issues flags it (confident learning)
+
+    def row(self) -> dict:
+        return {c: round(self.score, 4) if c == "score" else getattr(self, c) for c in COLUMNS}
+
+
+@dataclass
+class TaskScores:
+    """Every scored label of one task: catalog rows, their scores and cleanlab's verdicts, in row order."""
+    rows: np.ndarray          # catalog row positions
+    labels: np.ndarray        # the catalog's class indices
+    suggested: np.ndarray     # the model's class indices (never the catalog's own: its best other class then)
+    score: np.ndarray
+    issue: np.ndarray         # bool
+
+
+@dataclass
+class Audit:
+    flags: list[Flag]                              # grouped by product, most likely wrong product first
+    scores: dict[str, TaskScores]                  # per task, every label scored (for benchmarks and notebooks)
+    summary: dict[str, dict]                       # per task: scored, unknown, flagged at LEVELS, cleanlab
+    duplicates: list[dict]                         # exact-duplicate photos whose labels disagree
+    scope: str                                     # which rows were scored and why
+    ids: list[str]                                 # the catalog's ids by row: TaskScores.rows index them
+    notes: list[str] = field(default_factory=list)
+
+    def to_csv(self, path: str | Path) -> None:
+        """The flags, most likely wrong first, as spreadsheet-safe CSV, written atomically."""
+        def write(f):
+            w = csv.DictWriter(f, COLUMNS)
+            w.writeheader()
+            w.writerows(inert_row(flag.row()) for flag in self.flags)
+        _atomically(Path(path), write)
+
+    def to_markdown(self, top: int = 20) -> str:
+        lines = ["# Catalog audit", "", f"Scored: {self.scope}. Score = 1 - cleanlab's label quality "
+                 f"({METHOD}: 1 - the model's probability of the catalog's label); 0.5 and more: under even odds.", "",
+                 "| task | labels scored | not the model's classes | score >= 0.5 | >= 0.8 | >= 0.95 | cleanlab issues |",
+                 "|---|---|---|---|---|---|---|"]
+        for t, s in self.summary.items():
+            lines.append(f"| {t} | {s['scored']:,} | {s['unknown']:,} | " + " | ".join(
+                f"{s[f'at_{x}']:,}" for x in LEVELS) + f" | {s['cleanlab']:,} |")
+        lines += [f"- {n}" for n in self.notes]
+        products = _products(self.flags)[:top]
+        lines += ["", f"## The {len(products)} products most likely mislabelled", "",
+                  "| id | task | catalog | suggested | score | title |", "|---|---|---|---|---|---|"]
+        for flags in products:
+            for f in flags:
+                lines.append(f"| {_md(f.id)} | {f.task} | {_md(f.catalog_label)} | {_md(f.suggested_label)} | "
+                             f"{f.score:.3f} | {_md(f.title)} |")
+        lines += ["", f"## Identical photos with different labels: {len(self.duplicates):,} groups", ""]
+        for g in self.duplicates[:50]:
+            lines.append(f"- {', '.join(g['ids'])}: " + "; ".join(
+                f"{t} {' / '.join(sorted(set(v)))}" for t, v in g["labels"].items()))
+        return "\n".join(lines) + "\n"
+
+    def write_report(self, path: str | Path) -> None:
+        _atomically(Path(path), lambda f: f.write(self.to_markdown()))
+
+    def save(self, csv_path: str | Path) -> Path:
+        """The flags to csv_path and the report to audit.md beside it; returns the report's path."""
+        csv_path = Path(csv_path)
+        report = csv_path.with_name("audit.md" if csv_path.name != "audit.md" else "audit.report.md")
+        self.to_csv(csv_path)
+        self.write_report(report)
+        return report
+
+
+def audit(catalog: str | Path, model: str | Path | Tagger | None = None, tasks: tuple[str, ...] | None = None,
+          side: str = "unseen", cache_dir: str | None = None, progress: bool = True, titles: bool = True,
+          min_score: float = 0.5) -> Audit:
+    """Score every label of `catalog` the model did not learn, for each single-label task (default: all the
+    model's), and flag those scoring min_score or more or that cleanlab finds; see the module's docstring.
+
+    side: "unseen" (default), "val", "test": which side of the model's own split to score; another catalog is
+    scored whole. A flag's product also lists its other flagged tasks (a wrong articleType drags subCategory)."""
+    if side not in ("unseen", "val", "test"):
+        raise ValueError(f"side {side!r}: use unseen, val or test (the training side's labels were learnt)")
+    tagger = model if isinstance(model, Tagger) else Tagger.load(model)
+    chosen_tasks = _check_tasks(tasks, tagger)
+    ds = model_dataset(tagger, catalog, cache_dir, progress)
+    rows, scope = rows_to_score(ds, side)
+    if len(rows) == 0:
+        raise ValueError(f"{catalog}: no usable photos to audit")
+    pixels = np.asarray(ds.cache.pixels[rows])
+    with_titles = titles and tagger.tokenizer is not None
+    probs = tagger.probabilities(pixels, [ds.catalog.titles[i] for i in rows] if with_titles else None)
+    suggested = tagger.choose(probs)
+    notes = [f"{t}: multi-label, not audited" for t in chosen_tasks if tagger.kinds[t] == MULTI]
+    scores, summary = {}, {}
+    for t in (t for t in chosen_tasks if tagger.kinds[t] != MULTI):
+        labels = ds.targets[t][rows]
+        known = (labels >= 0) & np.isfinite(probs[t]).all(1)
+        if not known.any():
+            seen = sorted({ds.catalog.columns[t][i] for i in rows} - {""})[:5]
+            raise ValueError(f"{ds.catalog.source}: none of its {t} labels are classes of the model "
+                             f"(e.g. {', '.join(map(repr, seen))}; the model's: {', '.join(tagger.vocabs[t][:5])}, ...); "
+                             "leave the task out with --tasks")
+        scores[t] = score_labels(labels[known], probs[t][known], suggested[t][known], tagger.vocabs[t], rows[known])
+        summary[t] = summarise(scores[t], unknown=int((~known).sum()))
+    by_row = {t: dict(zip(rows.tolist(), probs[t])) for t in scores}
+    flags = _flags(ds, scores, by_row, tagger.vocabs, min_score)
+    return Audit(flags, scores, summary, duplicate_disagreements(ds, tuple(scores)),
+                 f"{len(rows):,} products, {scope}" + ("; with their titles" if with_titles else ""),
+                 ds.catalog.ids, notes)
+
+
+def score_labels(labels: np.ndarray, pred_probs: np.ndarray, suggested: np.ndarray | None = None,
+                 classes: list[str] | None = None, rows: np.ndarray | None = None, method: str = METHOD) -> TaskScores:
+    """Scores (1 - cleanlab's label quality) and cleanlab's label issues for one task's labels (class indices)
+    given out-of-sample probabilities; suggested: the model's pick per row (default: the most probable class);
+    rows: their catalog rows (default: 0, 1, ...)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    p = np.asarray(pred_probs, np.float64)
+    p = p / p.sum(1, keepdims=True)  # float32 sums off by 1e-7 trip cleanlab's checks
+    quality = get_label_quality_scores(labels, p, method=method)
+    # Confident learning estimates each class's noise from its own labels; it warns once per class with few of them,
+    # which a catalog's rare classes always are: the scores still rank those labels.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="May not flag all label issues", module="cleanlab")
+        issue = find_label_issues(labels, p, filter_by="prune_by_noise_rate", n_jobs=1) if len(labels) > 1 else \
+            np.zeros(len(labels), bool)
+    best_other = np.where(np.arange(p.shape[1])[None] == labels[:, None], -1.0, p)
+    if classes is not None and OTHER in classes:
+        best_other[:, classes.index(OTHER)] = -1.0  # the pooled rare classes name no label to suggest
+    other = best_other.argmax(1)
+    if suggested is None:
+        suggested = p.argmax(1)
+    suggested = np.where((suggested == labels) | _is_other(suggested, classes), other, suggested)
+    return TaskScores(np.arange(len(labels)) if rows is None else rows, labels, suggested, 1.0 - quality, np.asarray(issue, bool))
+
+
+def summarise(s: TaskScores, unknown: int = 0) -> dict:
+    return {"scored": int(len(s.score)), "unknown": unknown, "cleanlab": int(s.issue.sum()),
+            **{f"at_{x}": int((s.score >= x).sum()) for x in LEVELS}}
+
+
+def duplicate_disagreements(ds, tasks: tuple[str, ...]) -> list[dict]:
+    """Groups of catalog rows whose cached photos are byte for byte identical and whose labels differ on a task:
+    one of them is wrong whatever the model thinks. The whole catalog is searched, training side included."""
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for i in np.flatnonzero(ds.cache.ok):
+        groups[hashlib.blake2b(np.ascontiguousarray(ds.cache.pixels[i]).tobytes(), digest_size=16).digest()].append(i)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        labels = {t: [ds.catalog.columns[t][i] for i in members] for t in tasks}
+        differ = {t: v for t, v in labels.items() if len(set(v) - {""}) > 1}
+        if differ:
+            out.append({"ids": [ds.catalog.ids[i] for i in members], "labels": differ})
+    return sorted(out, key=lambda g: (-len(g["labels"]), g["ids"]))
+
+
+def _flags(ds, scores: dict[str, TaskScores], probs: dict[str, dict], vocabs: dict, min_score: float) -> list[Flag]:
+    flags = []
+    for t, s in scores.items():
+        for k in np.flatnonzero((s.score >= min_score) | s.issue):
+            i = int(s.rows[k])
+            p = probs[t][i]
+            top = np.argsort(-p)[:RUNNERS_UP]
+            flags.append(Flag(ds.catalog.ids[i], t, ds.catalog.columns[t][i], vocabs[t][s.suggested[k]],
+                              float(s.score[k]), str(ds.catalog.photos[i]), ds.catalog.titles[i],
+                              "; ".join(f"{vocabs[t][c]} {p[c]:.3f}" for c in top), bool(s.issue[k])))
+    return [f for product in _products(flags) for f in product]
+
+
+def _products(flags: list[Flag]) -> list[list[Flag]]:
+    """Flags grouped by product, each product's most likely wrong task first, products by their highest score."""
+    by_id: dict[str, list[Flag]] = defaultdict(list)
+    for f in flags:
+        by_id[f.id].append(f)
+    products = [sorted(fs, key=lambda f: -f.score) for fs in by_id.values()]
+    return sorted(products, key=lambda fs: (-fs[0].score, fs[0].id))
+
+
+def _check_tasks(tasks, tagger: Tagger) -> list[str]:
+    if not tasks:
+        return list(tagger.tasks)
+    unknown = [t for t in tasks if t not in tagger.tasks]
+    if unknown:
+        raise ValueError(f"the model has no task {', '.join(map(repr, unknown))}; its tasks: {', '.join(tagger.tasks)}")
+    return list(tasks)
+
+
+def _is_other(idx: np.ndarray, classes: list[str] | None) -> np.ndarray:
+    return idx == classes.index(OTHER) if classes is not None and OTHER in classes else np.zeros(len(idx), bool)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _atomically(path: Path, write) -> None:
+    """Write through a temporary file beside `path`, so an interrupted run leaves the old file or none."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
