@@ -82,3 +82,13 @@ def test_a_fine_tuning_keeps_the_start_models_classes_where_they_cover_the_catal
 def test_the_pooled_other_class_always_needs_review():
     assert Tag("Other", 0.99, threshold=0.5).needs_review and not Tag("Shirts", 0.99, threshold=0.5).needs_review
     assert json.dumps(Tag("Other", 0.99, threshold=0.5).to_dict())  # still a plain JSON tag
+
+
+def test_the_review_queue_holds_other_for_a_person_too(tmp_path):
+    from fashiontag.review.store import ReviewStore
+    store = ReviewStore(f"sqlite:///{tmp_path / 'q.db'}")
+    tag = {"confidence": 0.99, "runners_up": [], "threshold": 0.5}
+    store.add_photos([{"path": str(tmp_path / "a.jpg"), "item_id": "a", "error": "",
+                       "tags": {"category": {**tag, "label": "Other"}, "colour": {**tag, "label": "navy"}}}])
+    statuses = {task: t["status"] for task, t in store.photos()[0]["tags"].items()}
+    assert statuses == {"category": "needs_review", "colour": "auto"}

@@ -37,9 +37,10 @@ NOT_FINITE = "the model gave NaN or infinite outputs for this photo, so it has n
 PHOTO_ONLY = "photo_only"
 
 
-def below_threshold(confidence, threshold):
-    """The review rule, for a number or a numpy array: a tag less sure than its threshold needs a person."""
-    return confidence < threshold
+def needs_review(label: str, confidence: float, threshold: float) -> bool:
+    """The review rule (tags here, the review queue's statuses): a tag less sure than its threshold needs a
+    person, and so does the pooled class of rare labels, `Other`, however sure: it names no real class."""
+    return label == OTHER or confidence < threshold
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ class Tag:
 
     @property
     def needs_review(self) -> bool:
-        """Below its threshold, or the pooled class of rare labels: `Other` names no real class, however sure."""
-        return self.label == OTHER or bool(below_threshold(self.confidence, self.threshold))
+        return needs_review(self.label, self.confidence, self.threshold)
 
     @property
     def status(self) -> str:

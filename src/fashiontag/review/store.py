@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from fashiontag.tagger import needs_review
+
 # 2: tags.audit (a version-1 database gains it, false, when opened: _migrate).
 SCHEMA_VERSION = 2
 REVIEWED = ("accepted", "corrected")
@@ -263,8 +265,8 @@ class ReviewStore:
                 rows = [{"photo_id": pid, "task": t, "model_label": tag["label"], "confidence": tag["confidence"],
                          "runners_up": json.dumps(tag["runners_up"]), "threshold": tag["threshold"],
                          "label": tag["label"], "version": 1, "audit": bool(tag.get("audit")),
-                         "status": "needs_review" if tag["confidence"] < tag["threshold"] or tag.get("audit")
-                         else "auto"}
+                         "status": "needs_review" if tag.get("audit") or needs_review(
+                             tag["label"], tag["confidence"], tag["threshold"]) else "auto"}
                         for t, tag in item["tags"].items()]
                 if rows:
                     conn.execute(tags.insert(), rows)
