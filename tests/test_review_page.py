@@ -328,3 +328,46 @@ def test_the_enlarged_photo_is_the_original_file_fitted_to_the_window(browser, t
         page.keyboard.press("Escape")
         assert page.locator("#zoom").is_hidden()
     store.close()
+
+
+# ------------------------------------------------------------------------- issue 20 #3: accounts and sign-in
+
+def test_signed_in_reviewer_accepts_a_photo(browser, tmp_path):
+    """With accounts the page asks for a sign-in; signed in, the name box is gone and an accepted photo is recorded
+    under the account (the page sends the CSRF token with every write)."""
+    from synthetic import draw
+
+    from fashiontag.review.auth import add_user
+    from fashiontag.tagger import Tagger
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate(["Red", "Blue", "Black"]):
+        draw("Tshirts", colour, "Men").save(photos / f"{i}.jpg", "JPEG")
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
+    fill_queue(store, [str(photos)], engine="onnx", min_confidence=1.0)  # every photo needs review
+    add_user(store, "ann", "ann-password", "reviewer")
+    app = create_app(tagger=Tagger.load(None, engine="onnx", threads=1), review=store)
+    with live_server(app) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            page.goto(url + "/")
+            page.wait_for_selector("#sign-in:not([hidden])", timeout=15000)
+            assert not page.locator("#queue").is_visible()
+            page.fill("#sign-in-name", "ann")
+            page.fill("#sign-in-password", "ann-password")
+            page.press("#sign-in-password", "Enter")
+            page.wait_for_selector("body[data-ready=true]", timeout=15000)
+            assert not page.locator("#reviewer").is_visible() and page.locator("#account-name").text_content() == "ann"
+            first = _current(page)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"window.fashiontag.state.photos.find((p) => p.id === {first})"
+                                   ".tags.gender.status === 'accepted'", timeout=15000)
+            assert {t["reviewer"] for t in store.photo(first)["tags"].values()} == {"ann"}
+            assert problems == []
+        finally:
+            context.close()
+    store.close()

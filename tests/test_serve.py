@@ -411,13 +411,16 @@ def test_cli_serve_passes_its_options(monkeypatch):
     import fashiontag.serve as serve_mod
     from fashiontag.cli import app
     calls = []
+    monkeypatch.delenv("FASHIONTAG_TOKEN", raising=False)
     monkeypatch.setattr(serve_mod, "serve", lambda host, port, model, **kw: calls.append((host, port, model, kw)))
     result = CliRunner().invoke(app, ["serve", "--port", "8123", "--model", "some/dir"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["serve", "--no-access-log", "--engine", "torch"])
     assert result.exit_code == 0, result.output
-    assert calls == [("127.0.0.1", 8123, "some/dir", {"access_log": True, "engine": "onnx"}),
-                     ("127.0.0.1", 8000, None, {"access_log": False, "engine": "torch"})]
+    limits = {"token": None, "allowed_hosts": ["localhost", "127.0.0.1", "[::1]"], "upload_deadline": 60.0,
+              "min_upload_rate": 10240.0}
+    assert calls == [("127.0.0.1", 8123, "some/dir", {"access_log": True, "engine": "onnx", **limits}),
+                     ("127.0.0.1", 8000, None, {"access_log": False, "engine": "torch", **limits})]
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert "--host" in result.output and "--port" in result.output and "--model" in result.output
 

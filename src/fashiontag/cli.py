@@ -247,9 +247,14 @@ def calibrate(
                                                    "training config, else 0.98)"),
     task_precision: List[str] = typer.Option([], metavar="TASK=P", help="one task's own target; repeatable"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    reviews: Optional[str] = typer.Option(None, metavar="URL", help="instead of --data: refit the thresholds on the "
+                                          "tags people decided in this review database (accepted: the model was "
+                                          "right; corrected: wrong); temperatures stay"),
 ):
     """Fit temperatures and auto-accept thresholds onto an existing model folder, with titles and for the photo
-    alone (model.json; model.onnx re-exported if present)."""
+    alone (model.json; model.onnx re-exported if present); with --reviews, thresholds from a review queue."""
+    if reviews is not None:
+        return _calibrate_from_reviews(model, reviews, data, precision, task_precision)
     from fashiontag.refit import calibrate as run_calibrate
     try:
         per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
@@ -266,6 +271,29 @@ def calibrate(
             typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of validation "
                        f"photos at {fitted['threshold_precision'][t]:.0%} precision (95% sure)"
                        + (f": {c['why']}" if c.get("why") else ""))
+
+
+def _calibrate_from_reviews(model: str, reviews: str, data: Optional[str], precision: Optional[float],
+                            task_precision: List[str]) -> None:
+    from fashiontag.model_meta import ModelError
+    from fashiontag.refit import calibrate_from_reviews
+    from fashiontag.review.store import StoreError
+    if data is not None:
+        _fail("--reviews and --data: one or the other (thresholds from reviewed tags, or from the validation side)")
+    try:
+        per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
+        done = calibrate_from_reviews(model, reviews, precision, per_task)
+    except (FileNotFoundError, ValueError, TypeError, StoreError, ModelError) as e:
+        _fail(str(e))
+    if done["condition"]:
+        typer.echo("a photo + title model: the review queue does not record whether a photo came with its title "
+                   "(photos from folders come without), so these are the photo-alone thresholds (photo_only)")
+    promised = done["record"]["threshold_precision"]
+    for t, c in done["fitted"].items():
+        typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of {c['n']} reviewed "
+                   f"tags at {promised[t]:.0%} precision (95% sure)" + (f": {c['why']}" if c.get("why") else ""))
+    if done["kept"]:
+        typer.echo(f"kept (no reviewed tag): {', '.join(done['kept'])}")
 
 
 @app.command()
@@ -423,13 +451,37 @@ def serve(
     access_log: bool = typer.Option(True, help="log every request (off: a little faster under heavy load)"),
     engine: str = typer.Option("onnx", metavar="NAME",
                                help="onnx (fastest on a service's small batches), torch or onnx-int8"),
+    token_file: Optional[str] = typer.Option(None, metavar="FILE", help="POST /v1/tag then needs `Authorization: "
+                                             "Bearer TOKEN`, TOKEN being this file's first line (default: the "
+                                             "FASHIONTAG_TOKEN variable, if set); /healthz stays open"),
+    allowed_host: Optional[List[str]] = typer.Option(None, metavar="NAME", help="a Host name the service answers "
+                                                     "to besides localhost, 127.0.0.1, [::1] and --host "
+                                                     "(repeatable); others get 400"),
+    upload_deadline: float = typer.Option(60.0, min=1.0, metavar="S", help="seconds an upload may take in all"),
+    min_upload_rate: float = typer.Option(10.0, min=0.0, metavar="KIB_S", help="slowest average upload rate "
+                                          "(KiB/s) allowed after the first 5 s (0: none)"),
 ):
     """Serve the web page (/) and the HTTP API (POST /v1/tag, docs at /docs), batching concurrent requests."""
     from fashiontag.serve import serve as run_server
+    from fashiontag.serve.app import is_loopback, read_token, serve_hosts
     try:
-        run_server(host, port, model, access_log=access_log, engine=engine)
+        token = read_token(token_file)
+        _warn_hosts(host, allowed_host or ())
+        if token is None and not is_loopback(host):
+            typer.echo(f"warning: serving on {host} without a token: anyone who reaches the port can tag photos "
+                       "(--token-file FILE or FASHIONTAG_TOKEN to require one)", err=True)
+        run_server(host, port, model, access_log=access_log, engine=engine, token=token,
+                   allowed_hosts=serve_hosts(host, allowed_host or ()), upload_deadline=upload_deadline,
+                   min_upload_rate=min_upload_rate * 1024)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+
+
+def _warn_hosts(host: str, allowed: tuple[str, ...] | list[str]) -> None:
+    from fashiontag.serve.app import serve_hosts
+    if serve_hosts(host, allowed) == ["*"]:
+        typer.echo(f"warning: listening on {host} with no --allowed-host: any Host header is accepted (name the "
+                   "server's names with --allowed-host to refuse the others)", err=True)
 
 
 class _StartByDefault(TyperGroup):
@@ -464,15 +516,109 @@ def review_start(
     root: Optional[List[str]] = typer.Option(None, metavar="DIR", help="another folder the photos may come from "
                                              "(repeatable): the page is served photos from inside the folders "
                                              "given as PATH (a predict output's own folder) and these only"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="serve beyond loopback (--host 0.0.0.0, ...) even with no "
+                                 "accounts in the database: anyone who reaches the port can read and change "
+                                 "everything (see `review users add`)"),
+    allowed_host: Optional[List[str]] = typer.Option(None, metavar="NAME", help="a Host name the service answers "
+                                                     "to besides localhost, 127.0.0.1, [::1] and --host "
+                                                     "(repeatable); others get 400"),
+    secure_cookies: Optional[bool] = typer.Option(None, "--secure-cookies/--no-secure-cookies",
+                                                  help="mark the sign-in cookies Secure (default: when the request "
+                                                       "came over https, X-Forwarded-Proto from a proxy on this "
+                                                       "machine included)"),
+    audit_share: float = typer.Option(0.02, min=0.0, max=1.0, metavar="SHARE",
+                                      help="share of the sure (auto-accepted) tags of the photos added that is "
+                                           "queued for review all the same, marked as audits: what `review stats` "
+                                           "measures the live precision on (0: none)"),
 ):
     """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
     from fashiontag.review import start_review
     from fashiontag.review.store import StoreError
     try:
+        if serve:
+            _warn_hosts(host, allowed_host or ())
         start_review(paths, db, model, min_confidence, host, port, engine, serve,
-                     announce=lambda line: typer.echo(line, err=True), roots=root or ())
+                     announce=lambda line: typer.echo(line, err=True), roots=root or (), no_auth=no_auth,
+                     allowed_hosts=tuple(allowed_host or ()), cookie_secure=secure_cookies,
+                     audit_share=audit_share)
     except (FileNotFoundError, ValueError, StoreError) as e:
         _fail(str(e))
+
+
+users_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Reviewer accounts in a review database: with one or more, the review page needs a "
+                             "sign-in and records each action under the signed-in account.")
+review_app.add_typer(users_app, name="users")
+
+
+def _users_store(db: str):
+    from fashiontag.review.store import ReviewStore
+    return ReviewStore(db, create=False)
+
+
+@users_app.command("add")
+def users_add(
+    name: str = typer.Argument(..., metavar="NAME"),
+    db: str = typer.Option(..., metavar="URL", help="the review queue's database URL"),
+    role: str = typer.Option("reviewer", metavar="ROLE", help="reviewer (reviews, undoes their own actions) or "
+                             "admin (also undoes anyone's)"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from the first line of "
+                                        "standard input instead of a prompt"),
+):
+    """Add an account (the password is asked for twice, or read from standard input)."""
+    from fashiontag.review.auth import add_user
+    from fashiontag.review.store import StoreError
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    try:
+        store = _users_store(db)
+        try:
+            added = add_user(store, name, password, role)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as e:
+        _fail(str(e))
+    typer.echo(f"added {role} {added!r}", err=True)
+
+
+@users_app.command("list")
+def users_list(db: str = typer.Option(..., metavar="URL", help="the review queue's database URL")):
+    """The accounts: name, role, when added."""
+    from fashiontag.review.auth import list_users
+    from fashiontag.review.store import StoreError
+    try:
+        store = _users_store(db)
+        try:
+            found = list_users(store)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as e:
+        _fail(str(e))
+    for u in found:
+        typer.echo(f"{u['name']}\t{u['role']}\t{u['created_at']}")
+    if not found:
+        typer.echo("no accounts: the review page needs no sign-in (and serves on loopback only)", err=True)
+
+
+@users_app.command("remove")
+def users_remove(name: str = typer.Argument(..., metavar="NAME"),
+                 db: str = typer.Option(..., metavar="URL", help="the review queue's database URL")):
+    """Remove an account: its sessions end at once; the actions it took stay recorded under its name."""
+    from fashiontag.review.auth import remove_user
+    from fashiontag.review.store import StoreError
+    try:
+        store = _users_store(db)
+        try:
+            removed = remove_user(store, name)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as e:
+        _fail(str(e))
+    if not removed:
+        _fail(f"no account {name!r}")
+    typer.echo(f"removed {name!r}", err=True)
 
 
 @review_app.command("export")
@@ -491,6 +637,29 @@ def review_export(
         _fail(str(e))
     typer.echo(f"wrote {counts['written']:,} photos to {out}; {counts['pending']:,} still need review"
                + ("" if all_ else " (left out)"), err=True)
+
+
+@review_app.command("stats")
+def review_stats(
+    db: str = typer.Option(..., metavar="URL", help="the review queue's database URL"),
+    as_json: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+):
+    """Per task, the live precision of auto-accepted tags from reviewed audits (95% interval; flagged below its
+    promise), the share auto-accepted against validation's, and each reviewer's throughput."""
+    from fashiontag.review.stats import print_stats, review_stats as measure
+    from fashiontag.review.store import ReviewStore, StoreError
+    try:
+        store = ReviewStore(db, create=False)
+        try:
+            stats = measure(store)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=1))
+    else:
+        print_stats(stats)
 
 
 @app.command()

@@ -5,13 +5,16 @@ that the tagging API shares."""
 
 from __future__ import annotations
 
+import hmac
 import io
 import logging
 import os
 import stat
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from PIL import Image
@@ -20,7 +23,7 @@ from pydantic import BaseModel, Field
 from fashiontag.review.queue import within
 from fashiontag.review.store import (UNAVAILABLE, Conflict, InvalidChange, NotFound, ReviewStore,
                                      UnseenCombination, unavailable_message)
-from fashiontag.serve.errors import error_body
+from fashiontag.serve.errors import ServeError, error_body
 
 # No product photo comes near this; a larger file is not read into memory to be served.
 MAX_PHOTO_BYTES = 64 * 1024 * 1024
@@ -35,20 +38,27 @@ class Decision(BaseModel):
     version: int = Field(description="the tag's version the reviewer saw; a newer one in the queue is a conflict")
 
 
+# `reviewer`: who takes the action, when the service has no accounts; signed in, it is the session's user and the
+# name sent is ignored.
 class ReviewBody(BaseModel):
-    reviewer: str
+    reviewer: str = ""
     decisions: dict[str, Decision]
     confirm: bool = Field(False, description="keep a category combination never seen in training")
 
 
 class BulkBody(BaseModel):
-    reviewer: str
+    reviewer: str = ""
     photo_ids: list[int] | None = None
 
 
 class UndoBody(BaseModel):
-    reviewer: str
+    reviewer: str = ""
     action_id: int | None = None
+
+
+class SignIn(BaseModel):
+    name: str = Field(max_length=256)
+    password: str = Field(max_length=1024)
 
 
 def _refusal(e: Exception) -> JSONResponse:
@@ -126,13 +136,96 @@ def _answer(store: ReviewStore, write, *args):
         return _refusal(e)
 
 
-def review_router(store: ReviewStore) -> APIRouter:
-    router = APIRouter(prefix="/review/api", tags=["review"], route_class=StoreRoute)
+def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIRouter:
+    """The review API. With accounts in the database (review/auth.py) every route but /session, /sign-in and
+    /sign-out needs a signed-in session, and every POST its CSRF token; cookie_secure: the cookies' Secure flag
+    (None: when the request came over https)."""
+    from fashiontag.review import auth
+    auth.ensure_users(store)
+    sessions = auth.Sessions(store)
+
+    def guard(request: Request):
+        """Who is asking (request.state.user: the account, or None with no accounts), or a 401/403 refusal."""
+        request.state.user = None
+        writing = request.method not in ("GET", "HEAD", "OPTIONS")
+        if not auth.has_users(store):
+            # Open, as before accounts, on loopback only (check_exposure); still no cross-site writes.
+            origin = request.headers.get("origin")
+            if writing and origin and urlsplit(origin).netloc != request.headers.get("host"):
+                raise ServeError(403, "cross_origin", "a write from another site's page is refused")
+            return
+        session = sessions.read(request.cookies.get(auth.SESSION_COOKIE))
+        if session is None:
+            raise ServeError(401, "sign_in_needed", "sign in first: this review service has accounts")
+        user, csrf = session
+        if writing:
+            sent, cookie = request.headers.get(auth.CSRF_HEADER, ""), request.cookies.get(auth.CSRF_COOKIE, "")
+            if not (sent and hmac.compare_digest(sent, cookie) and hmac.compare_digest(sent, csrf)):
+                raise ServeError(403, "csrf", f"missing or wrong {auth.CSRF_HEADER} header: reload the page")
+        request.state.user = user
+
+    def who(request: Request, sent: str) -> str:
+        user = getattr(request.state, "user", None)
+        return user["name"] if user else sent
+
+    def secure(request: Request) -> bool:
+        return cookie_secure if cookie_secure is not None else request.url.scheme == "https"
+
+    top = APIRouter()
+    signin = APIRouter(prefix="/review/api", tags=["review"], route_class=StoreRoute)
+
+    @signin.get("/session", summary="Whether the service has accounts, and who is signed in")
+    def session(request: Request):
+        accounts = auth.has_users(store)
+        found = sessions.read(request.cookies.get(auth.SESSION_COOKIE)) if accounts else None
+        return {"accounts": accounts, "user": found[0]["name"] if found else None,
+                "role": found[0]["role"] if found else None}
+
+    @signin.post("/sign-in", summary="Sign in with an account's name and password (sets the session cookies)",
+                 responses={401: {"description": "wrong name or password"}, 429: {"description": "too many "
+                                                                                   "failed sign-ins for this name"}})
+    def sign_in(request: Request, body: SignIn):
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.headers.get("host"):
+            raise ServeError(403, "cross_origin", "a sign-in from another site's page is refused")
+        if not auth.has_users(store):
+            raise ServeError(409, "no_accounts", "this review service has no accounts: no sign-in needed")
+        name = body.name.strip()
+        if sessions.throttled(name):
+            raise ServeError(429, "too_many_failures", f"too many failed sign-ins for {name[:40]!r}: wait a few "
+                             "minutes")
+        user = auth.verify(store, name, body.password)
+        if user is None:
+            sessions.failed(name)
+            log.warning("failed sign-in for %r from %s", name[:40], request.client.host if request.client else "?")
+            raise ServeError(401, "bad_credentials", "wrong name or password")
+        token, csrf = sessions.issue(user)
+        answer = JSONResponse({"user": user["name"], "role": user["role"]})
+        for key, value, http_only in ((auth.SESSION_COOKIE, token, True), (auth.CSRF_COOKIE, csrf, False)):
+            answer.set_cookie(key, value, max_age=auth.SESSION_SECONDS, path="/", httponly=http_only,
+                              samesite="strict", secure=secure(request))
+        return answer
+
+    @signin.post("/sign-out", summary="End the session (clears its cookies)")
+    def sign_out(request: Request):
+        guard(request)
+        answer = JSONResponse({"user": None})
+        for key in (auth.SESSION_COOKIE, auth.CSRF_COOKIE):
+            answer.delete_cookie(key, path="/", samesite="strict", secure=secure(request))
+        return answer
+
+    router = APIRouter(prefix="/review/api", tags=["review"], route_class=StoreRoute, dependencies=[Depends(guard)])
 
     @router.get("/queue", summary="The model, every photo with its tags, the progress and the reviewers")
     def queue():
         return {"model": store.model(), "photos": store.photos(), "progress": store.progress(),
                 "reviewers": store.reviewers()}
+
+    @router.get("/stats", summary="Per task the live precision of auto-accept from reviewed audits, whether it is "
+                                  "below its promise, the share auto-accepted, and reviewers' throughput")
+    def stats():
+        from fashiontag.review.stats import review_stats
+        return review_stats(store)
 
     @router.get("/photos/{photo_id}", summary="One photo's tags as they are now")
     def photo(photo_id: int):
@@ -159,18 +252,26 @@ def review_router(store: ReviewStore) -> APIRouter:
                  responses={409: {"description": "a tag was written by someone else since the version given"},
                             422: {"description": "unknown task or class, no reviewer, or an unseen combination "
                                                  "without confirm"}})
-    def review(photo_id: int, body: ReviewBody):
+    def review(photo_id: int, body: ReviewBody, request: Request):
         return _answer(store, store.review, photo_id, {t: d.model_dump() for t, d in body.decisions.items()},
-                       body.reviewer, body.confirm)
+                       who(request, body.reviewer), body.confirm)
 
     @router.post("/bulk-accept", summary="Accept every photo whose tags are all at or above their thresholds")
-    def bulk_accept(body: BulkBody):
-        done = _answer(store, store.bulk_accept, body.reviewer, body.photo_ids)
+    def bulk_accept(body: BulkBody, request: Request):
+        done = _answer(store, store.bulk_accept, who(request, body.reviewer), body.photo_ids)
         return done if isinstance(done, JSONResponse) else done | {
             "photos": [store.photo(pid) for pid in done["accepted"]]}
 
     @router.post("/undo", summary="Undo an action (default: the reviewer's latest)")
-    def undo(body: UndoBody):
-        return _answer(store, store.undo, body.reviewer, body.action_id)
+    def undo(body: UndoBody, request: Request):
+        user = request.state.user
+        if user and user["role"] != "admin" and body.action_id is not None:
+            owner = auth.action_owner(store, body.action_id)
+            if owner is not None and owner != user["name"]:
+                return JSONResponse(error_body("forbidden", f"action {body.action_id} is {owner}'s: only an admin "
+                                               "may undo another reviewer's action"), 403)
+        return _answer(store, store.undo, who(request, body.reviewer), body.action_id)
 
-    return router
+    top.include_router(signin)
+    top.include_router(router)
+    return top

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from fashiontag import __version__
@@ -100,7 +102,9 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 0.0,
                max_queue: int = 4096, max_uploads: int = 128, body_timeout: float = 30.0,
                threads: int | None = None, decode_threads: int | None = None, tagger: Tagger | None = None,
-               engine: str = SERVE_ENGINE, review=None) -> FastAPI:
+               engine: str = SERVE_ENGINE, review=None, upload_deadline: float = 60.0,
+               min_upload_rate: float = 10 * 1024, rate_grace: float = 5.0, token: str | None = None,
+               allowed_hosts: list[str] | None = None, cookie_secure: bool | None = None) -> FastAPI:
     """The service, with the model loaded now (a bad model folder fails here, not on the first request).
 
     max_batch: photos per forward pass; max_files / max_file_bytes / max_upload_bytes: per request;
@@ -109,6 +113,11 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     an upload may stall mid-body; threads: inference threads (default: the CPUs this process may use);
     decode_threads: threads decoding uploads; engine: the Tagger's; review: a review.ReviewStore, whose queue
     the page at / then shows (review mode; the tagging page stays at /web/index.html).
+    upload_deadline / min_upload_rate / rate_grace: an upload gets 408 past upload_deadline seconds in all, or
+    when rate_grace seconds in it has averaged under min_upload_rate bytes a second (slow clients must not hold
+    every upload slot); token: when set, POST /v1/tag needs `Authorization: Bearer TOKEN`; allowed_hosts: the
+    Host header values served (None: any; see serve_hosts); cookie_secure: review sign-in cookies marked Secure
+    (None: when the request came over https, X-Forwarded-Proto from a local reverse proxy included).
     """
     cpus = available_cpus()
     threads = threads or cpus
@@ -137,7 +146,10 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
                          description=f"Tag fashion product photos: {', '.join(tagger.tasks)}. POST photos to /v1/tag; "
                                      "the web page is at /.")
     app.add_middleware(HeadAsGet)
+    if allowed_hosts is not None:  # DNS rebinding: a foreign name resolving to this address gets 400
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.tagger, app.state.batcher = tagger, batcher
+    bearer = f"Bearer {token}".encode() if token else None
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError):
@@ -174,6 +186,11 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         The model's hierarchy (GET /v1/model) is always consistent. Any bad file refuses the whole request with a 4xx that
         names every bad file, unless `partial=true`. The options may also come as form fields."""
         nonlocal uploading
+        if bearer is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode("utf-8", "replace"), bearer):
+            return error_response(401, "unauthorized", "this service needs `Authorization: Bearer TOKEN` (the "
+                                  "token its operator set with --token-file or FASHIONTAG_TOKEN)",
+                                  headers={"WWW-Authenticate": 'Bearer realm="fashiontag"'})
         if batcher.pending > max_queue:
             raise ServeError(503, "busy", f"{batcher.pending} photos are waiting; retry shortly")
         if uploading >= max_uploads:
@@ -181,7 +198,8 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
         uploading += 1
         try:
             uploads, form = await read_form(request, max_files, max_file_bytes, max_upload_bytes, OPTION_FIELDS,
-                                            body_timeout, list_fields=(TITLES_FIELD,))
+                                            body_timeout, list_fields=(TITLES_FIELD,), upload_deadline=upload_deadline,
+                                            min_rate=min_upload_rate, rate_grace=rate_grace)
             titles = form.pop(TITLES_FIELD)
             if titles and len(titles) != len(uploads):
                 raise ServeError(422, "invalid_option", f"{len(titles)} titles for {len(uploads)} files: send one "
@@ -268,7 +286,7 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
 
     if review is not None:
         from fashiontag.review.routes import review_router
-        app.include_router(review_router(review))
+        app.include_router(review_router(review, cookie_secure))
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -303,9 +321,53 @@ def _raise_open_files_limit() -> None:
         pass
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the service to this machine (localhost, 127.x.x.x, ::1)."""
+    import ipaddress
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
+def serve_hosts(host: str, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The Host header values the service answers (Starlette's TrustedHostMiddleware): the loopback names, the
+    address it listens on and `--allowed-host` names. Listening on every interface (0.0.0.0, ::) names no address
+    of its own: without --allowed-host any Host is then accepted (the CLI warns)."""
+    if host in ("0.0.0.0", "::", "") and not extra:
+        return ["*"]
+    own = [] if host in ("0.0.0.0", "::", "") else [f"[{host}]" if ":" in host else host]
+    return list(dict.fromkeys([*LOOPBACK_NAMES, *own, *(h.strip().lower() for h in extra if h.strip())]))
+
+
+def read_token(token_file: str | Path | None) -> str | None:
+    """The API token from --token-file (first line, stripped), else the FASHIONTAG_TOKEN variable, else None."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--token-file {token_file}: cannot read it ({e})") from None
+        if not token or len(token[0].strip()) < 16:
+            raise ValueError(f"--token-file {token_file}: needs a token of 16 characters or more on its first line")
+        return token[0].strip()
+    token = os.environ.get("FASHIONTAG_TOKEN", "").strip()
+    if token and len(token) < 16:
+        raise ValueError("FASHIONTAG_TOKEN: needs a token of 16 characters or more")
+    return token or None
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, log_level: str = "info",
-          access_log: bool = True, header_timeout: float = 10.0, **options) -> None:
-    """Run the service with uvicorn until Ctrl-C. `options` go to create_app (max_batch, max_files, ...)."""
+          access_log: bool = True, header_timeout: float = 10.0, allowed_host: tuple[str, ...] = (),
+          **options) -> None:
+    """Run the service with uvicorn until Ctrl-C. `options` go to create_app (max_batch, max_files, ...); the
+    Host headers answered are serve_hosts(host, allowed_host) unless options name allowed_hosts."""
+    options.setdefault("allowed_hosts", serve_hosts(host, allowed_host))
     app = create_app(model, **options)
     _raise_open_files_limit()
     uvicorn.Server(server_config(app, host, port, header_timeout, log_level=log_level, access_log=access_log)).run()

@@ -210,11 +210,13 @@ class FormReader:
 
 
 async def read_form(request: Request, max_files: int, max_file_bytes: int, max_upload_bytes: int,
-                    option_fields: Iterable[str] = (), body_timeout: float = 30.0, list_fields: Iterable[str] = ()
+                    option_fields: Iterable[str] = (), body_timeout: float = 30.0, list_fields: Iterable[str] = (),
+                    upload_deadline: float = 60.0, min_rate: float = 10 * 1024, rate_grace: float = 5.0
                     ) -> tuple[list[Upload], dict[str, str | list[str]]]:
     """The uploads and option fields of a multipart/form-data request (each of list_fields as the list of its
-    values, in order). A client that sends nothing for `body_timeout` seconds mid-body gets 408: a connection
-    trickling its body must not be held forever."""
+    values, in order). A connection trickling its body must not hold an upload slot for long, so it gets 408 when
+    it sends nothing for `body_timeout` seconds mid-body, when the whole body takes more than `upload_deadline`
+    seconds, or when, `rate_grace` seconds in, it has averaged under `min_rate` bytes a second (0: no minimum)."""
     ctype = request.headers.get("content-type", "")
     kind, opts = parse_options_header(ctype)
     if kind != b"multipart/form-data":
@@ -228,16 +230,41 @@ async def read_form(request: Request, max_files: int, max_file_bytes: int, max_u
         raise ServeError(413, "upload_too_large", f"the request body ({int(declared) / MiB:.1f} MiB) is over the "
                          f"{max_upload_bytes / MiB:g} MiB limit")
     chunks = request.stream()
+    loop = asyncio.get_running_loop()
+    start = last = loop.time()
     while True:
+        # Wake up at the first moment a limit can be crossed: no data for body_timeout, the total deadline, or
+        # the body falling under the minimum average rate (past the grace period).
+        elapsed = loop.time() - start
+        wait = min(body_timeout - (loop.time() - last), upload_deadline - elapsed)
+        if min_rate > 0:
+            wait = min(wait, max(rate_grace, reader.received / min_rate) - elapsed)
         try:
-            chunk = await asyncio.wait_for(anext(chunks), body_timeout)
+            if wait <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(anext(chunks), wait)
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
+            # The stream cannot be read on once a wait on it was cancelled: a timer firing a hair early (the
+            # loop's clock resolution) counts as on time.
+            _too_slow(loop.time() - start + 0.05, reader.received, upload_deadline, min_rate, rate_grace)
             raise ServeError(408, "timeout", f"no data for {body_timeout:g} s in the middle of the upload") from None
+        last = loop.time()
         if chunk and not reader.feed(chunk):
             break
+        _too_slow(last - start, reader.received, upload_deadline, min_rate, rate_grace)
     return reader.finish(), {**reader.fields, **reader.lists}
+
+
+def _too_slow(elapsed: float, received: int, deadline: float, min_rate: float, grace: float) -> None:
+    """Raise 408 when an upload has run past read_form's total deadline or under its minimum rate."""
+    if elapsed >= deadline:
+        raise ServeError(408, "timeout", f"the upload took over {deadline:g} s: send fewer or smaller photos per "
+                         "request, or over a faster connection")
+    if min_rate > 0 and elapsed >= grace and received < min_rate * elapsed:
+        raise ServeError(408, "timeout", f"the upload is too slow: {received / elapsed / 1024:.2f} KiB/s after "
+                         f"{elapsed:.0f} s, under the {min_rate / 1024:g} KiB/s minimum")
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:

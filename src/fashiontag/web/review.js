@@ -20,9 +20,16 @@
   reviewerInput.value = localStorage.getItem("fashiontag.reviewer") || "";
 
   // ------------------------------------------------------------------ talking to the server
+  // With accounts, every write sends the session's CSRF token back (double submit: the server set it as a cookie).
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|;\s*)fashiontag_csrf=([^;]*)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
   async function call(path, body) {
     const res = await fetch(API + path, body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+      body: JSON.stringify(body),
     });
     return { status: res.status, body: await res.json() };
   }
@@ -31,6 +38,7 @@
   // and the notice saying so; the key that asked is never typed into it (the keyboard handler swallows it), and
   // Enter in the box gives the keyboard back to the queue.
   function reviewer() {
+    if (state.user) return state.user;  // signed in: the server records the session's account
     const name = reviewerInput.value.trim();
     if (!name) {
       notice("Type your name in the Reviewer box and press Enter: every action records who took it.");
@@ -67,7 +75,36 @@
     return answer.status === 200;
   }
 
+  // With accounts in the review database the page first asks for a sign-in; signed in, the account replaces the
+  // name box.
+  async function signedIn() {
+    const { status, body } = await call("/session");
+    if (status !== 200 || !body.accounts) return true;
+    if (!body.user) {
+      $("#sign-in").hidden = false;
+      document.querySelector("main").hidden = true;
+      $("#progress").textContent = "sign in to review";
+      $("#sign-in-name").focus();
+      return false;
+    }
+    state.user = body.user;
+    reviewerBox.hidden = true;
+    $("#account-name").textContent = body.user;
+    $("#account").hidden = false;
+    return true;
+  }
+
+  $("#sign-in").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const answer = await call("/sign-in", { name: $("#sign-in-name").value, password: $("#sign-in-password").value });
+    if (answer.status === 200) { location.reload(); return; }
+    $("#sign-in-error").textContent = answer.body.message || `HTTP ${answer.status}`;
+    $("#sign-in-error").hidden = false;
+  });
+  $("#sign-out").addEventListener("click", async () => { await call("/sign-out", {}); location.reload(); });
+
   async function load() {
+    if (!(await signedIn())) return;
     const { status, body } = await call("/queue");
     if (status !== 200) { notice(body.message || `HTTP ${status}`); return; }
     Object.assign(state, { model: body.model, photos: body.photos, progress: body.progress, reviewers: body.reviewers });
@@ -75,7 +112,22 @@
     state.current = Number(localStorage.getItem("fashiontag.cursor"));
     refresh(true);
     if (!reviewerInput.value.trim()) reviewerBox.classList.add("missing");
+    await promiseWarning();
     document.body.dataset.ready = "true";
+  }
+
+  // A task whose audited precision lies below what its threshold promises (GET /stats): a banner says so.
+  async function promiseWarning() {
+    const box = $("#promise-warning");
+    const { status, body } = await call("/stats");
+    const below = status === 200 ? body.below_promise : [];
+    box.hidden = below.length === 0;
+    box.textContent = below.map((t) => {
+      const s = body.tasks[t];
+      return `${t}: auto-accepted tags are right ${(s.precision * 100).toFixed(1)}% of ${s.audits} audits ` +
+        `(at most ${(s.high * 100).toFixed(1)}%), below its promise of ${(s.promise * 100).toFixed(0)}%`;
+    }).join(" · ");
+    if (below.length) box.textContent += ": check its sure tags too, and recalibrate (fashiontag calibrate --reviews)";
   }
 
   // ------------------------------------------------------------------ decisions
@@ -155,7 +207,13 @@
   }
 
   // ------------------------------------------------------------------ the queue shown
-  const reviewed = (p) => Object.values(p.tags).every((t) => !UNTOUCHED.includes(t.status));
+  // As the server counts it (store.progress): a person decided on some tag and none still needs review; the sure
+  // tags left as the model said them count as the model's.
+  const reviewed = (p) => {
+    const tags = Object.values(p.tags);
+    return tags.length > 0 && !tags.some((t) => t.status === "needs_review")
+      && tags.some((t) => !UNTOUCHED.includes(t.status));
+  };
   // Who decided a tag: nobody while the tag is untouched (an undone tag is untouched again, whoever undid it).
   const decidedBy = (t) => (UNTOUCHED.includes(t.status) ? null : t.reviewer);
   const margin = (p) => Math.min(...Object.values(p.tags).filter((t) => UNTOUCHED.includes(t.status))
@@ -279,6 +337,15 @@
         td.textContent = cells[i];
         tr.append(td);
       });
+      // An audit: a sure tag a person checks all the same (it stays an audit once decided).
+      if (tag.audit) {
+        tr.dataset.audit = "true";
+        const badge = document.createElement("span");
+        badge.className = "badge audit";
+        badge.textContent = "audit";
+        badge.title = "a sure tag drawn at random for a person to check: how often auto-accepted tags are right";
+        tr.querySelector(".status-pill").append(badge);
+      }
       // Two runners-up beside each tag, to keep the cards readable; all nine of the tag in focus (keys 1-9) in a
       // row of their own under it, the card's full width, wrapped: every one the keys can pick is in sight.
       const inFocus = current && task === focus;
