@@ -332,3 +332,33 @@ def test_review_export_train_extra_round_trip_trains_every_reviewed_row(catalog,
     (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert re.search(f"--extra {re.escape(str(stale))}: 6 of 6 reviewed rows have no usable photo \\(id 700[1-6]: "
                      f"{re.escape(str(stale.parent))}/images/700[1-6].jpg", error), result.output
+
+
+def test_a_file_name_that_is_not_utf8_is_queued_as_an_error_and_the_rest_tagged(db_url, tmp_path, trained, catalog):
+    """Issue 20 #7: one Latin-1 name ("caf\\xe9.jpg") among good photos stopped the whole review fill."""
+    import os
+    import shutil
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = sorted((catalog.root / "images").glob("1*.jpg"))[:4]
+    for p in good:
+        shutil.copy(p, photos / p.name)
+    shutil.copy(good[0], os.fsdecode(os.fsencode(photos) + b"/caf\xe9.jpg"))
+    store = ReviewStore(db_url)
+    counts = fill_queue(store, [str(photos)], model=trained, engine="torch")
+    assert counts["added"] == 5 and counts["errors"] == 1
+    queued = {p["path"]: p for p in store.photos()}
+    odd = queued[str(photos.resolve() / "caf\\xe9.jpg")]
+    assert "not UTF-8" in odd["error"] and not odd["tags"]
+    assert all(len(p["tags"]) == len(Tagger.load(trained).tasks) for path, p in queued.items() if p is not odd)
+
+
+def test_a_model_giving_nan_queues_errors_not_null_confidences(tmp_path, trained, catalog):
+    """Issue 20 #2: review crashed inserting NULL confidences from a damaged model."""
+    from helpers import nan_model
+    folder = nan_model(trained, tmp_path / "model")
+    store = ReviewStore(f"sqlite:///{tmp_path / 'q.db'}")
+    counts = fill_queue(store, [str(p) for p in sorted((catalog.root / "images").glob("1*.jpg"))[:5]],
+                        model=folder, engine="torch")
+    assert counts["added"] == counts["errors"] == 5
+    assert all("NaN or infinite" in p["error"] and not p["tags"] for p in store.photos())

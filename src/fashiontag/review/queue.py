@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
-from fashiontag.predict import FORMATS, Problems, iter_image_paths, tag_paths
+from fashiontag.predict import FORMATS, Problems, iter_image_paths, printable, tag_paths
 from fashiontag.review.store import ReviewStore
 from fashiontag.spreadsheet import restored
 from fashiontag.tagger import PHOTO_ONLY, Tagger, check_options
@@ -221,8 +221,15 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
         # A missing path is reported as missing, not as outside.
         todo = [p for p in iter_image_paths(paths, problems)
                 if str(p.resolve()) not in known and (not p.exists() or not outside(str(p), p.resolve()))]
+        # A file name that is not UTF-8 (a Latin-1 "café.jpg") no database text column can hold: queued as an error
+        # under its escaped name (predict.printable), so a person sees it and renames it; the rest are tagged.
+        unnamed = [p for p in todo if printable(str(p)) != str(p)]
+        todo = [p for p in todo if p not in unnamed]
         tagger = Tagger.load(folder, engine=engine)
-        rows = tag_paths(tagger, todo, top_k=TOP_K, min_confidence=min_confidence, problems=problems) if todo else []
+        rows = list(tag_paths(tagger, todo, top_k=TOP_K, min_confidence=min_confidence, problems=problems)
+                    if todo else [])
+        rows += [{"path": printable(str(p.resolve())), "id": printable(p.stem),
+                  "error": "the file name is not UTF-8: rename the file to review it"} for p in unnamed]
         items = [queue_item(r, vocabs, photo_thresholds, Path.cwd(), separators) for r in rows]
     audits = mark_audits([i for i in items if i["path"] not in known], audit_share)
     added = store.add_photos(items)
