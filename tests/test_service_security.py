@@ -316,3 +316,14 @@ def test_trickling_uploads_are_cut_off_and_real_uploads_get_through(tagger):
         (at, raw), = fast
         assert raw.startswith(b"HTTP/1.1 408") and b"took over 2.5 s" in raw, raw[:300]
         assert 2.4 < at - start < 4.5
+
+
+def test_a_teams_accounts_can_be_added_before_its_first_photos(tmp_path):
+    db = f"sqlite:///{tmp_path / 'team.db'}"
+    added = CliRunner().invoke(cli, ["review", "users", "add", "alice", "--role", "admin", "--db", db,
+                                     "--password-stdin"], input="a long password\n")
+    assert added.exit_code == 0, added.output
+    listed = CliRunner().invoke(cli, ["review", "users", "list", "--db", db])
+    assert listed.output.startswith("alice\tadmin")
+    missing = CliRunner().invoke(cli, ["review", "users", "list", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert missing.exit_code == 2 and not (tmp_path / "none.db").exists()

@@ -551,9 +551,11 @@ users_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 review_app.add_typer(users_app, name="users")
 
 
-def _users_store(db: str):
+def _users_store(db: str, create: bool = False):
+    """The review database of `db`; `users add` may create it, so that a team's accounts exist before its first
+    photos are queued."""
     from fashiontag.review.store import ReviewStore
-    return ReviewStore(db, create=False)
+    return ReviewStore(db, create=create)
 
 
 @users_app.command("add")
@@ -573,7 +575,7 @@ def users_add(
     else:
         password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
     try:
-        store = _users_store(db)
+        store = _users_store(db, create=True)
         try:
             added = add_user(store, name, password, role)
         finally:
