@@ -551,11 +551,18 @@ users_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 review_app.add_typer(users_app, name="users")
 
 
-def _users_store(db: str, create: bool = False):
-    """The review database of `db`; `users add` may create it, so that a team's accounts exist before its first
-    photos are queued."""
-    from fashiontag.review.store import ReviewStore
-    return ReviewStore(db, create=create)
+def _on_store(db: str, work, create: bool = False):
+    """work(store) on the review database of `db`, closed after; a store or value error is one line. create: `users
+    add` may create the database, so that a team's accounts exist before its first photos are queued."""
+    from fashiontag.review.store import ReviewStore, StoreError
+    try:
+        store = ReviewStore(db, create=create)
+        try:
+            return work(store)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as e:
+        _fail(str(e))
 
 
 @users_app.command("add")
@@ -569,19 +576,11 @@ def users_add(
 ):
     """Add an account (the password is asked for twice, or read from standard input)."""
     from fashiontag.review.auth import add_user
-    from fashiontag.review.store import StoreError
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
-    try:
-        store = _users_store(db, create=True)
-        try:
-            added = add_user(store, name, password, role)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as e:
-        _fail(str(e))
+    added = _on_store(db, lambda store: add_user(store, name, password, role), create=True)
     typer.echo(f"added {role} {added!r}", err=True)
 
 
@@ -589,15 +588,7 @@ def users_add(
 def users_list(db: str = typer.Option(..., metavar="URL", help="the review queue's database URL")):
     """The accounts: name, role, when added."""
     from fashiontag.review.auth import list_users
-    from fashiontag.review.store import StoreError
-    try:
-        store = _users_store(db)
-        try:
-            found = list_users(store)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as e:
-        _fail(str(e))
+    found = _on_store(db, list_users)
     for u in found:
         typer.echo(f"{u['name']}\t{u['role']}\t{u['created_at']}")
     if not found:
@@ -609,15 +600,7 @@ def users_remove(name: str = typer.Argument(..., metavar="NAME"),
                  db: str = typer.Option(..., metavar="URL", help="the review queue's database URL")):
     """Remove an account: its sessions end at once; the actions it took stay recorded under its name."""
     from fashiontag.review.auth import remove_user
-    from fashiontag.review.store import StoreError
-    try:
-        store = _users_store(db)
-        try:
-            removed = remove_user(store, name)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as e:
-        _fail(str(e))
+    removed = _on_store(db, lambda store: remove_user(store, name))
     if not removed:
         _fail(f"no account {name!r}")
     typer.echo(f"removed {name!r}", err=True)
@@ -649,15 +632,7 @@ def review_stats(
     """Per task, the live precision of auto-accepted tags from reviewed audits (95% interval; flagged below its
     promise), the share auto-accepted against validation's, and each reviewer's throughput."""
     from fashiontag.review.stats import print_stats, review_stats as measure
-    from fashiontag.review.store import ReviewStore, StoreError
-    try:
-        store = ReviewStore(db, create=False)
-        try:
-            stats = measure(store)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as e:
-        _fail(str(e))
+    stats = _on_store(db, measure)
     if as_json:
         typer.echo(json.dumps(stats, indent=1))
     else:
