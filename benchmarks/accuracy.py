@@ -12,7 +12,7 @@ RMSprop at a constant lr 1e-3, batch 128, 22 epochs, equal loss weights, no labe
 weight decay or warm-up. Ours: the default TrainConfig recipe (rescnn, all seven tasks, all classes).
 
 Ours trains first and makes the split; the baseline reuses its split.json, so both see the same train, validation
-and test photos. Each is scored on its test side with fashiontag.evaluate (reports in OUT/reports/). Ours is also
+and test photos. Each is scored on its test side with fashiontag.training.evaluate (reports in OUT/reports/). Ours is also
 scored on the seed protocol: the seed protocol's test photos and classes, each task's prediction being the most
 probable of the seed protocol's classes (its vocabularies are subsets of ours). On the seed protocol both models are
 scored the same way (argmax over those classes), so their columns compare directly; `fashiontag evaluate` decodes
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag.catalog import KAGGLE_TASKS, NOTEBOOK_TASKS
-from fashiontag.config import TrainConfig
-from fashiontag.dataset import load_dataset
-from fashiontag.evaluate import evaluate
-from fashiontag.model_meta import load_meta
-from fashiontag.tagger import Tagger
-from fashiontag.train import train
+from fashiontag.data.catalog import KAGGLE_TASKS, NOTEBOOK_TASKS
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import load_meta
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.dataset import load_dataset
+from fashiontag.training.evaluate import evaluate
+from fashiontag.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
@@ -90,7 +90,7 @@ def timed_train(cfg: TrainConfig) -> tuple[Path, float]:
 
 
 def param_count(model_dir: Path) -> int:
-    from fashiontag.checkpoint import load_model
+    from fashiontag.models.checkpoint import load_model
     model, _ = load_model(model_dir)
     return sum(p.numel() for p in model.parameters())
 
@@ -131,9 +131,9 @@ def title_modes(model: str, data: str, svm: bool = True, seed: int = 0) -> str:
     than this catalog's)."""
     from sklearn.metrics import f1_score
 
-    from fashiontag.evaluate import model_dataset
-    from fashiontag.text import drop_words, remove_words, words_of
-    from fashiontag.thresholds import coverage_table, decoded_confidence
+    from fashiontag.data.text import drop_words, remove_words, words_of
+    from fashiontag.inference.thresholds import coverage_table, decoded_confidence
+    from fashiontag.training.evaluate import model_dataset
 
     tagger = Tagger.load(model)
     ds = model_dataset(tagger, data, progress=False)

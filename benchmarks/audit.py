@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag.audit import METHOD, score_labels
-from fashiontag.evaluate import model_dataset
-from fashiontag.tagger import Tagger
-from fashiontag.vocab import OTHER
+from fashiontag.data.vocab import OTHER
+from fashiontag.inference.tagger import Tagger
+from fashiontag.training.audit import METHOD, score_labels
+from fashiontag.training.evaluate import model_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "fashion-small"

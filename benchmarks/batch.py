@@ -7,7 +7,7 @@ Run by hand (not a test; about 2 minutes on 2 cores for 20,000 photos):
 
 Both run as processes of their own on the same --photos photos (symlinks in a temporary folder):
 - `fashiontag predict FOLDER --out single.csv --engine E`: photos/s over the whole process, start-up included;
-- a driver that starts a local Ray instance on every core and calls fashiontag.batch.tag_on_ray: photos/s over
+- a driver that starts a local Ray instance on every core and calls fashiontag.inference.ray_backend.tag_on_ray: photos/s over
   the whole job (from tag_on_ray's call), the steady rate between the first and the last shard, and the time
   from ray.init to the first shard written (the first rows on disk).
 Peak memory per process is each process's high-water mark (VmHWM), read from /proc while it runs: for Ray, every
@@ -34,7 +34,7 @@ DEFAULT_PHOTOS = ROOT / ".." / "shared" / "data" / "fashion-small" / "images"
 DRIVER = """
 import json, os, sys, time
 import ray
-from fashiontag.batch import tag_on_ray
+from fashiontag.inference.ray_backend import tag_on_ray
 t0 = time.time()
 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
 init_s = time.time() - t0

@@ -25,10 +25,10 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 
-from fashiontag.config import TrainConfig
-from fashiontag.evaluate import evaluate
-from fashiontag.model_meta import DEFAULT_MODEL_DIR
-from fashiontag.train import train
+from fashiontag.model_folder import DEFAULT_MODEL_DIR
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.evaluate import evaluate
+from fashiontag.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "fashion-small").resolve()

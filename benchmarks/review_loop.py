@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag.config import TrainConfig
-from fashiontag.evaluate import evaluate, model_dataset
-from fashiontag.model_meta import DEFAULT_MODEL_DIR
-from fashiontag.review.export import export_reviewed
+from fashiontag.data.split import load_split, save_split
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import DEFAULT_MODEL_DIR
+from fashiontag.review.csv_export import export_reviewed
 from fashiontag.review.queue import fill_queue
 from fashiontag.review.store import ReviewStore
-from fashiontag.split import load_split, save_split
-from fashiontag.tagger import Tagger
-from fashiontag.train import train
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.evaluate import evaluate, model_dataset
+from fashiontag.training.train import train
 
 
 def arrivals_and_untouched(split: dict, seed: int) -> tuple[list[str], list[str]]:

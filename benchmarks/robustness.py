@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
 
-from fashiontag import plots
-from fashiontag.dataset import load_dataset
-from fashiontag.model_meta import DEFAULT_MODEL_DIR
-from fashiontag.tagger import Tagger
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import DEFAULT_MODEL_DIR
+from fashiontag.training import plots
+from fashiontag.training.dataset import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "fashion-small"

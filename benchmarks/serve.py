@@ -145,7 +145,7 @@ def main() -> None:
     model = args.model
     if model is None:
         sys.path.insert(0, str(ROOT / "src"))
-        from fashiontag.model_meta import default_model_dir
+        from fashiontag.model_folder import default_model_dir
         try:
             model = str(default_model_dir())
         except FileNotFoundError as e:

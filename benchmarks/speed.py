@@ -6,7 +6,7 @@ Run by hand (not a test):
     .venv/bin/python benchmarks/speed.py --model runs/NAME/best --photos 5000     # also accuracy per engine
     .venv/bin/python benchmarks/speed.py --no-compile --skip-training
 
-Training: photos/s of `fashiontag.train.train` itself on --train-photos photos of the catalog (its second epoch,
+Training: photos/s of `fashiontag.training.train.train` itself on --train-photos photos of the catalog (its second epoch,
 validation pass included) in fp32 eager, the baseline; in channels_last with bf16 autocast; and torch.compiled,
 with what compiling costs (the first epoch's extra time).
 Tagging, model only: uint8 photos in memory to calibrated probabilities, per engine. Tagging end to end: JPEG files
@@ -37,15 +37,15 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from fashiontag import INPUT_HW
-from fashiontag.checkpoint import load_model, save_model
-from fashiontag.config import TrainConfig
-from fashiontag.engines import TorchEngine
-from fashiontag.export import export_onnx
-from fashiontag.images import PhotoInput
+from fashiontag.data.photos import PhotoInput, iter_image_paths, load_batch
+from fashiontag.inference.engines import TorchEngine
+from fashiontag.inference.onnx_export import export_onnx
+from fashiontag.inference.predict import tag_paths, thread_split, write_rows
+from fashiontag.inference.tagger import Tagger
 from fashiontag.models import create_model, family_args
-from fashiontag.predict import _load_batch, iter_image_paths, tag_paths, thread_split, write_rows
-from fashiontag.tagger import Tagger
-from fashiontag.train import train
+from fashiontag.models.checkpoint import load_model, save_model
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = ROOT / ".." / "shared" / "data" / "fashion-small" / "images"
@@ -131,7 +131,7 @@ def bench_training(model_dir: Path, args, peaks: dict, tmp: Path) -> None:
         sum(v.sum() for v in model(torch.rand(2, 3, *INPUT_HW)).values()).backward()
     flops = fc.get_total_flops() / 2
     n = args.train_photos
-    print(f"\ntraining (fashiontag.train.train, {n:,} photos of {args.data}, 2 epochs; the second timed, its "
+    print(f"\ntraining (fashiontag.training.train.train, {n:,} photos of {args.data}, 2 epochs; the second timed, its "
           f"validation pass included): {flops / 1e6:.0f} MFLOP/photo (forward + backward); "
           f"{torch.get_num_threads()} threads\n{HEADER}")
     base = None
@@ -185,7 +185,7 @@ def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Pa
     with FlopCounterMode(display=False) as fc:
         model(torch.rand(1, 3, *INPUT_HW))
     flops = fc.get_total_flops()
-    pixels, _ = _load_batch(paths[:args.model_photos], PhotoInput.of(meta))
+    pixels, _ = load_batch(paths[:args.model_photos], PhotoInput.of(meta))
     engines = [("torch fp32", "torch", False, "fp32"), ("torch bf16", "torch", True, "bf16"),
                ("onnx", "onnx", None, "fp32"), ("onnx-int8", "onnx-int8", None, None)]
 
@@ -223,7 +223,7 @@ def bench_tagging(model_dir: Path, paths: list[Path], args, peaks: dict, tmp: Pa
 
 def bench_engine_accuracy(model_dir: Path, args) -> None:
     """Test-split accuracy per task for each engine, and what each loses against torch fp32: quantizing is approximate."""
-    from fashiontag.evaluate import evaluate
+    from fashiontag.training.evaluate import evaluate
     data = Path(args.data)
     if not (data / "styles.csv").exists() or not (model_dir / "split.json").exists():
         print(f"\n(accuracy per engine skipped: needs --model with a split.json and the catalog --data {data})")

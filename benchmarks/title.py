@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashiontag.catalog import KAGGLE_TASKS as TASKS
-from fashiontag.checkpoint import load_model
-from fashiontag.colours import colour_centroids, colour_features, kmeans_colours, nearest_class
-from fashiontag.dataset import load_dataset
-from fashiontag.models import Heads, create_model
+from fashiontag.data.catalog import KAGGLE_TASKS as TASKS
+from fashiontag.data.colours import colour_centroids, colour_features, kmeans_colours, nearest_class
+from fashiontag.data.text import TitleDropout, Tokenizer, drop_words, remove_words, truncate, words_of
+from fashiontag.models import create_model
+from fashiontag.models.checkpoint import load_model
+from fashiontag.models.layers import Heads
 from fashiontag.models.title import TextEncoder, TitleFusion
-from fashiontag.text import TitleDropout, Tokenizer, drop_words, remove_words, truncate, words_of
+from fashiontag.training.dataset import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "fashion-small"

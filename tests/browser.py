@@ -162,7 +162,7 @@ def review_screenshot(browser, model: Path, data: Path, out: Path, n: int = 12) 
 
 
 def main() -> None:
-    from fashiontag.model_meta import default_model_dir
+    from fashiontag.model_folder import default_model_dir
     ap = argparse.ArgumentParser(description="Refresh the README's screenshot of the web page.")
     ap.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fashion-small",

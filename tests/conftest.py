@@ -32,7 +32,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(catalog, tmp_path_factory):
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     out = tmp_path_factory.mktemp("run")
     return train(tiny_config(catalog.root, out))
 

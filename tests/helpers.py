@@ -2,7 +2,7 @@
 
 import pytest
 
-from fashiontag.config import TrainConfig
+from fashiontag.training.config import TrainConfig
 
 
 def tiny_config(data, out, **changes) -> TrainConfig:
@@ -21,7 +21,7 @@ def train_interrupted(cfg: TrainConfig, at_batch: int) -> None:
     """Train cfg and stop it as Ctrl-C would, at its at_batch-th training batch (counted from 1 over all epochs).
 
     With cfg.checkpoint_minutes == 0 the resume state is saved after every batch, so it stops right there."""
-    import fashiontag.train as train_mod
+    import fashiontag.training.train as train_mod
     real_augment, calls = train_mod.augment, {"n": 0}
 
     def flaky_augment(*args):
@@ -60,7 +60,7 @@ def nan_model(model, dest):
 
     from safetensors.torch import load_file, save_file
 
-    from fashiontag.model_meta import WEIGHTS, weight_header
+    from fashiontag.model_folder import WEIGHTS, weight_header
     shutil.copytree(model, dest)
     weights = load_file(dest / WEIGHTS)
     next(v for k, v in weights.items() if k.endswith("heads.gender.weight")).fill_(float("nan"))

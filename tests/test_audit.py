@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from fashiontag.audit import COLUMNS, audit
-from fashiontag.catalog import CatalogError
+from fashiontag.data.catalog import CatalogError
+from fashiontag.training.audit import COLUMNS, audit
 from synthetic import ARTICLES, COLOURS
 
 N_FLIPS = 6
@@ -106,6 +106,7 @@ def test_a_catalog_without_the_models_columns_or_classes_is_one_clear_error(flip
 
 def test_cli_writes_the_flags_with_their_columns_in_order(flipped, trained, tmp_path):
     from typer.testing import CliRunner
+
     from fashiontag.cli import app
     out = tmp_path / "audit.csv"
     result = CliRunner().invoke(app, ["audit", "--data", str(flipped[0]), "--model", str(trained), "--tasks",

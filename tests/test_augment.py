@@ -5,10 +5,9 @@ import json
 import numpy as np
 import torch
 
+from fashiontag.inference.engines import torch_input
+from fashiontag.training.augment import background_mask, seller_augment, studio_augment
 from helpers import tiny_config
-
-from fashiontag.augment import background_mask, seller_augment, studio_augment
-from fashiontag.engines import torch_input
 
 
 def photos(n=64) -> np.ndarray:
@@ -53,8 +52,8 @@ def test_photos_outside_the_seller_share_keep_their_studio_background_and_light(
 
 
 def test_the_seller_recipe_trains_a_model_that_frames_its_photos(catalog, tmp_path):
-    from fashiontag.tagger import Tagger
-    from fashiontag.train import train
+    from fashiontag.inference.tagger import Tagger
+    from fashiontag.training.train import train
     best = train(tiny_config(catalog.root, tmp_path / "run", seller_augment=True, framing=True, epochs=8))
     meta = json.loads((best / "model.json").read_text())
     assert meta["preprocess"] == {"framing": True} and meta["config"]["seller_augment"] is True

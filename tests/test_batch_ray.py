@@ -20,10 +20,17 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'fashiontag[ray]')")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from fashiontag.batch import (SHARD_PREFIX, _read, filesystem, list_photos, open_output, shard_paths,  # noqa: E402
-                              tag_on_ray)
-from fashiontag.predict import tag_paths  # noqa: E402
-from fashiontag.tagger import Tagger, reviewed  # noqa: E402
+from fashiontag.inference.predict import tag_paths  # noqa: E402
+from fashiontag.inference.ray_backend import (  # noqa: E402
+    SHARD_PREFIX,
+    _read,
+    filesystem,
+    list_photos,
+    open_output,
+    shard_paths,
+    tag_on_ray,
+)
+from fashiontag.inference.tagger import Tagger, reviewed  # noqa: E402
 
 ENGINE = "onnx"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -263,7 +270,7 @@ def start_driver(cluster: TwoNodeCluster, args: list[str], log: Path) -> subproc
 
 def run_job(cluster: TwoNodeCluster, sources: list[str], out: str, address: str, log: Path, **options):
     """tag_on_ray in a driver process; its summary is the last line of log."""
-    code = ("import json, sys; from fashiontag.batch import tag_on_ray; "
+    code = ("import json, sys; from fashiontag.inference.ray_backend import tag_on_ray; "
             "print(json.dumps(tag_on_ray(json.loads(sys.argv[1]), sys.argv[2], address=sys.argv[3], "
             "**json.loads(sys.argv[4]))))")
     return start_driver(cluster, ["-c", code, json.dumps(sources), out, address,

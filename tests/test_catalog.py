@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fashiontag.cache import build_cache
-from fashiontag.catalog import CatalogError, read_catalog
-from fashiontag.images import ImageError, decode, dhash
+from fashiontag.data.cache import build_cache
+from fashiontag.data.catalog import CatalogError, read_catalog
+from fashiontag.data.photos import ImageError, decode, dhash
 
 
 def test_reader_keeps_comma_names_and_reports_malformed_rows(catalog):

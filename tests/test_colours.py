@@ -2,8 +2,15 @@
 
 import numpy as np
 
-from fashiontag.colours import (colour_centroids, colour_features, dominant_colours, hex_to_rgb, nearest_class,
-                                product_masks, rgb_to_lab)
+from fashiontag.data.colours import (
+    colour_centroids,
+    colour_features,
+    dominant_colours,
+    hex_to_rgb,
+    nearest_class,
+    product_masks,
+    rgb_to_lab,
+)
 
 RED, BLUE, WHITE = (200, 20, 30), (20, 30, 190), (248, 248, 246)
 

@@ -1,6 +1,6 @@
 import json
 
-from fashiontag.explore import explore
+from fashiontag.training.explore import explore
 
 
 def test_explore_reports_classes_problems_and_duplicates(catalog, tmp_path):

@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fashiontag.checkpoint import load_model
 from fashiontag.cli import app
-from fashiontag.engines import ONNX_VERSION_KEY, OnnxEngine, digest_path, export_damage, file_sha256
-from fashiontag.export import export_onnx
-from fashiontag.model_meta import ModelError, model_version
-from fashiontag.images import PhotoInput
-from fashiontag.predict import _load_batch, iter_image_paths, predict, tag_paths
-from fashiontag.tagger import Tagger
+from fashiontag.data.photos import PhotoInput, iter_image_paths, load_batch
+from fashiontag.inference.engines import OnnxEngine
+from fashiontag.inference.onnx_export import ONNX_VERSION_KEY, digest_path, export_damage, export_onnx, file_sha256
+from fashiontag.inference.predict import predict, tag_paths
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import ModelError, model_version
+from fashiontag.models.checkpoint import load_model
 from helpers import write_over_onnx
 
 
@@ -31,7 +31,7 @@ def model_copy(trained, tmp_path):
 
 
 def _photos(catalog, n=64):
-    return _load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), PhotoInput())[0]
+    return load_batch(list(islice(iter_image_paths([catalog.root / "images"]), n)), PhotoInput())[0]
 
 
 def _torch_probs(model, meta, x: np.ndarray) -> dict:
@@ -67,7 +67,7 @@ def test_onnx_export_matches_pytorch_on_every_head(trained, catalog, tmp_path):
 
 
 def test_predict_with_onnx_engine_gives_the_torch_labels(model_copy, catalog, tmp_path, monkeypatch):
-    monkeypatch.setattr("fashiontag.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
+    monkeypatch.setattr("fashiontag.inference.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
     images = str(catalog.root / "images")
     predict([images], str(tmp_path / "torch.csv"), str(model_copy), top_k=2, progress=False)
     result = CliRunner().invoke(app, ["predict", images, "--model", str(model_copy), "--engine", "onnx",
@@ -114,7 +114,7 @@ def test_stale_or_unwritable_exports_are_redone(model_copy, monkeypatch, tmp_pat
     onnx.save(graph, str(path))
     digest_path(path).write_text(file_sha256(path))  # intact, as an export of other weights is: only stale
     monkeypatch.setenv("FASHIONTAG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("fashiontag.engines.os.access", lambda p, mode: False)  # a read-only model folder
+    monkeypatch.setattr("fashiontag.inference.onnx_export.os.access", lambda p, mode: False)  # a read-only model folder
     OnnxEngine.from_folder(model_copy)
     fresh = next((tmp_path / "cache").rglob("model.onnx"))
     assert _version_of(fresh) == model_version(model_copy) and _version_of(path) == "other weights"
@@ -131,7 +131,7 @@ def test_every_export_records_its_sha256_beside_it(model_copy, tmp_path):
 
 
 def test_a_damaged_export_is_made_again_for_the_tagger_and_predict(model_copy, catalog, tmp_path, monkeypatch):
-    monkeypatch.setattr("fashiontag.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
+    monkeypatch.setattr("fashiontag.inference.engines.bf16_supported", lambda device: False)  # compare with fp32 torch
     path = export_onnx(model_copy)
     photos = _photos(catalog)
     want = Tagger.load(model_copy).probabilities(photos)
@@ -155,7 +155,7 @@ def test_a_damaged_export_that_cannot_be_made_again_is_refused_in_one_line(model
                                                                            monkeypatch):
     path = export_onnx(model_copy)
     write_over_onnx(path)
-    monkeypatch.setitem(__import__("sys").modules, "fashiontag.export", None)  # as where torch is not installed
+    monkeypatch.setitem(__import__("sys").modules, "fashiontag.inference.onnx_export", None)  # as where torch is not installed
     with pytest.raises(ModelError, match="model.onnx is damaged: its SHA-256 is not the one recorded") as e:
         Tagger.load(model_copy, engine="onnx")
     assert "needs torch and onnx" in str(e.value) and "fashiontag export --model" in str(e.value)

@@ -6,13 +6,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import fashiontag.train as train_module
+import fashiontag.training.train as train_module
 from fashiontag.cli import app
-from fashiontag.config import TrainConfig
-from fashiontag.evaluate import evaluate
-from fashiontag.model_meta import DEFAULT_MODEL_DIR, load_meta
-from fashiontag.tagger import Tag
-from fashiontag.train import starting_point
+from fashiontag.inference.tagger import Tag
+from fashiontag.model_folder import DEFAULT_MODEL_DIR, load_meta
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.evaluate import evaluate
+from fashiontag.training.train import starting_point
 from helpers import tiny_config
 from shop import make_shop_catalog
 
@@ -68,7 +68,7 @@ def test_each_starting_point_is_chosen_or_refused_clearly(shop, catalog, trained
 
 
 def test_a_fine_tuning_keeps_the_start_models_classes_where_they_cover_the_catalogs(catalog, trained, tmp_path):
-    from fashiontag.train import training_data
+    from fashiontag.training.train import training_data
     data = training_data(tiny_config(catalog.root, tmp_path, init=str(trained)), None, progress=False)
     start = load_meta(trained)["vocabs"]
     narrowed = {t: v[:2] for t, v in start.items()}  # a start model that knows only two classes of each task

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashiontag.framing import find_product
-from fashiontag.images import letterbox
+from fashiontag.data.framing import find_product
+from fashiontag.data.photos import letterbox
 
 
 def studio_shot(h=80, w=60, top=0, bottom=80, left=12, right=48, background=255) -> np.ndarray:

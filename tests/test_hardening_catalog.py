@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fashiontag.catalog import CatalogError, read_catalog
+from fashiontag.data.catalog import CatalogError, read_catalog
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 
@@ -90,14 +90,14 @@ def test_a_file_in_no_known_encoding_is_refused_with_the_line(tmp_path):
 @pytest.fixture
 def cached(catalog, tmp_path):
     """A fresh image cache of the synthetic catalog in its own folder: (catalog, folder, pixels file, pixels)."""
-    from fashiontag.cache import build_cache
+    from fashiontag.data.cache import build_cache
     c = read_catalog(catalog.root)
     pixels = np.array(build_cache(c, tmp_path, progress=False).pixels)
     return c, tmp_path, next(tmp_path.glob("*.npy")), pixels
 
 
 def reopen(c, folder, capsys):
-    from fashiontag.cache import build_cache
+    from fashiontag.data.cache import build_cache
     cache = build_cache(c, folder, progress=False)
     return cache, capsys.readouterr().err
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fashiontag import __version__
 from fashiontag.cli import app
-from fashiontag.runlock import RunFolderBusy, run_lock
+from fashiontag.training.runlock import RunFolderBusy, run_lock
 from helpers import tiny_config
 
 
@@ -27,14 +27,14 @@ def test_set_with_a_flag_for_the_same_field_is_an_error_naming_both(command, cat
 
 
 def test_set_alone_sets_a_field_that_has_a_flag(catalog, tmp_path, monkeypatch):
-    import fashiontag.train
+    import fashiontag.training.train
     seen = {}
 
     def fake_train(cfg, resume):
         seen["cfg"] = cfg
         return tmp_path
 
-    monkeypatch.setattr(fashiontag.train, "train", fake_train)
+    monkeypatch.setattr(fashiontag.training.train, "train", fake_train)
     result = invoke("train", "--data", catalog.root, "--set", "epochs=1", "--set", "out=" + str(tmp_path / "x"),
                     "--no-progress")
     assert result.exit_code == 0, result.output
@@ -63,7 +63,7 @@ def test_version():
 
 
 def test_a_second_training_on_the_same_folder_is_refused(catalog, tmp_path):
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     out = tmp_path / "run"
     with run_lock(out):
         with pytest.raises(RunFolderBusy, match=f"{out} is in use by another training"):
@@ -76,7 +76,7 @@ def test_the_refusal_names_the_other_process(catalog, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from fashiontag.runlock import run_lock
+        from fashiontag.training.runlock import run_lock
         with run_lock({str(out)!r}):
             print("locked", flush=True)
             time.sleep(60)
@@ -92,16 +92,16 @@ def test_the_refusal_names_the_other_process(catalog, tmp_path):
 
 
 def test_run_resume_without_resume_state_says_it_starts_from_scratch(catalog, tmp_path, monkeypatch):
-    import fashiontag.evaluate
-    import fashiontag.train
+    import fashiontag.training.evaluate
+    import fashiontag.training.train
     calls = []
 
     def fake_train(cfg, resume):
         calls.append(resume)
         return tmp_path / "run" / "best"
 
-    monkeypatch.setattr(fashiontag.train, "train", fake_train)
-    monkeypatch.setattr(fashiontag.evaluate, "evaluate", lambda data, best, report, side: {"tasks": {}})
+    monkeypatch.setattr(fashiontag.training.train, "train", fake_train)
+    monkeypatch.setattr(fashiontag.training.evaluate, "evaluate", lambda data, best, report, side: {"tasks": {}})
     result = invoke("run", "--data", catalog.root, "--out", tmp_path / "run", "--resume")
     assert result.exit_code == 0, result.output
     assert f"nothing to resume: {tmp_path / 'run' / 'last'} does not exist; training from scratch" in result.output
@@ -118,7 +118,7 @@ def test_every_model_family_the_help_offers_trains_with_its_own_defaults(family,
                     16, "--batch-size", 16, "--image-size", "32x32", "--no-progress", "--set", "threads=1",
                     "--set", "min_count=2", "--set", "ema=0")
     assert result.exit_code == 0, result.output
-    from fashiontag.model_meta import load_meta
+    from fashiontag.model_folder import load_meta
     from fashiontag.models import family_args
     meta = load_meta(out / "best")
     assert meta["arch"] == family and meta["arch_args"] == family_args(family, {})  # recorded in full

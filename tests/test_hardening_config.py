@@ -2,7 +2,7 @@
 
 import pytest
 
-from fashiontag.config import TrainConfig
+from fashiontag.training.config import TrainConfig
 
 
 @pytest.mark.parametrize("field, value, expected", [

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fashiontag.cli import app
-from fashiontag.evaluate import evaluate
-from fashiontag.model_meta import ModelError
-from fashiontag.predict import predict
-from fashiontag.tagger import Tagger
+from fashiontag.inference.predict import predict
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import ModelError
+from fashiontag.training.evaluate import evaluate
 from helpers import nan_model
 
 
@@ -126,7 +126,7 @@ def test_unreadable_folder_is_reported_and_the_rest_tagged(trained, catalog, tmp
 
 def test_unreadable_folder_is_reported_even_as_root(trained, catalog, tmp_path, monkeypatch):
     """The same, with the folder's listing failing as it does for a user without the permission."""
-    import fashiontag.predict as predict_mod
+    import fashiontag.inference.predict as predict_mod
     photos = tmp_path / "photos"
     (photos / "locked").mkdir(parents=True)
     shutil.copy(catalog.root / "images" / "1000.jpg", photos / "a.jpg")
@@ -233,7 +233,7 @@ def test_sigterm_leaves_no_partial_file(trained, catalog, tmp_path):
 def test_a_full_disk_is_one_line_naming_the_output(trained, catalog, tmp_path, monkeypatch):
     """Issue 20 #13: a full disk (ENOSPC) was an OSError traceback. /dev/full answers every write so."""
     import builtins
-    monkeypatch.setattr("fashiontag.predict.open", lambda path, *args, **kw: builtins.open("/dev/full", *args, **kw),
+    monkeypatch.setattr("fashiontag.inference.predict.open", lambda path, *args, **kw: builtins.open("/dev/full", *args, **kw),
                         raising=False)
     out = tmp_path / "tags.csv"
     result = CliRunner().invoke(app, ["predict", str(catalog.root / "images"), "--model", str(trained), "--out",

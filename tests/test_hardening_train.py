@@ -26,7 +26,7 @@ def no_usage_catalog(tmp_path_factory):
 
 
 def test_task_without_labels_is_left_out_with_a_warning(no_usage_catalog, tmp_path, capsys):
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     best = train(tiny_config(no_usage_catalog.root, tmp_path / "run", epochs=1))
     meta = json.loads((best / "model.json").read_text())
     assert "usage" not in meta["vocabs"] and "gender" in meta["vocabs"]
@@ -34,14 +34,14 @@ def test_task_without_labels_is_left_out_with_a_warning(no_usage_catalog, tmp_pa
 
 
 def test_no_task_with_labels_is_a_clear_error(no_usage_catalog):
-    from fashiontag.dataset import load_dataset
+    from fashiontag.training.dataset import load_dataset
     with pytest.raises(ValueError, match="no task has two classes with 100000 training photos"):
         load_dataset(no_usage_catalog.root, min_count=100000, progress=False)
 
 
 def test_notebook_protocol_keeps_its_three_tasks(no_usage_catalog):
-    from fashiontag.catalog import NOTEBOOK_TASKS
-    from fashiontag.dataset import load_dataset
+    from fashiontag.data.catalog import NOTEBOOK_TASKS
+    from fashiontag.training.dataset import load_dataset
     data = load_dataset(no_usage_catalog.root, protocol="notebook", min_count=2, progress=False)
     assert set(data.vocabs) == set(NOTEBOOK_TASKS)
 
@@ -55,7 +55,7 @@ def _overconfident_logits(n=600, classes=4, scale=4.0, seed=0):
 
 
 def test_calibration_keeps_a_temperature_that_helps():
-    from fashiontag.calibration import fit_temperatures
+    from fashiontag.training.temperatures import fit_temperatures
     logits, y = _overconfident_logits()
     temps, record = fit_temperatures({"gender": logits}, {"gender": y})
     assert 3 < temps["gender"] < 5.5 and record["gender"]["kept"] and record["gender"]["why"] is None
@@ -64,7 +64,7 @@ def test_calibration_keeps_a_temperature_that_helps():
 
 
 def test_calibration_never_keeps_nan_temperature(capsys):
-    from fashiontag.calibration import fit_temperatures
+    from fashiontag.training.temperatures import fit_temperatures
     logits, y = _overconfident_logits()
     logits[5, 2] = float("nan")  # one diverged photo makes the whole fit NaN
     temps, record = fit_temperatures({"season": logits, "gender": _overconfident_logits()[0]},
@@ -78,7 +78,7 @@ def test_calibration_never_keeps_nan_temperature(capsys):
 
 
 def test_calibration_drops_a_temperature_that_worsens_nll_and_ece(monkeypatch, capsys):
-    import fashiontag.calibration as calibration
+    import fashiontag.training.temperatures as calibration
     logits, y = _overconfident_logits(scale=1.0)  # already calibrated: a temperature of 5 makes it worse
     monkeypatch.setattr(calibration, "fit_temperature", lambda lg, y: 5.0)
     temps, record = calibration.fit_temperatures({"usage": logits}, {"usage": y})
@@ -91,7 +91,7 @@ def test_calibration_drops_a_temperature_that_worsens_nll_and_ece(monkeypatch, c
 @pytest.fixture(scope="module")
 def resumed_run(catalog, tmp_path_factory):
     """The same training twice: straight through, and interrupted in its second epoch then resumed."""
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     tmp = tmp_path_factory.mktemp("resume")
     cfg = dict(epochs=3, checkpoint_minutes=0.0, patience=99)
     full = train(tiny_config(catalog.root, tmp / "full", **cfg))
@@ -116,7 +116,7 @@ def test_resume_mid_epoch_keeps_the_epochs_train_loss_and_accuracy(resumed_run):
 
 
 def test_resume_without_resume_state_is_refused(catalog, tmp_path):
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     cfg = tiny_config(catalog.root, tmp_path / "run")
     (tmp_path / "run").mkdir()
     cfg.save(tmp_path / "run" / "config.json")  # what a run writes before its first batch

@@ -10,11 +10,11 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from fashiontag.catalog import KAGGLE_TASKS, CatalogError, CatalogSpec, read_catalog
 from fashiontag.cli import app
-from fashiontag.model_meta import MULTI, SINGLE, load_meta
-from fashiontag.tagger import Tagger
-from fashiontag.taxonomy import parse_image_size
+from fashiontag.data.catalog import KAGGLE_TASKS, CatalogError, CatalogSpec, read_catalog
+from fashiontag.data.taxonomy import parse_image_size
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import MULTI, SINGLE, load_meta
 from helpers import tiny_config
 from shop import CATEGORIES, SHOP_TASKS, draw_product, make_shop_catalog, occasions
 
@@ -121,6 +121,7 @@ def test_tags_from_the_cli_the_python_api_the_http_api_and_onnx(shop, shop_model
     assert right > 30
 
     from fastapi.testclient import TestClient
+
     from fashiontag.serve import create_app
     with TestClient(create_app(shop_model)) as client:
         r = client.post("/v1/tag", files=[("files", (first.name, first.read_bytes(), "image/png"))])
@@ -203,7 +204,7 @@ def test_rare_classes_pooled_into_other_are_counted(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from fashiontag.dataset import load_dataset
+    from fashiontag.training.dataset import load_dataset
     (tmp_path / "images").mkdir()
     rng = np.random.default_rng(0)
     kinds = ["coat", "scarf"] * 25 + [f"rare-{i}" for i in range(12)]
@@ -238,7 +239,7 @@ def test_a_photo_reference_may_be_an_id_like_name_or_an_absolute_path(tmp_path):
 
 
 def test_reviewed_rows_train_and_never_validate_or_test(shop, shop_model, tmp_path):
-    from fashiontag.dataset import load_dataset
+    from fashiontag.training.dataset import load_dataset
     split = json.loads((shop_model / "split.json").read_text())
     new_photo = tmp_path / "new.png"
     draw_product("tie", "navy", "plain", (300, 200), random.Random(7)).save(new_photo)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_config
-from fashiontag.checkpoint import load_model
-from fashiontag.evaluate import evaluate
+from fashiontag.inference.predict import predict
+from fashiontag.inference.tagger import Tagger
 from fashiontag.models import create_model, model_names
-from fashiontag.predict import predict
-from fashiontag.tagger import Tagger
+from fashiontag.models.checkpoint import load_model
+from fashiontag.training.evaluate import evaluate
+from helpers import tiny_config
 
 
 @pytest.mark.parametrize("name", ["rescnn", "seed-cnn", "mlp", "efficientnet-lite0"])

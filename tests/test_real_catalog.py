@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from fashiontag.data.catalog import read_catalog
 from helpers import tiny_config
-from fashiontag.catalog import read_catalog
 
 
 def test_every_row_parses(real_data):
@@ -16,10 +16,10 @@ def test_every_row_parses(real_data):
 
 
 def test_short_training_beats_majority_on_every_task(real_data, tmp_path):
-    from fashiontag.checkpoint import load_model
-    from fashiontag.dataset import load_dataset
-    from fashiontag.engines import TorchEngine
-    from fashiontag.train import accuracies, train
+    from fashiontag.inference.engines import TorchEngine
+    from fashiontag.models.checkpoint import load_model
+    from fashiontag.training.dataset import load_dataset
+    from fashiontag.training.train import accuracies, train
     cfg = tiny_config(real_data, tmp_path, model_args={"width": 32, "stem_stride": 2}, max_train=8000, epochs=3,
                       batch_size=128, lr=3e-3, min_count=10, ema=0.99, threads=0)
     best = train(cfg)
@@ -36,8 +36,8 @@ def test_short_training_beats_majority_on_every_task(real_data, tmp_path):
 
 
 def test_the_shipped_model_tags_the_real_catalog_with_and_without_titles(real_data):
-    from fashiontag.evaluate import model_dataset
-    from fashiontag.tagger import Tagger
+    from fashiontag.inference.tagger import Tagger
+    from fashiontag.training.evaluate import model_dataset
     tagger = Tagger.load()
     ds = model_dataset(tagger, real_data, progress=False)
     rows = ds.rows["test"][:600]

@@ -12,21 +12,20 @@ import re
 import warnings
 
 import pytest
-from helpers import tiny_config
-from PIL import Image
-from synthetic import draw
 from typer.testing import CliRunner
 
-from fashiontag.catalog import read_catalog, with_reviewed
 from fashiontag.cli import app as cli
-from fashiontag.dataset import load_dataset
-from fashiontag.predict import predict
-from fashiontag.review.export import export_reviewed
+from fashiontag.data.catalog import read_catalog, with_reviewed
+from fashiontag.data.spreadsheet import inert, restored
+from fashiontag.inference.predict import predict
+from fashiontag.inference.tagger import Tagger
+from fashiontag.review.csv_export import export_reviewed
 from fashiontag.review.queue import fill_queue
 from fashiontag.review.store import ReviewStore, engine_for
 from fashiontag.serve import create_app
-from fashiontag.spreadsheet import inert, restored
-from fashiontag.tagger import Tagger
+from fashiontag.training.dataset import load_dataset
+from helpers import tiny_config
+from synthetic import draw
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")
@@ -298,7 +297,7 @@ def test_formula_file_names_are_inert_in_predict_and_export_and_read_back(tmp_pa
 # --------------------------------------------------------------- issue 21 #1: reviewed rows train, or it fails
 
 def test_review_export_train_extra_round_trip_trains_every_reviewed_row(catalog, tmp_path):
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     arrivals = tmp_path / "arrivals"  # the new photos: neither beside the catalog nor beside the export
     arrivals.mkdir()
     for n, (article, colour) in enumerate([("Tshirts", "Red"), ("Jeans", "Blue"), ("Watches", "Green"),

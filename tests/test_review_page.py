@@ -2,7 +2,6 @@
 with type-ahead, undo, bulk-accept, then reload and find everything as it was left; the cursor stays on its product
 when a correction changes the sort; keys never land in the name box; what the reviewer must see is in sight."""
 
-from pathlib import Path
 
 from PIL import Image
 
@@ -335,10 +334,9 @@ def test_the_enlarged_photo_is_the_original_file_fitted_to_the_window(browser, t
 def test_signed_in_reviewer_accepts_a_photo(browser, tmp_path):
     """With accounts the page asks for a sign-in; signed in, the name box is gone and an accepted photo is recorded
     under the account (the page sends the CSRF token with every write)."""
-    from synthetic import draw
-
+    from fashiontag.inference.tagger import Tagger
     from fashiontag.review.auth import add_user
-    from fashiontag.tagger import Tagger
+    from synthetic import draw
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, colour in enumerate(["Red", "Blue", "Black"]):

@@ -15,12 +15,12 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from fashiontag.cli import app
-from fashiontag.model_meta import META, WEIGHTS, default_model_dir, load_meta
+from fashiontag.inference.thresholds import PROMISE_Z, choose_threshold
+from fashiontag.model_folder import META, WEIGHTS, default_model_dir, load_meta
 from fashiontag.review.queue import audit_draws, fill_queue, mark_audits, model_record
 from fashiontag.review.routes import review_router
 from fashiontag.review.stats import review_stats, reviewed_tags
 from fashiontag.review.store import SCHEMA_VERSION, ReviewStore, schema_info, tags
-from fashiontag.thresholds import PROMISE_Z, choose_threshold
 
 MODEL = {"version": "abc123", "tasks": ["gender", "usage"], "id_column": "id",
          "vocabs": {"gender": ["Men", "Women"], "usage": ["Casual", "Formal"]}, "hierarchy": None,
@@ -220,10 +220,9 @@ def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_prom
     """Audit tags need review with an "audit" badge and "Accept all sure photos" leaves them; a task measured below
     its promise gets a banner; "reviewed" (filter and data-done) follows the server's rule."""
     from browser import live_server, open_page
-    from synthetic import draw
-
+    from fashiontag.inference.tagger import Tagger
     from fashiontag.serve import create_app
-    from fashiontag.tagger import Tagger
+    from synthetic import draw
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, colour in enumerate(["Red", "Blue", "Black", "Green"]):

@@ -14,9 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fashiontag.review.export import export_reviewed
-from fashiontag.review.store import (SCHEMA_VERSION, Conflict, InvalidChange, ReviewStore, StoreError,
-                                     UnseenCombination, schema_info)
+from fashiontag.review.csv_export import export_reviewed
+from fashiontag.review.store import (
+    SCHEMA_VERSION,
+    Conflict,
+    InvalidChange,
+    ReviewStore,
+    StoreError,
+    UnseenCombination,
+    schema_info,
+)
 
 MODEL = {"version": "abc123", "tasks": ["articleType", "subCategory", "gender"], "id_column": "id",
          "vocabs": {"articleType": ["Tshirts", "Jeans", "Casual Shoes"], "subCategory": ["Topwear", "Bottomwear", "Shoes"],
@@ -245,7 +252,7 @@ MODEL_TASKS_WITH_CHOICES = ("gender", "baseColour", "season")  # no hierarchy: a
 
 
 def test_model_record_is_plain_json(trained):
-    from fashiontag.model_meta import load_meta
+    from fashiontag.model_folder import load_meta
     from fashiontag.review.queue import model_record
     record = model_record(load_meta(trained), trained)
     assert json.loads(json.dumps(record)) == record and record["id_column"] == "id"

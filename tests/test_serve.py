@@ -17,12 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import (live_server, open_page, screenshot, set_threshold, shown_tags,
-                     upload_and_wait)
 from PIL import Image
 
+from browser import live_server, open_page, screenshot, set_threshold, shown_tags, upload_and_wait
+from fashiontag.inference.tagger import Tagger
 from fashiontag.serve import SERVE_ENGINE, MicroBatcher, create_app
-from fashiontag.tagger import Tagger
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")
@@ -495,7 +494,7 @@ def test_browser_uploads_tags_corrects_and_downloads_csv(browser, served, catalo
 def test_browser_with_the_real_model(browser, real_data, tmp_path):
     """With the shipped (or $FASHIONTAG_MODEL) model and real photos the page tags every photo and takes a
     correction: what `make screenshot` saves as docs/screenshot-web.png, here into a temporary folder."""
-    from fashiontag.model_meta import default_model_dir
+    from fashiontag.model_folder import default_model_dir
     try:
         model = default_model_dir()
     except FileNotFoundError as e:

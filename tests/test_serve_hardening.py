@@ -13,8 +13,8 @@ from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
-from browser import live_server
 
+from browser import live_server
 from fashiontag.serve import create_app
 
 HEADER_TIMEOUT = 2.0  # seconds for a request's headers (10 in `fashiontag serve`)
@@ -191,8 +191,7 @@ def _post(app, photo, n: int = 2):
 
 def test_a_damaged_onnx_export_is_made_again_and_tags_are_numbers(trained, photo, tmp_path):
     """4 KB written over inside model.onnx: every POST answered 500 (NaN confidences cannot be JSON)."""
-    from fashiontag.engines import export_damage
-    from fashiontag.export import export_onnx
+    from fashiontag.inference.onnx_export import export_damage, export_onnx
     from helpers import write_over_onnx
     model = tmp_path / "model"
     shutil.copytree(trained, model)

@@ -12,17 +12,18 @@ import warnings
 
 import httpx
 import pytest
-from browser import live_server
-from synthetic import draw
 from typer.testing import CliRunner
 
+from browser import live_server
 from fashiontag.cli import app as cli
+from fashiontag.inference.tagger import Tagger
 from fashiontag.review import auth
 from fashiontag.review.queue import fill_queue
 from fashiontag.review.store import ReviewStore
 from fashiontag.serve import create_app
-from fashiontag.serve.app import read_token, serve_hosts
-from fashiontag.tagger import Tagger
+from fashiontag.serve.app import read_token
+from fashiontag.serve.hosts import serve_hosts
+from synthetic import draw
 
 with warnings.catch_warnings():  # starlette would rather its test client used httpx2; httpx works
     warnings.filterwarnings("ignore", message=".*httpx2")

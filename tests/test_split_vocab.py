@@ -1,7 +1,7 @@
 import numpy as np
 
-from fashiontag.split import duplicate_groups, make_split
-from fashiontag.vocab import OTHER, UNKNOWN, build_vocab, encode
+from fashiontag.data.split import duplicate_groups, make_split
+from fashiontag.data.vocab import OTHER, UNKNOWN, build_vocab, encode
 
 
 def test_vocab_merges_rare_classes_into_other():
@@ -41,7 +41,7 @@ def test_split_is_deterministic_stratified_and_keeps_duplicates_together():
 
 
 def test_relisted_photos_land_on_the_same_side(catalog):
-    from fashiontag.dataset import load_dataset
+    from fashiontag.training.dataset import load_dataset
     ds = load_dataset(catalog.root, progress=False)
     side = {pid: s for s in ("train", "val", "test") for pid in ds.split[s]}
     assert catalog.relisted

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from fashiontag import PhotoResult, Tagger
-from fashiontag.images import ImageError
-from fashiontag.model_meta import DEFAULT_MODEL_DIR, model_version
+from fashiontag.data.photos import ImageError
+from fashiontag.model_folder import DEFAULT_MODEL_DIR, model_version
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -20,9 +20,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_inference_never_imports_training():
-    proc = _run("import sys, fashiontag.serve, fashiontag.tagger, fashiontag.predict, fashiontag.engines\n"
-                "print(sorted(m for m in sys.modules if m.startswith(('fashiontag.train', 'fashiontag.dataset', "
-                "'fashiontag.split', 'fashiontag.cache', 'sklearn'))))")
+    proc = _run("import sys, fashiontag.serve, fashiontag.inference.tagger, fashiontag.inference.predict, fashiontag.inference.engines\n"
+                "print(sorted(m for m in sys.modules if m.startswith(('fashiontag.training.train', 'fashiontag.training.dataset', "
+                "'fashiontag.data.split', 'fashiontag.data.cache', 'sklearn'))))")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -41,7 +41,7 @@ def test_the_shipped_onnx_export_is_current():
     """The package ships model.onnx beside the shipped weights so that onnx starts fast; it must be their export."""
     import onnxruntime as ort
 
-    from fashiontag.engines import ONNX_VERSION_KEY, export_damage
+    from fashiontag.inference.onnx_export import ONNX_VERSION_KEY, export_damage
     session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map[ONNX_VERSION_KEY] == model_version(DEFAULT_MODEL_DIR)
     assert export_damage(DEFAULT_MODEL_DIR / "model.onnx") is None  # and its recorded SHA-256 ships with it

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 
 from fashiontag import Tagger
-from fashiontag.config import TrainConfig
-from fashiontag.predict import predict
-from fashiontag.refit import calibrate
-from fashiontag.thresholds import (PROMISE_Z, UNREACHABLE, at_threshold, choose_threshold, coverage_table,
-                                   precision_lower_bound)
+from fashiontag.inference.predict import predict
+from fashiontag.inference.thresholds import (
+    PROMISE_Z,
+    UNREACHABLE,
+    at_threshold,
+    choose_threshold,
+    coverage_table,
+    precision_lower_bound,
+)
+from fashiontag.training.calibrate import calibrate
+from fashiontag.training.config import TrainConfig
 from helpers import tiny_config
 
 
@@ -109,9 +115,9 @@ def test_training_stores_thresholds_that_tagging_uses_by_default(trained, catalo
 def trained_at_precision(request, catalog, tmp_path_factory):
     """A model trained, calibrated and then re-calibrated with bf16 forced off or on (CPUs differ: with AVX-512
     torch computes in bf16 by default, without it in fp32), so both machines' paths are tested on either."""
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     with pytest.MonkeyPatch.context() as mp:
-        for where in ("fashiontag.engines.bf16_supported", "fashiontag.train.bf16_supported"):
+        for where in ("fashiontag.inference.engines.bf16_supported", "fashiontag.training.train.bf16_supported"):
             mp.setattr(where, lambda device: request.param)
         yield train(tiny_config(catalog.root, tmp_path_factory.mktemp("run"), epochs=4))
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fashiontag.data.text import TitleDropout, Tokenizer, drop_words, normalise, remove_words, truncate, words_of
 from fashiontag.models import create_model
-from fashiontag.text import TitleDropout, Tokenizer, drop_words, normalise, remove_words, truncate, words_of
 
 HEADS = {"gender": 5, "baseColour": 7}
 TITLE = {"dim": 16, "tokenizer": {"buckets": 512, "max_len": 48}}
@@ -27,7 +27,7 @@ def test_tokens_are_deterministic_across_processes_and_padded_with_zero():
     assert x.dtype == np.int64 and x.shape == (4, 48)
     assert (x[2] == 0).all() and (x[0] > 0).sum() > 10 and x.max() < 512
     # A fresh interpreter has another str-hash salt: the ids must not change.
-    code = ("import sys; from fashiontag.text import Tokenizer; "
+    code = ("import sys; from fashiontag.data.text import Tokenizer; "
             "sys.stdout.write(' '.join(map(str, Tokenizer(buckets=512, max_len=48)(['Puma Men Blue Running Shoes'])[0])))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert other.split() == [str(v) for v in x[0]]

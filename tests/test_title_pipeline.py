@@ -5,10 +5,10 @@ import csv
 import numpy as np
 import pytest
 
-from fashiontag.catalog import read_catalog
-from fashiontag.engines import OnnxEngine
-from fashiontag.model_meta import load_meta
-from fashiontag.tagger import Tagger
+from fashiontag.data.catalog import read_catalog
+from fashiontag.inference.engines import OnnxEngine
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import load_meta
 from helpers import tiny_config
 
 TITLE = {"dim": 16, "tokenizer": {"buckets": 4096, "max_len": 48}}
@@ -17,7 +17,7 @@ TITLE = {"dim": 16, "tokenizer": {"buckets": 4096, "max_len": 48}}
 @pytest.fixture(scope="module")
 def titled(trained, catalog, tmp_path_factory):
     """The tiny photo model with a title branch, trained with the photo part frozen."""
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     photo = load_meta(trained)
     cfg = tiny_config(catalog.root, tmp_path_factory.mktemp("titled"), epochs=30, lr=3e-2, init=str(trained),
                       freeze_photo=True, model_args={**photo["arch_args"], "title": TITLE},
@@ -45,7 +45,7 @@ def test_a_run_started_from_a_photo_and_title_model_stays_one(titled, catalog, t
     """--set init=MODEL with model_args left as they are: the start model's title branch, every tensor of it."""
     from safetensors.torch import load_file
 
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     cfg = tiny_config(catalog.root, tmp_path / "tuned", epochs=1, init=str(titled))
     assert "title" not in cfg.model_args
     tuned = train(cfg)
@@ -60,9 +60,9 @@ def test_a_run_started_from_a_photo_and_title_model_stays_one(titled, catalog, t
 def test_a_title_experts_epoch_is_timed_on_its_titles_and_told_in_seconds():
     import torch
 
+    from fashiontag.data.text import Tokenizer
     from fashiontag.models import create_model
-    from fashiontag.text import Tokenizer
-    from fashiontag.train import duration, expected_epoch_seconds
+    from fashiontag.training.train import duration, expected_epoch_seconds
     model = create_model("rescnn", {"gender": 2}, (32, 32), width=8, depths=[1], title=TITLE)
 
     def no_photos(x):
@@ -146,7 +146,7 @@ def test_onnx_takes_tokens_and_matches_torch(titled, catalog, tmp_path):
 
 
 def test_predict_data_tags_every_catalog_row_with_its_title(titled, catalog, tmp_path):
-    from fashiontag.predict import predict
+    from fashiontag.inference.predict import predict
     out = tmp_path / "tags.csv"
     counts = predict([], str(out), str(titled), data=str(catalog.root), min_confidence=0)
     rows = list(csv.DictReader(out.open()))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_config
-from fashiontag.dataset import load_dataset
 from fashiontag.models import create_model
-from fashiontag.train import teacher_probabilities, train
+from fashiontag.training.dataset import load_dataset
+from fashiontag.training.train import teacher_probabilities, train
+from helpers import tiny_config
 
 
 def test_pretrained_lite0_takes_every_imagenet_weight():
@@ -49,7 +49,7 @@ def test_teachers_give_distributions_and_a_student_learns_from_them(trained, cat
 def test_a_teacher_sees_the_photos_as_it_was_trained_whatever_the_students_framing(trained, catalog):
     """A framed seller-photo student learns from an unframed studio teacher: the teacher's soft targets must come
     from unframed photos, the same as for an unframed student, not from the student's framed ones."""
-    from fashiontag.tagger import Tagger
+    from fashiontag.inference.tagger import Tagger
     split = trained / "split.json"
     plain = load_dataset(catalog.root, min_count=2, split_path=split, progress=False)
     framed = load_dataset(catalog.root, min_count=2, split_path=split, progress=False, framing=True)

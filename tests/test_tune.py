@@ -7,9 +7,9 @@ import optuna
 import pytest
 import torch
 
-from helpers import tiny_config
 from fashiontag.models import create_model
-from fashiontag.tune import RESCNN_DEPTHS, suggest, trial_config, tune
+from fashiontag.training.tune import RESCNN_DEPTHS, suggest, trial_config, tune
+from helpers import tiny_config
 
 
 def _base(catalog, tmp_path, **changes):

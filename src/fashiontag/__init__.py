@@ -7,14 +7,13 @@
 
 __version__ = "0.1.0"
 
-# Default model input, height x width: the Kaggle catalog's photos are 60 wide and 80 high. A model records its own.
-INPUT_HW = (80, 60)
+from fashiontag.model_folder import INPUT_HW  # noqa: E402 - the default input size; each model records its own
 
 
 def __getattr__(name: str):
-    # Imported on first use: `import fashiontag.catalog` and the CLI's start stay free of the inference stack.
+    # Imported on first use: `import fashiontag.data.catalog` and the CLI's start stay free of the inference stack.
     if name in ("Tagger", "PhotoResult", "Tag"):
-        from fashiontag import tagger
+        from fashiontag.inference import tagger
         return getattr(tagger, name)
     raise AttributeError(f"module 'fashiontag' has no attribute {name!r}")
 

@@ -12,9 +12,9 @@ import typer
 from typer.core import TyperGroup
 
 from fashiontag import __version__
-from fashiontag.catalog import CatalogError, did_you_mean
-from fashiontag.config import STARTS, TrainConfig
-from fashiontag.runlock import RunFolderBusy
+from fashiontag.data.catalog import CatalogError, did_you_mean
+from fashiontag.training.config import STARTS, TrainConfig
+from fashiontag.training.runlock import RunFolderBusy
 
 # Plain click help: rich markup would eat text in brackets and label every option with its Python type.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -160,7 +160,7 @@ def train(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Train a model; the best checkpoint lands in OUT/best (safetensors + JSON)."""
-    from fashiontag.train import train as run_training
+    from fashiontag.training.train import train as run_training
     try:
         cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                                          protocol=protocol, max_train=max_train, seed=seed, progress=progress,
@@ -192,7 +192,7 @@ def evaluate(
                                 "photos alone)"),
 ):
     """Score a model on its test split; writes report.md, metrics.json and plots."""
-    from fashiontag.evaluate import evaluate as run_evaluation
+    from fashiontag.training.evaluate import evaluate as run_evaluation
     try:
         summary = run_evaluation(_data(data), model, out, side, flip=flip, engine=engine, titles=titles)
     except (CatalogError, FileNotFoundError, ValueError) as e:
@@ -218,7 +218,8 @@ def audit(
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Find the catalog's labels that are likely wrong, from a model that did not learn them (cleanlab)."""
-    from fashiontag.audit import LEVELS, audit as run_audit
+    from fashiontag.training.audit import LEVELS
+    from fashiontag.training.audit import audit as run_audit
     try:
         result = run_audit(_data(data), model, _tasks(tasks), side, progress=progress)
         report = result.save(out)
@@ -255,7 +256,7 @@ def calibrate(
     alone (model.json; model.onnx re-exported if present); with --reviews, thresholds from a review queue."""
     if reviews is not None:
         return _calibrate_from_reviews(model, reviews, data, precision, task_precision)
-    from fashiontag.refit import calibrate as run_calibrate
+    from fashiontag.training.calibrate import calibrate as run_calibrate
     try:
         per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
         record = run_calibrate(model, _data(data), precision, per_task, progress=progress)
@@ -275,9 +276,9 @@ def calibrate(
 
 def _calibrate_from_reviews(model: str, reviews: str, data: Optional[str], precision: Optional[float],
                             task_precision: List[str]) -> None:
-    from fashiontag.model_meta import ModelError
-    from fashiontag.refit import calibrate_from_reviews
+    from fashiontag.model_folder import ModelError
     from fashiontag.review.store import StoreError
+    from fashiontag.training.calibrate import calibrate_from_reviews
     if data is not None:
         _fail("--reviews and --data: one or the other (thresholds from reviewed tags, or from the validation side)")
     try:
@@ -345,7 +346,8 @@ def predict(
             _fail("--data is not taken with --on yet: tag the catalog's photo folder")
         return _predict_on_ray(on, paths or [], out, model, top_k, min_confidence, batch_size, progress, engine,
                                flip, actors, csv)
-    from fashiontag.predict import OutputError, predict as run_predict
+    from fashiontag.inference.predict import OutputError
+    from fashiontag.inference.predict import predict as run_predict
     try:
         counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
                              progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
@@ -371,7 +373,7 @@ def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Option
     if not out:
         _fail("--on needs --out: the folder or URI that receives the Parquet shards")
     try:
-        from fashiontag.batch import tag_on_ray
+        from fashiontag.inference.ray_backend import tag_on_ray
     except ImportError as e:
         _fail(f"--on ray needs Ray: pip install 'fashiontag[ray]' ({e})")
     try:
@@ -398,8 +400,8 @@ def explore(
 ):
     """Columns and their kinds, class counts, hierarchies, photo sizes, malformed rows, unusable photos, repeated
     ids and duplicate photos of a catalog."""
-    from fashiontag.catalog import CatalogSpec
-    from fashiontag.explore import explore as run_explore
+    from fashiontag.data.catalog import CatalogSpec
+    from fashiontag.training.explore import explore as run_explore
     try:
         s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out)
     except (CatalogError, ValueError) as e:
@@ -423,8 +425,8 @@ def run(
     resume: bool = typer.Option(False, help="continue an interrupted run in --out, if it saved resume state"),
 ):
     """The main job of `make run`: train the default recipe, then evaluate it on the test split."""
-    from fashiontag.evaluate import evaluate as run_evaluation
-    from fashiontag.train import train as run_training
+    from fashiontag.training.evaluate import evaluate as run_evaluation
+    from fashiontag.training.train import train as run_training
     try:
         d = _data(data)
     except typer.BadParameter as e:
@@ -463,7 +465,8 @@ def serve(
 ):
     """Serve the web page (/) and the HTTP API (POST /v1/tag, docs at /docs), batching concurrent requests."""
     from fashiontag.serve import serve as run_server
-    from fashiontag.serve.app import is_loopback, read_token, serve_hosts
+    from fashiontag.serve.app import read_token
+    from fashiontag.serve.hosts import is_loopback, serve_hosts
     try:
         token = read_token(token_file)
         _warn_hosts(host, allowed_host or ())
@@ -478,7 +481,7 @@ def serve(
 
 
 def _warn_hosts(host: str, allowed: tuple[str, ...] | list[str]) -> None:
-    from fashiontag.serve.app import serve_hosts
+    from fashiontag.serve.hosts import serve_hosts
     if serve_hosts(host, allowed) == ["*"]:
         typer.echo(f"warning: listening on {host} with no --allowed-host: any Host header is accepted (name the "
                    "server's names with --allowed-host to refuse the others)", err=True)
@@ -532,7 +535,7 @@ def review_start(
                                            "measures the live precision on (0: none)"),
 ):
     """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
-    from fashiontag.review import start_review
+    from fashiontag.review.service import start_review
     from fashiontag.review.store import StoreError
     try:
         if serve:
@@ -615,7 +618,7 @@ def review_export(
     force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
 ):
     """Write the reviewed tags in the catalog's schema (id column, the model's tasks, the photo's path)."""
-    from fashiontag.review.export import export_reviewed
+    from fashiontag.review.csv_export import export_reviewed
     try:
         counts = export_reviewed(db, out, all_, force)
     except (OSError, ValueError) as e:
@@ -631,7 +634,8 @@ def review_stats(
 ):
     """Per task, the live precision of auto-accepted tags from reviewed audits (95% interval; flagged below its
     promise), the share auto-accepted against validation's, and each reviewer's throughput."""
-    from fashiontag.review.stats import print_stats, review_stats as measure
+    from fashiontag.review.stats import print_stats
+    from fashiontag.review.stats import review_stats as measure
     stats = _on_store(db, measure)
     if as_json:
         typer.echo(json.dumps(stats, indent=1))
@@ -652,8 +656,8 @@ def export(
     """Export a model to ONNX (dynamic batch, input 'image' float (N,3,H,W) in [0,1], logits per task)."""
     if format != "onnx":
         _fail(f"unknown format {format!r}: only onnx")
-    from fashiontag.export import export_onnx
-    from fashiontag.model_meta import default_model_dir
+    from fashiontag.inference.onnx_export import export_onnx
+    from fashiontag.model_folder import default_model_dir
     try:
         path = export_onnx(model or default_model_dir(), out, quantize=int8, calibration=calibration or None)
     except (FileNotFoundError, ValueError) as e:
@@ -681,7 +685,7 @@ def tune(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Search hyper-parameters with Optuna (TPE, median pruning); resumable, writes best.json and plots."""
-    from fashiontag.tune import tune as run_tune
+    from fashiontag.training.tune import tune as run_tune
     try:
         sets = _parse_sets(set_)
         _refuse_both(dict(model=model, out=out), sets)

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashiontag.models import Heads, TrunkAndHeads, register
+from fashiontag.model_folder import INPUT_HW
+from fashiontag.models.layers import Heads, TrunkAndHeads
+from fashiontag.models.registry import register
 
 # (expansion, kernel, stride, channels out, repeats) per stage, as in the published Lite0.
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
@@ -58,7 +60,7 @@ class ImageNetNormalize(nn.Module):
 @register("efficientnet-lite0")
 class EfficientNetLite0(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], upscale: float = 1.0, dropout: float = 0.2,
-                 input_hw: tuple[int, int] = (80, 60)):
+                 input_hw: tuple[int, int] = INPUT_HW):
         super().__init__()  # any input_hw: the trunk ends in adaptive pooling
         layers: list[nn.Module] = [ImageNetNormalize(upscale), conv_bn_act(3, STEM, 3, 2)]
         cin = STEM

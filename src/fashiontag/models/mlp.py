@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from fashiontag import INPUT_HW
-from fashiontag.models import Heads, Normalize, TrunkAndHeads, register
+from fashiontag.model_folder import INPUT_HW
+from fashiontag.models.layers import Heads, Normalize, TrunkAndHeads
+from fashiontag.models.registry import register
 
 
 @register("mlp")

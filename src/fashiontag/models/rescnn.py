@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from fashiontag.models import Heads, Normalize, TrunkAndHeads, register
+from fashiontag.model_folder import INPUT_HW
+from fashiontag.models.layers import Heads, Normalize, TrunkAndHeads
+from fashiontag.models.registry import register
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -29,7 +31,7 @@ class Block(nn.Module):
 @register("rescnn", default_args={"width": 32, "stem_stride": 2})  # the shipped model's trunk
 class ResCNN(TrunkAndHeads):
     def __init__(self, heads: dict[str, int], width: int = 32, depths: tuple[int, ...] = (1, 1, 2, 1),
-                 stem_stride: int = 1, dropout: float = 0.2, input_hw: tuple[int, int] = (80, 60)):
+                 stem_stride: int = 1, dropout: float = 0.2, input_hw: tuple[int, int] = INPUT_HW):
         super().__init__()
         widths = [width * 2 ** i for i in range(len(depths))]
         layers: list[nn.Module] = [Normalize(), conv_bn(3, widths[0], stem_stride), nn.ReLU(inplace=True)]

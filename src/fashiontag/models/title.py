@@ -4,7 +4,7 @@ Built by create_model when arch_args has a "title" entry, e.g. model.json
     "arch": "rescnn", "arch_args": {"width": 32, "title": {"dim": 64, "fusion": "late",
                                                            "tokenizer": {"buckets": 65536, ...}}}
 so a model folder rebuilds the fused model from arch + arch_args like any other. The tokens come from
-fashiontag.text.Tokenizer(**title["tokenizer"]), outside the model (numpy, shared by every engine).
+fashiontag.data.text.Tokenizer(**title["tokenizer"]), outside the model (numpy, shared by every engine).
 
 forward(x, tokens=None): tokens None, or a row of zeros, is "no title": a learned stand-in takes the text
 features' place, so one model tags photo-only, title-only (a blank photo is still needed) and both.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fashiontag.models import Heads, TrunkAndHeads
-from fashiontag.text import Tokenizer
+from fashiontag.data.text import Tokenizer
+from fashiontag.models.layers import Heads, TrunkAndHeads
 
 FUSIONS = ("late", "gated")
 

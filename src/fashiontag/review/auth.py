@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fashiontag.review.store import ReviewStore, _now, actions, settings, users
+from fashiontag.serve.hosts import is_loopback
 
 ROLES = ("reviewer", "admin")
 SESSION_COOKIE = "fashiontag_session"
@@ -120,7 +121,6 @@ def action_owner(store: ReviewStore, action_id: int) -> str | None:
 def check_exposure(store: ReviewStore, host: str, no_auth: bool = False) -> str | None:
     """The rule for `fashiontag review --host`: on loopback, or with accounts, fine (None); beyond loopback with no
     account, an AuthError unless no_auth, and then the warning to print."""
-    from fashiontag.serve.app import is_loopback
     if is_loopback(host) or has_users(store):
         return None
     if not no_auth:

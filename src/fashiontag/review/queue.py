@@ -15,11 +15,12 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
-from fashiontag.predict import FORMATS, Problems, iter_image_paths, printable, tag_paths
+from fashiontag.data.photos import Problems, iter_image_paths
+from fashiontag.data.spreadsheet import restored
+from fashiontag.inference.predict import FORMATS, printable, tag_paths
+from fashiontag.inference.tagger import PHOTO_ONLY, Tagger, check_options
+from fashiontag.model_folder import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
 from fashiontag.review.store import ReviewStore
-from fashiontag.spreadsheet import restored
-from fashiontag.tagger import PHOTO_ONLY, Tagger, check_options
 
 # Runners-up kept per tag: keys 1-9 on the page take one.
 TOP_K = 10

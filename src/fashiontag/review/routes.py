@@ -11,7 +11,6 @@ import logging
 import os
 import stat
 from pathlib import Path
-
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
@@ -20,9 +19,17 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from fashiontag.review import auth
 from fashiontag.review.queue import within
-from fashiontag.review.store import (UNAVAILABLE, Conflict, InvalidChange, NotFound, ReviewStore,
-                                     UnseenCombination, unavailable_message)
+from fashiontag.review.store import (
+    UNAVAILABLE,
+    Conflict,
+    InvalidChange,
+    NotFound,
+    ReviewStore,
+    UnseenCombination,
+    unavailable_message,
+)
 from fashiontag.serve.errors import ServeError, error_body
 
 # No product photo comes near this; a larger file is not read into memory to be served.
@@ -140,7 +147,6 @@ def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIR
     """The review API. With accounts in the database (review/auth.py) every route but /session, /sign-in and
     /sign-out needs a signed-in session, and every POST its CSRF token; cookie_secure: the cookies' Secure flag
     (None: when the request came over https)."""
-    from fashiontag.review import auth
     auth.ensure_users(store)
     sessions = auth.Sessions(store)
 

@@ -18,8 +18,8 @@ from collections import Counter
 import numpy as np
 from sqlalchemy import func, select
 
+from fashiontag.inference.thresholds import precision_lower_bound, precision_upper_bound
 from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, photos, tags
-from fashiontag.thresholds import precision_lower_bound, precision_upper_bound
 
 # A two-sided 95% interval: each bound holds with 97.5% confidence.
 INTERVAL_Z = 1.96

@@ -25,13 +25,14 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from fashiontag import __version__
-from fashiontag.images import MAX_PIXELS
+from fashiontag.data.photos import MAX_PIXELS
+from fashiontag.inference.tagger import Tagger
 from fashiontag.serve.batching import MicroBatcher
 from fashiontag.serve.errors import ErrorBody, ServeError, error_response
+from fashiontag.serve.hosts import serve_hosts
 from fashiontag.serve.protocol import timely_http
 from fashiontag.serve.schema import MAX_TOP_K, TagAnswer, TagForm, TagOptions
 from fashiontag.serve.uploads import MiB, decode_uploads, read_form
-from fashiontag.tagger import Tagger
 
 WEB_DIR = Path(__file__).parent.parent / "web"
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -319,31 +320,6 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):  # no such limits (Windows), or an unlimited hard limit refused
         pass
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether listening on `host` keeps the service to this machine (localhost, 127.x.x.x, ::1)."""
-    import ipaddress
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name: it may resolve to anything
-        return False
-
-
-def serve_hosts(host: str, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """The Host header values the service answers (Starlette's TrustedHostMiddleware): the loopback names, the
-    address it listens on and `--allowed-host` names. Listening on every interface (0.0.0.0, ::) names no address
-    of its own: without --allowed-host any Host is then accepted (the CLI warns)."""
-    if host in ("0.0.0.0", "::", "") and not extra:
-        return ["*"]
-    own = [] if host in ("0.0.0.0", "::", "") else [f"[{host}]" if ":" in host else host]
-    return list(dict.fromkeys([*LOOPBACK_NAMES, *own, *(h.strip().lower() for h in extra if h.strip())]))
 
 
 def read_token(token_file: str | Path | None) -> str | None:

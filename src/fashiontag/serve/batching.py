@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fashiontag.inference.tagger import PhotoResult, Tagger
 from fashiontag.serve.errors import ServeError
-from fashiontag.tagger import PhotoResult, Tagger
 
 
 @dataclass

@@ -25,7 +25,7 @@ except ImportError:  # python-multipart before 0.0.13 named its module multipart
     from multipart.exceptions import FormParserError
     from multipart.multipart import MultipartParser, parse_options_header
 
-from fashiontag.images import ImageError
+from fashiontag.data.photos import ImageError
 from fashiontag.serve.errors import ServeError
 
 FILE_FIELD = "files"

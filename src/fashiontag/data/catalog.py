@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fashiontag.images import IMAGE_SUFFIXES
-from fashiontag.spreadsheet import restored
+from fashiontag.data.photos import IMAGE_SUFFIXES
+from fashiontag.data.spreadsheet import restored
 
 # ---- The Kaggle preset: the only place that names the Kaggle catalog's columns.
 KAGGLE_FILE = "styles.csv"

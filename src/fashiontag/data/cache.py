@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fashiontag import INPUT_HW
-from fashiontag.catalog import Catalog
-from fashiontag.images import HASH_VERSION, ImageError, decode, dhash
-from fashiontag.model_meta import default_cache_dir
-
+from fashiontag.data.catalog import Catalog
+from fashiontag.data.photos import HASH_VERSION, ImageError, decode, dhash
+from fashiontag.model_folder import INPUT_HW, default_cache_dir
 
 CHUNK = 1000  # photos per checksum
 

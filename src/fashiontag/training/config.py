@@ -10,7 +10,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fashiontag.thresholds import precision_targets
+from fashiontag.inference.thresholds import precision_targets
 
 # "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
 PROTOCOLS = ("all", "notebook")

@@ -16,8 +16,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fashiontag import INPUT_HW
-from fashiontag.model_meta import META, VOCABS_KEY, WEIGHTS, ModelError, load_meta, model_folder, readable_folder
+from fashiontag.model_folder import (
+    INPUT_HW,
+    META,
+    VOCABS_KEY,
+    WEIGHTS,
+    ModelError,
+    load_meta,
+    model_folder,
+    readable_folder,
+)
 from fashiontag.models import create_model
 
 

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag.cache import ImageCache, build_cache
-from fashiontag.catalog import NOTEBOOK_MASTER, NOTEBOOK_MIN_SHARE, NOTEBOOK_TASKS, Catalog, CatalogSpec, with_reviewed
-from fashiontag.config import protocol_name
-from fashiontag.split import SIDES, duplicate_groups, load_split, make_split
-from fashiontag.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, photo_trouble, resolve_taxonomy
-from fashiontag.vocab import OTHER, build_vocab, encode, encode_multi, split_values
+from fashiontag.data.cache import ImageCache, build_cache
+from fashiontag.data.catalog import (
+    NOTEBOOK_MASTER,
+    NOTEBOOK_MIN_SHARE,
+    NOTEBOOK_TASKS,
+    Catalog,
+    CatalogSpec,
+    with_reviewed,
+)
+from fashiontag.data.split import SIDES, duplicate_groups, load_split, make_split
+from fashiontag.data.taxonomy import MULTI, SINGLE, Taxonomy, default_image_size, photo_trouble, resolve_taxonomy
+from fashiontag.data.vocab import OTHER, build_vocab, encode, encode_multi, split_values
+from fashiontag.training.config import protocol_name
 
 
 @dataclass

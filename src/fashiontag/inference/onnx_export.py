@@ -1,14 +1,15 @@
 """ONNX export of a model folder, optionally quantized to int8, for onnxruntime and other ONNX runtimes.
 
-The graph takes what every fashiontag model takes: `image`, float32 (N, 3, 80, 60) with values in [0, 1], the
+The graph takes what every fashiontag model takes: `image`, float32 (N, 3, H, W) at the model's input size with values in [0, 1], the
 batch axis dynamic. It returns one output per task, named after the task: the logits, before temperature
 scaling (the temperatures, vocabularies and hierarchy stay in model.json). The file records the model version
-(model_meta.model_version) it came from, and its own SHA-256 is written beside it (model.onnx.sha256), so the onnx
+(model_folder.model_version) it came from, and its own SHA-256 is written beside it (model.onnx.sha256), so the onnx
 engines notice a stale or damaged export rather than use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,30 +21,19 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
-from torch import nn
 
-from fashiontag.checkpoint import load_model
-from fashiontag.engines import (INT8_NAME, ONNX_INPUT, ONNX_NAME, ONNX_TOKENS, ONNX_VERSION_KEY, digest_path,
-                                file_sha256, nchw_float)
-from fashiontag.images import PhotoInput
-from fashiontag.model_meta import model_folder, model_version
-from fashiontag.predict import _load, iter_image_paths
+from fashiontag.data.photos import PhotoInput, iter_image_paths, load_or_error, nchw_float
+from fashiontag.model_folder import INPUT_HW, ModelError, default_cache_dir, model_folder, model_version
 
+ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+ONNX_INPUT, ONNX_TOKENS = "image", "tokens"
+# The key under which an export records model_version() of the folder it was made from.
+ONNX_VERSION_KEY = "fashiontag_weights_sha256"
+# Beside each export, its own SHA-256 (`sha256sum` format): onnxruntime loads a file with bytes written over inside
+# its weights without a word and computes NaN from them, so an export is trusted only if its bytes are those written.
+DIGEST_SUFFIX = ".sha256"
 OPSET = 18
 CALIBRATION_PHOTOS = 256
-
-
-class _TupleOutputs(nn.Module):
-    """The model with its {task: logits} dict returned as a tuple in task order, one named ONNX output each."""
-
-    def __init__(self, model: nn.Module, tasks: list[str]):
-        super().__init__()
-        self.model, self.tasks = model, tasks
-
-    def forward(self, image, tokens=None):
-        out = self.model(image) if tokens is None else self.model(image, tokens)
-        return tuple(out[t] for t in self.tasks)
 
 
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: bool = False,
@@ -55,11 +45,14 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
     photos of the catalog the model was trained on.
     """
     import onnx
+    import torch
+
+    from fashiontag.models.checkpoint import load_model
 
     folder = model_folder(model_dir)
     model, meta = load_model(folder)
     tasks = list(meta["vocabs"])
-    h, w = meta.get("input_hw", (80, 60))
+    h, w = meta.get("input_hw", INPUT_HW)
     dest = Path(out) if out else folder / ONNX_NAME
     dest.parent.mkdir(parents=True, exist_ok=True)
     quiet = logging.getLogger("torch.onnx")  # it warns of every optional op library not installed
@@ -74,7 +67,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
             inputs, names, dims = inputs + (torch.randint(0, 2, (2, max_len)),), names + [ONNX_TOKENS], dims + (
                 {0: batch},)
         try:
-            program = torch.onnx.export(_TupleOutputs(model, tasks).eval(), inputs, dynamo=True,
+            program = torch.onnx.export(_tuple_outputs(model, tasks).eval(), inputs, dynamo=True,
                                         input_names=names, output_names=tasks, opset_version=OPSET,
                                         dynamic_shapes=dims, verbose=False)
         finally:
@@ -94,7 +87,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
 
 def _save_atomically(graph, dest: Path) -> None:
     """Readers of dest see the old file or the new one, never half of one; its SHA-256 goes beside it
-    (engines.digest_path). Between the two renames a reader sees a digest that does not match, and exports again."""
+    (digest_path). Between the two renames a reader sees a digest that does not match, and exports again."""
     import onnx
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
     digest, tmp_digest = digest_path(dest), digest_path(tmp)
@@ -119,7 +112,7 @@ def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int 
                                     "`fashiontag export --int8 --calibration DIR`")
         sources = [root / "images" if (root / "images").is_dir() else root]
     photo_input = PhotoInput.of(meta)
-    loaded = (_load(p, photo_input)[0] for p in islice(iter_image_paths(sources), 4 * n))  # a few may be unreadable
+    loaded = (load_or_error(p, photo_input)[0] for p in islice(iter_image_paths(sources), 4 * n))  # a few may be unreadable
     arrays = list(islice((a for a in loaded if a is not None), n))
     if not arrays:
         raise FileNotFoundError("no readable calibration photos")
@@ -164,3 +157,106 @@ def quantize_onnx(src: Path, dest: Path, photos: np.ndarray) -> Path:
     graph.producer_name, graph.doc_string = source.producer_name, source.doc_string + " (int8, QDQ)"
     _save_atomically(graph, dest)
     return dest
+
+
+def _tuple_outputs(model, tasks: list[str]):
+    """The model with its {task: logits} dict returned as a tuple in task order, one named ONNX output each."""
+    from torch import nn
+
+    class TupleOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image, tokens=None):
+            out = self.model(image) if tokens is None else self.model(image, tokens)
+            return tuple(out[t] for t in tasks)
+
+    return TupleOutputs()
+
+
+def onnx_session(folder: Path, int8: bool = False, threads: int | None = None):
+    """An onnxruntime session on an intact export of exactly this folder's weights and model.json, made first (in
+    the folder, or in the cache for a read-only one) when none is usable. Making one imports torch; without it, a
+    ModelError says what to run."""
+    session, passed_over = _current_session(folder, int8, threads)
+    if session is not None:
+        return session
+    home = folder if os.access(folder, os.W_OK) else _spare_dir(folder)
+    why = "; ".join(passed_over) or "none made yet"
+    try:
+        export_onnx(folder, home / ONNX_NAME, quantize=int8)
+    except ImportError as e:
+        raise ModelError(f"no usable ONNX export of {folder} ({why}), and making one needs torch and onnx, "
+                         f"which cannot be imported here ({e}): run `fashiontag export --model {folder}` "
+                         "where they can, or install them") from None
+    except OSError as e:
+        raise ModelError(f"no usable ONNX export of {folder} ({why}), and a new one cannot be written to "
+                         f"{home}: {e.strerror or e}") from None
+    session, passed_over = _current_session(folder, int8, threads)
+    if session is None:
+        raise ModelError(f"the ONNX export of {folder} just made cannot be used: {'; '.join(passed_over)}")
+    return session
+
+
+def _spare_dir(folder: Path) -> Path:
+    """Where exports of a read-only model folder go."""
+    return default_cache_dir() / "onnx" / model_version(folder)[:16]
+
+
+def onnx_candidates(folder: Path, int8: bool) -> list[Path]:
+    name = INT8_NAME if int8 else ONNX_NAME
+    return [folder / name, _spare_dir(folder) / name]
+
+
+def digest_path(export: Path) -> Path:
+    """Where an export's SHA-256 is recorded (written with the export)."""
+    return export.with_name(export.name + DIGEST_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_damage(path: Path) -> str | None:
+    """Why the export at path is not the file its export wrote, or None when it is."""
+    record = digest_path(path)
+    try:
+        recorded = record.read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return f"{path} has no readable {record.name} (its SHA-256, recorded by `fashiontag export`)"
+    if file_sha256(path) != recorded:
+        return f"{path} is damaged: its SHA-256 is not the one recorded in {record.name} at export"
+    return None
+
+
+def _current_session(folder: Path, int8: bool, threads: int | None):
+    """A session on an intact export made from exactly this folder's weights and model.json, or None; and why
+    each export found was passed over."""
+    import onnxruntime as ort
+    version = model_version(folder)
+    passed_over = []
+    for path in onnx_candidates(folder, int8):
+        if not path.is_file():
+            continue
+        damage = export_damage(path)
+        if damage:
+            passed_over.append(damage)
+            continue
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        # Waiting threads sleep rather than spin, leaving the cores to the threads decoding the next photos.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - a foreign file is just not current: it gets re-exported
+            passed_over.append(f"{path} cannot be loaded ({type(e).__name__})")
+            continue
+        if session.get_modelmeta().custom_metadata_map.get(ONNX_VERSION_KEY) == version:
+            return session, []
+        passed_over.append(f"{path} was exported from other weights or another model.json")
+    return None, passed_over

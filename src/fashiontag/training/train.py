@@ -21,24 +21,30 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from fashiontag import __version__
-from fashiontag.augment import colour_tasks, seller_augment, studio_augment
-from fashiontag.cache import build_cache
-from fashiontag.calibration import fit_class_thresholds, fit_title_scales
-from fashiontag.catalog import CatalogSpec
-from fashiontag.checkpoint import flatten_optimizer, load_model, load_state, restore_optimizer, save_model, save_state
-from fashiontag.colours import colour_centroids
-from fashiontag.config import TrainConfig
-from fashiontag.dataset import TrainingData, load_dataset
-from fashiontag.engines import TorchEngine, bf16_supported, torch_input
-from fashiontag.model_meta import DEFAULT_MODEL_DIR, load_meta, write_meta
+from fashiontag.data.cache import build_cache
+from fashiontag.data.catalog import CatalogSpec
+from fashiontag.data.colours import colour_centroids
+from fashiontag.data.split import load_split, save_split
+from fashiontag.data.taxonomy import MULTI, SINGLE, parse_image_size
+from fashiontag.data.text import TitleDropout, Tokenizer, tokenizer_of
+from fashiontag.inference.engines import TorchEngine, bf16_supported, torch_input
+from fashiontag.inference.tagger import PHOTO_ONLY, Tagger
+from fashiontag.model_folder import DEFAULT_MODEL_DIR, load_meta, write_meta
 from fashiontag.models import TitleFusion, create_model, family_args
-from fashiontag.runlock import run_lock
-from fashiontag.split import load_split, save_split
-from fashiontag.refit import fit_calibration
-from fashiontag.tagger import PHOTO_ONLY, Tagger
-from fashiontag.taxonomy import MULTI, SINGLE, parse_image_size
-from fashiontag.text import TitleDropout, Tokenizer, tokenizer_of
-
+from fashiontag.models.checkpoint import (
+    flatten_optimizer,
+    load_model,
+    load_state,
+    restore_optimizer,
+    save_model,
+    save_state,
+)
+from fashiontag.training.augment import colour_tasks, seller_augment, studio_augment
+from fashiontag.training.calibrate import fit_calibration
+from fashiontag.training.config import TrainConfig
+from fashiontag.training.dataset import TrainingData, load_dataset
+from fashiontag.training.runlock import run_lock
+from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
 
 COMPILE_MIN_STEPS = 2000
 CENTROID_PHOTOS = 5000  # training photos the colour classes' centroids are taken from (a few seconds)
@@ -585,7 +591,7 @@ def start_from(model: nn.Module, folder: str, fresh_heads: list[str] = ()) -> No
     an error."""
     from safetensors.torch import load_file
 
-    from fashiontag.model_meta import WEIGHTS, model_folder
+    from fashiontag.model_folder import WEIGHTS, model_folder
     source = load_file(str(model_folder(folder) / WEIGHTS))
     own = model.state_dict()
     own_classes = tuple(f"heads.{t}." for t in fresh_heads)

@@ -22,12 +22,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from fashiontag.colours import dominant_colours, nearest_class
-from fashiontag.engines import Engine, load_engine
-from fashiontag.images import ImageError, PhotoInput
-from fashiontag.model_meta import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
-from fashiontag.text import tokenizer_of
-from fashiontag.vocab import OTHER
+from fashiontag.data.colours import dominant_colours, nearest_class
+from fashiontag.data.photos import ImageError, PhotoInput
+from fashiontag.data.text import tokenizer_of
+from fashiontag.data.vocab import OTHER
+from fashiontag.inference.engines import Engine, load_engine
+from fashiontag.model_folder import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from fashiontag.catalog import KAGGLE_HIERARCHY, KAGGLE_HW, KAGGLE_TASKS, Catalog
-from fashiontag.images import IMAGE_SUFFIXES
-from fashiontag.model_meta import MULTI, SINGLE
+from fashiontag.data.catalog import KAGGLE_HIERARCHY, KAGGLE_HW, KAGGLE_TASKS, Catalog
+from fashiontag.data.photos import IMAGE_SUFFIXES
+from fashiontag.model_folder import MULTI, SINGLE
 
 KINDS = (SINGLE, MULTI, "text", "number", "id", "photo", "empty")
 MAX_CLASSES = 500              # a column with more distinct values is text or ids, not a task

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashiontag.calibration import fit_temperatures
-from fashiontag.evaluate import model_dataset
-from fashiontag.model_meta import MULTI, load_meta, model_folder, write_meta
-from fashiontag.tagger import PHOTO_ONLY, Tagger
-from fashiontag.text import tokenizer_of
-from fashiontag.thresholds import decoded_confidence, fit_thresholds, precision_targets
+from fashiontag.data.text import tokenizer_of
+from fashiontag.inference.tagger import PHOTO_ONLY, Tagger
+from fashiontag.inference.thresholds import decoded_confidence, fit_thresholds, precision_targets
+from fashiontag.model_folder import MULTI, load_meta, model_folder, write_meta
+from fashiontag.training.evaluate import model_dataset
+from fashiontag.training.temperatures import fit_temperatures
 
 
 def calibrate(model: str | Path, data: str | Path, precision: float | None = None,
@@ -48,7 +48,7 @@ def calibrate(model: str | Path, data: str | Path, precision: float | None = Non
     folder = tagger.model_dir
     write_meta(folder, {**load_meta(folder), **record})
     if (folder / "model.onnx").exists():
-        from fashiontag.export import export_onnx
+        from fashiontag.inference.onnx_export import export_onnx
         export_onnx(folder)
     return record
 
@@ -133,7 +133,7 @@ def calibrate_from_reviews(model: str | Path, reviews: str, precision: float | N
                                      "queue_model": queued.get("version")}}
     write_meta(folder, {**meta, condition: {**old, **record}} if condition else {**meta, **record})
     if (folder / "model.onnx").exists():
-        from fashiontag.export import export_onnx
+        from fashiontag.inference.onnx_export import export_onnx
         export_onnx(folder)
     return {"record": record, "condition": condition, "fitted": fitted["thresholds_val"],
             "kept": [t for t in tasks if t not in decided], "queue_model": queued.get("version")}

@@ -8,17 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix,
-                             f1_score, top_k_accuracy_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    top_k_accuracy_score,
+)
 
-from fashiontag import plots
-from fashiontag.calibration import expected_calibration_error
-from fashiontag.catalog import CatalogSpec
-from fashiontag.dataset import load_dataset
-from fashiontag.model_meta import MULTI, hierarchy_of
-from fashiontag.tagger import Tagger
-from fashiontag.taxonomy import Taxonomy
-from fashiontag.thresholds import at_threshold, coverage_table, decoded_confidence
+from fashiontag.data.catalog import CatalogSpec
+from fashiontag.data.taxonomy import Taxonomy
+from fashiontag.inference.tagger import Tagger
+from fashiontag.inference.thresholds import at_threshold, coverage_table, decoded_confidence
+from fashiontag.model_folder import MULTI, hierarchy_of
+from fashiontag.training import plots
+from fashiontag.training.dataset import load_dataset
+from fashiontag.training.temperatures import expected_calibration_error
 
 # unseen: every photo the model did not train on; all: every photo; or one side of the model's split.
 SIDES = ("unseen", "test", "val", "train", "all")

@@ -31,9 +31,9 @@ import ray
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
-from fashiontag.predict import iter_image_paths, printable, printable_row, tag_row, write_rows
-from fashiontag.tagger import Tagger, reviewed
+from fashiontag.data.photos import IMAGE_SUFFIXES, ImageError, PhotoInput, iter_image_paths
+from fashiontag.inference.predict import printable, printable_row, tag_row, write_rows
+from fashiontag.inference.tagger import Tagger, reviewed
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]

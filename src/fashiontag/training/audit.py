@@ -5,7 +5,7 @@ every row; on the model's own catalog only the sides of its split it never train
 since on its training photos it has learnt the catalog's labels, wrong ones included (scoring the training side
 needs cross-fitted predictions: future work). cleanlab ranks the labels from those calibrated probabilities.
 
-    from fashiontag.audit import audit
+    from fashiontag.training.audit import audit
     result = audit("path/to/catalog")
     result.to_csv("audit.csv")
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag.evaluate import model_dataset, rows_to_score
-from fashiontag.model_meta import MULTI
-from fashiontag.spreadsheet import inert_row
-from fashiontag.tagger import Tagger
-from fashiontag.vocab import OTHER
+from fashiontag.data.spreadsheet import inert_row
+from fashiontag.data.vocab import OTHER
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import MULTI
+from fashiontag.training.evaluate import model_dataset, rows_to_score
 
 COLUMNS = ["id", "task", "catalog_label", "suggested_label", "score", "path", "title", "runners_up", "cleanlab_issue"]
 LEVELS = (0.5, 0.8, 0.95)

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiontag import plots
-from fashiontag.cache import build_cache
-from fashiontag.catalog import CatalogSpec
-from fashiontag.split import duplicate_groups
-from fashiontag.taxonomy import (MULTI, SINGLE, column_kinds, default_image_size, find_hierarchies, photo_sizes,
-                                 photo_trouble, resolve_taxonomy)
-from fashiontag.vocab import split_values
+from fashiontag.data.cache import build_cache
+from fashiontag.data.catalog import CatalogSpec
+from fashiontag.data.split import duplicate_groups
+from fashiontag.data.taxonomy import (
+    MULTI,
+    SINGLE,
+    column_kinds,
+    default_image_size,
+    find_hierarchies,
+    photo_sizes,
+    photo_trouble,
+    resolve_taxonomy,
+)
+from fashiontag.data.vocab import split_values
+from fashiontag.training import plots
 
 
 def explore(data: str | Path | CatalogSpec, out: str | Path = "reports/explore", cache_dir: str | None = None,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import optuna
 
-from fashiontag.config import TrainConfig
 from fashiontag.models.seed_cnn import BATCH_NORM
+from fashiontag.training.config import TrainConfig
 
 TUNABLE = ("seed-cnn", "rescnn")
 RESCNN_DEPTHS = ("1-1-1-1", "1-1-2-1", "1-2-2-1", "2-2-2-2", "1-1-2", "2-2-2")
@@ -64,8 +64,8 @@ def shared_split(base_cfg: TrainConfig, out: Path) -> str:
         return base_cfg.split
     path = out / "split.json"
     if not path.exists():
-        from fashiontag.split import save_split
-        from fashiontag.train import training_data
+        from fashiontag.data.split import save_split
+        from fashiontag.training.train import training_data
         save_split(training_data(base_cfg, None, base_cfg.progress).split, path)
     return str(path)
 
@@ -77,7 +77,7 @@ def tune(base_cfg: TrainConfig, trials: int = 20, study_name: str = "seed-cnn", 
 
     storage: an Optuna storage URL; default sqlite:///OUT/study.db. Writes OUT/best.json and PNG plots; returns
     what best.json holds."""
-    from fashiontag.train import train
+    from fashiontag.training.train import train
     if model not in TUNABLE:
         raise ValueError(f"no search space for model {model!r}: use {' or '.join(TUNABLE)}")
     out = Path(out)
@@ -141,7 +141,7 @@ def write_plots(study: optuna.Study, out: Path) -> list[str]:
     """Optimization history; with two or more complete trials also parameter importances and parallel coordinates."""
     from optuna.visualization import matplotlib as vis
 
-    from fashiontag.plots import plt  # pyplot on the file-only Agg backend
+    from fashiontag.training.plots import plt  # pyplot on the file-only Agg backend
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
     plots = {"optimization_history.png": vis.plot_optimization_history}

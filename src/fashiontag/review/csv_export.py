@@ -6,9 +6,9 @@ import csv
 import os
 from pathlib import Path
 
-from fashiontag.predict import check_out
+from fashiontag.data.spreadsheet import inert_row
+from fashiontag.inference.predict import check_out
 from fashiontag.review.store import ReviewStore, StoreError
-from fashiontag.spreadsheet import inert_row
 
 
 def export_reviewed(db: str, out: str | Path, include_pending: bool = False, force: bool = False) -> dict:

@@ -106,7 +106,7 @@ def risk_coverage(path: Path, confidence: dict[str, np.ndarray], correct: dict[s
                   thresholds: dict[str, float]) -> None:
     """Per task, the error rate of the tags accepted against the share accepted, most confident first; a dot
     where the model's own threshold lies."""
-    from fashiontag.thresholds import at_threshold, ranked
+    from fashiontag.inference.thresholds import at_threshold, ranked
     fig, ax = plt.subplots(figsize=(7, 5))
     for t in confidence:
         if len(confidence[t]) == 0:

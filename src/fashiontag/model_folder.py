@@ -21,6 +21,8 @@ WEIGHTS, META = "model.safetensors", "model.json"
 # Task kinds: one class per photo (softmax), or any number of them (a sigmoid per class, thresholds per class).
 SINGLE, MULTI = "single-label", "multi-label"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+# Input size (height, width) of a folder that records none: the Kaggle catalog's photos are 60 wide and 80 high.
+INPUT_HW = (80, 60)
 # Written into the safetensors header at save time: a vocabulary permuted in model.json alone is then noticed.
 VOCABS_KEY = "fashiontag_vocabs"
 _HEAD_WEIGHT = re.compile(r"(?:^|\.)heads\.(?P<task>[^.]+)\.weight$")
@@ -141,7 +143,7 @@ def validate_meta(meta: dict, header: dict, folder: Path) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in thresholds.values()):
         raise ModelError(f"{where}: 'thresholds' must map tasks of the model to numbers from 0 to 1, "
                          f"got {thresholds!r}")
-    hw = meta.get("input_hw", [80, 60])
+    hw = meta.get("input_hw", list(INPUT_HW))
     if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(x, int) and 8 <= x <= 4096 for x in hw)):
         raise ModelError(f"{where}: input_hw must be [height, width] in pixels (8 to 4096), got {hw!r}")
     hierarchy = meta.get("hierarchy", [])

@@ -16,8 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
-from fashiontag.framing import (BACKGROUND_MAX_CHROMA, BACKGROUND_MIN_BRIGHTNESS, MIN_PRODUCT, RING, TOLERANCE,
-                                UNIFORM_SHARE)
+from fashiontag.data.framing import (
+    BACKGROUND_MAX_CHROMA,
+    BACKGROUND_MIN_BRIGHTNESS,
+    MIN_PRODUCT,
+    RING,
+    TOLERANCE,
+    UNIFORM_SHARE,
+)
 
 K = 3              # colours per photo: a garment, its print or trim, a third for shoes' soles and bags' straps
 ITERATIONS = 8     # k-means steps; on 1,200 pixels in 3 dimensions it has settled by then

@@ -14,108 +14,24 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
-from fashiontag.images import IMAGE_SUFFIXES, ImageError, PhotoInput
-from fashiontag.model_meta import load_meta, model_folder
-from fashiontag.spreadsheet import inert_row
-from fashiontag.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
+from fashiontag.data.photos import PhotoInput, Problems, count_images, iter_image_paths, load_batch
+from fashiontag.data.spreadsheet import inert_row
+from fashiontag.inference.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
+from fashiontag.model_folder import load_meta, model_folder
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 # torch measured faster than onnx on large batches with bf16 (benchmarks/speed.py); serve picks onnx.
 DEFAULT_ENGINE = "torch"
-COUNT_BUDGET_S = 2.0  # counting a folder's photos for the progress bar's total, if it takes no longer than this
-
-
-@dataclass
-class Problems:
-    """What predict reports besides rows: paths that do not exist and folders that could not be read."""
-    missing: list[str] = field(default_factory=list)
-    unreadable_folders: list[str] = field(default_factory=list)
-    duplicate_ids: int = 0
-    quiet: bool = False
-
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            tqdm.write(f"warning: {message}", file=sys.stderr)
-
-
-def iter_image_paths(paths: Iterable[str | Path], problems: Problems | None = None) -> Iterator[Path]:
-    """Files as given; folders walked recursively for image files. A missing path is yielded as is, so its row
-    reports the error. Streams: a folder's files come in directory order, then its subfolders by name, so a
-    folder of a million photos is never listed into memory."""
-    problems = problems or Problems()
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from _walk(p, problems)
-        else:
-            if not p.exists():
-                problems.missing.append(str(p))
-                problems.warn(f"{p}: no such file or folder")
-            yield p
-
-
-def _walk(folder: Path, problems: Problems) -> Iterator[Path]:
-    subfolders, stems = [], {}
-    try:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    subfolders.append(e.name)
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
-                    stem = os.path.splitext(e.name)[0]
-                    if stem in stems:  # x.png and x.webp: two rows with one id
-                        problems.duplicate_ids += 1
-                        problems.warn(f"{e.path} and {stems[stem]} share the id {stem!r}")
-                    stems[stem] = e.path
-                    yield Path(e.path)
-    except OSError as e:
-        problems.unreadable_folders.append(str(folder))
-        problems.warn(f"{folder}: folder cannot be read ({e.strerror or e}); its photos are not tagged")
-        return
-    for name in sorted(subfolders):
-        yield from _walk(folder / name, problems)
-
-
-def count_images(paths: list[str], budget_s: float = COUNT_BUDGET_S) -> int | None:
-    """How many photos iter_image_paths will yield, or None if counting takes longer than budget_s."""
-    deadline = time.monotonic() + budget_s
-    n = 0
-    for _ in iter_image_paths(paths, Problems(quiet=True)):
-        n += 1
-        if n % 1000 == 0 and time.monotonic() > deadline:
-            return None
-    return n
-
-
-def _load(path: Path, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
-    try:
-        return photo_input.load(path), ""
-    except ImageError as e:
-        return None, str(e)
-
-
-def _load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray, list[str]]:
-    """The readable photos of a batch stacked in order, and one error per path ('' for a readable one)."""
-    pixels = np.empty((len(paths), *photo_input.hw, 3), np.uint8)
-    errors, n = [], 0
-    for path in paths:
-        arr, err = _load(path, photo_input)
-        errors.append(err)
-        if arr is not None:
-            pixels[n] = arr
-            n += 1
-    return pixels[:n], errors
 
 
 @dataclass(frozen=True)
@@ -152,7 +68,7 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
             while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
-                ahead.append((batch, pool.submit(_load_batch, [p.path for p in batch], photo_input)))
+                ahead.append((batch, pool.submit(load_batch, [p.path for p in batch], photo_input)))
 
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
@@ -182,7 +98,7 @@ def catalog_photos(data: str, meta: dict, columns: dict[str, str] | None = None,
                    ) -> list[Photo]:
     """Every row of a catalog read with the model's columns (those named in `columns`, e.g. {"title_column":
     "name"}, replace its own): its photo, id and title. The catalog's malformed rows are reported as problems."""
-    from fashiontag.catalog import CatalogSpec
+    from fashiontag.data.catalog import CatalogSpec
     record = {**meta.get("catalog", {}), **{k: v for k, v in (columns or {}).items() if v}}
     catalog = CatalogSpec.from_record(data, record).read()
     for p in catalog.problems:

@@ -1,25 +1,31 @@
-"""Product photos of any kind (file, bytes, PIL image, array) into the model's fixed-size RGB input, and a
-perceptual hash to find re-listed photos."""
+"""Product photos: finding them (files and folders walked in constant memory), reading any kind (file, bytes, PIL
+image, array) into the model's fixed-size RGB input or an error that says why, and a perceptual hash to find
+re-listed photos. Every path into a model (predict, the service, review, Ray, training's cache) reads photos here."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
-from fashiontag import INPUT_HW
-from fashiontag.framing import frame
+from fashiontag.data.framing import frame
+from fashiontag.model_folder import INPUT_HW
 
 # Decompression bombs: no product photo needs more than this many pixels.
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 TOO_LARGE = "too large: {} is over the limit of " + f"{MAX_PIXELS:,} pixels"
 BACKGROUND = (255, 255, 255)  # catalog photos sit on white, so padding and transparency become white
+COUNT_BUDGET_S = 2.0  # counting a folder's photos for the progress bar's total, if it takes no longer than this
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -133,6 +139,93 @@ class PhotoInput:
     def load(self, source) -> np.ndarray:
         """See load_photo."""
         return load_photo(source, self.hw, self.framing)
+
+
+@dataclass
+class Problems:
+    """What predict reports besides rows: paths that do not exist and folders that could not be read."""
+    missing: list[str] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
+    duplicate_ids: int = 0
+    quiet: bool = False
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def iter_image_paths(paths: Iterable[str | Path], problems: Problems | None = None) -> Iterator[Path]:
+    """Files as given; folders walked recursively for image files. A missing path is yielded as is, so its row
+    reports the error. Streams: a folder's files come in directory order, then its subfolders by name, so a
+    folder of a million photos is never listed into memory."""
+    problems = problems or Problems()
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from _walk(p, problems)
+        else:
+            if not p.exists():
+                problems.missing.append(str(p))
+                problems.warn(f"{p}: no such file or folder")
+            yield p
+
+
+def _walk(folder: Path, problems: Problems) -> Iterator[Path]:
+    subfolders, stems = [], {}
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    subfolders.append(e.name)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    stem = os.path.splitext(e.name)[0]
+                    if stem in stems:  # x.png and x.webp: two rows with one id
+                        problems.duplicate_ids += 1
+                        problems.warn(f"{e.path} and {stems[stem]} share the id {stem!r}")
+                    stems[stem] = e.path
+                    yield Path(e.path)
+    except OSError as e:
+        problems.unreadable_folders.append(str(folder))
+        problems.warn(f"{folder}: folder cannot be read ({e.strerror or e}); its photos are not tagged")
+        return
+    for name in sorted(subfolders):
+        yield from _walk(folder / name, problems)
+
+
+def count_images(paths: list[str], budget_s: float = COUNT_BUDGET_S) -> int | None:
+    """How many photos iter_image_paths will yield, or None if counting takes longer than budget_s."""
+    deadline = time.monotonic() + budget_s
+    n = 0
+    for _ in iter_image_paths(paths, Problems(quiet=True)):
+        n += 1
+        if n % 1000 == 0 and time.monotonic() > deadline:
+            return None
+    return n
+
+
+def load_or_error(path: Path, photo_input: PhotoInput) -> tuple[np.ndarray | None, str]:
+    """The photo as the model takes it and '', or None and why it cannot be read."""
+    try:
+        return photo_input.load(path), ""
+    except ImageError as e:
+        return None, str(e)
+
+
+def load_batch(paths: list[Path], photo_input: PhotoInput) -> tuple[np.ndarray, list[str]]:
+    """The readable photos of a batch stacked in order, and one error per path ('' for a readable one)."""
+    pixels = np.empty((len(paths), *photo_input.hw, 3), np.uint8)
+    errors, n = [], 0
+    for path in paths:
+        arr, err = load_or_error(path, photo_input)
+        errors.append(err)
+        if arr is not None:
+            pixels[n] = arr
+            n += 1
+    return pixels[:n], errors
+
+
+def nchw_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) to the float32 (N, 3, H, W) in [0, 1] that every model and export takes."""
+    return pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
 
 
 HASH_VERSION = 2  # part of the cache key: a changed hash must not reuse old caches
