@@ -132,7 +132,7 @@ class TestLocalInstance:
         with open(summary["csv"], newline="") as f:
             merged = list(csv.DictReader(f))
         tagger = Tagger.load(engine=ENGINE)
-        columns = tagger.columns(review=reviewed(tagger.meta, None))  # the shipped model has review thresholds
+        columns = tagger.columns(review=reviewed(tagger.model, None))  # the shipped model has review thresholds
         assert list(merged[0]) == columns and [r["path"] for r in merged] == sorted(want)
         assert {r["path"]: r["articleType"] for r in merged} == {p: w.get("articleType", "") for p, w in want.items()}
 

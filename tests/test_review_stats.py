@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fashiontag.cli import app
 from fashiontag.inference.thresholds import PROMISE_Z, choose_threshold
-from fashiontag.model_folder import META, WEIGHTS, default_model_dir, load_meta
+from fashiontag.model_folder import META, WEIGHTS, ModelFolder, default_model_dir, load_meta
 from fashiontag.review.queue import audit_draws, fill_queue, mark_audits, model_record
 from fashiontag.review.routes import review_router
 from fashiontag.review.stats import review_stats, reviewed_tags
@@ -186,7 +186,7 @@ def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
     meta = load_meta(folder)
     url = f"sqlite:///{tmp_path / 'reviews.db'}"
     store = ReviewStore(url)
-    store.set_model(model_record(meta, folder))
+    store.set_model(model_record(ModelFolder.open(folder)))
     rng = np.random.default_rng(0)
     conf = np.round(rng.uniform(0.3, 1.0, 300), 4)
     correct = rng.uniform(size=300) < conf ** 0.3

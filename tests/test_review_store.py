@@ -252,8 +252,8 @@ MODEL_TASKS_WITH_CHOICES = ("gender", "baseColour", "season")  # no hierarchy: a
 
 
 def test_model_record_is_plain_json(trained):
-    from fashiontag.model_folder import load_meta
+    from fashiontag.model_folder import ModelFolder
     from fashiontag.review.queue import model_record
-    record = model_record(load_meta(trained), trained)
+    record = model_record(ModelFolder.open(trained))
     assert json.loads(json.dumps(record)) == record and record["id_column"] == "id"
     assert record["hierarchy"]["tasks"][0] == "articleType"

@@ -1,8 +1,9 @@
 """Model folders without torch: where they are, their model.json checked against their weights, their version.
 
 A model folder holds model.safetensors (weights), model.json (architecture, vocabularies, hierarchy, temperatures,
-history) and split.json. Inference reads it through this module only, so a tampered or half-written folder fails
-here with one clear sentence instead of giving wrong labels later.
+thresholds, history) and split.json. Everything reads it through this module: ModelFolder.open is the typed view
+the code uses (old folders' defaults filled in here only), load_meta the raw record that writers extend, so a
+tampered or half-written folder fails here with one clear sentence instead of giving wrong labels later.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import math
 import os
 import re
 import struct
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import platformdirs
+
+from fashiontag.errors import FashiontagError
 
 WEIGHTS, META = "model.safetensors", "model.json"
 # Task kinds: one class per photo (softmax), or any number of them (a sigmoid per class, thresholds per class).
@@ -25,10 +30,13 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 INPUT_HW = (80, 60)
 # Written into the safetensors header at save time: a vocabulary permuted in model.json alone is then noticed.
 VOCABS_KEY = "fashiontag_vocabs"
+# The record of a photo + title model's calibration on the photo alone (training.calibrate.fit_calibration): the
+# temperatures and thresholds a photo that comes without a title is judged by. Absent: the top level's.
+PHOTO_ONLY = "photo_only"
 _HEAD_WEIGHT = re.compile(r"(?:^|\.)heads\.(?P<task>[^.]+)\.weight$")
 
 
-class ModelError(ValueError):
+class ModelError(FashiontagError, ValueError):
     """A model folder that cannot be used as it is: missing files, or model.json disagreeing with the weights."""
 
 
@@ -178,3 +186,82 @@ def model_version(folder: str | Path) -> str:
     for name in (WEIGHTS, META):
         h.update((folder / name).read_bytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the tags of one input condition are judged: temperatures scale each task's logits, and a tag at or above
+    its task's threshold is accepted (0: always); `precision` is the promise each threshold was chosen for."""
+    temperatures: dict[str, float]
+    thresholds: dict[str, float]
+    precision: dict[str, float]
+
+    @classmethod
+    def of(cls, record: dict, tasks: list[str]) -> Calibration:
+        return cls({t: float(record.get("temperatures", {}).get(t, 1.0)) for t in tasks},
+                   {t: float(record.get("thresholds", {}).get(t, 0.0)) for t in tasks},
+                   dict(record.get("threshold_precision", {})))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFolder:
+    """A model as the code uses it: model.json typed, with old folders' defaults filled in, read and checked against
+    the weights once (open). `record` is model.json itself, for writers and reports; `path` is None for a model
+    being trained (from_record)."""
+    path: Path | None
+    record: dict
+    arch: str
+    arch_args: dict
+    vocabs: dict[str, list[str]]
+    kinds: dict[str, str]
+    input_hw: tuple[int, int]
+    framing: bool
+    calibration: Calibration  # a photo with its title (and every photo, for a photo-only model)
+    photo_alone: Calibration  # a photo + title model's photo without a title
+    class_thresholds: dict[str, list[float]]  # multi-label tasks: each class's own
+    hierarchy: tuple[list[str], list[list[str]]] | None
+    colour_centroids: dict[str, dict[str, list[float]]]
+    catalog: dict
+
+    @classmethod
+    def open(cls, path: str | Path | ModelFolder | None = None) -> ModelFolder:
+        """The model folder at path (default: default_model_dir()), checked (load_meta)."""
+        if isinstance(path, ModelFolder):
+            return path
+        folder = model_folder(path)
+        return cls.from_record(load_meta(folder), folder)
+
+    @classmethod
+    def from_record(cls, record: dict, path: Path | None = None) -> ModelFolder:
+        """A model.json record (checked by whoever wrote or read it) as a ModelFolder."""
+        vocabs = record["vocabs"]
+        tasks, kinds = list(vocabs), task_kinds(record)
+        return cls(
+            path=Path(path) if path is not None else None, record=record, arch=record.get("arch", ""),
+            arch_args=dict(record.get("arch_args", {})), vocabs=vocabs, kinds=kinds,
+            input_hw=tuple(record.get("input_hw", INPUT_HW)),
+            framing=bool(record.get("preprocess", {}).get("framing", False)),
+            calibration=Calibration.of(record, tasks),
+            photo_alone=Calibration.of({**record, **record.get(PHOTO_ONLY, {})}, tasks),
+            class_thresholds={t: list(record.get("class_thresholds", {}).get(t, [0.5] * len(vocabs[t])))
+                              for t in tasks if kinds[t] == MULTI},
+            hierarchy=hierarchy_of(record), colour_centroids=record.get("colour_centroids", {}),
+            catalog=record.get("catalog", {}))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.vocabs)
+
+    @property
+    def takes_titles(self) -> bool:
+        return "title" in self.arch_args
+
+    @property
+    def separator(self) -> str:
+        """What joins a multi-label tag's labels in a catalog cell."""
+        return self.catalog.get("separator") or "|"
+
+    @cached_property
+    def version(self) -> str:
+        """model_version of the folder (hashed once), or "unknown" for a model not saved yet."""
+        return model_version(self.path) if self.path is not None else "unknown"

@@ -18,7 +18,7 @@ import numpy as np
 
 from fashiontag.data.photos import nchw_float
 from fashiontag.inference.onnx_export import ONNX_INPUT, ONNX_TOKENS, onnx_session
-from fashiontag.model_folder import load_meta, model_folder
+from fashiontag.model_folder import ModelFolder
 
 if TYPE_CHECKING:
     import torch
@@ -41,9 +41,10 @@ def check_engine(name: str) -> str:
     return name
 
 
-def load_engine(model: str | Path | None = None, name: str = "torch", threads: int | None = None,
+def load_engine(model: ModelFolder | str | Path | None = None, name: str = "torch", threads: int | None = None,
                 bf16: bool | None = None, device: str = "cpu") -> Engine:
-    """The engine `name` on a model folder (default: the shipped model)."""
+    """The engine `name` on a model folder (default: the shipped model). An ONNX engine's export is made first
+    where the folder has none that is usable (onnx_export.onnx_session)."""
     if check_engine(name) == "torch":
         return TorchEngine.from_folder(model, device=device, bf16=bf16, threads=threads)
     return OnnxEngine.from_folder(model, int8=name == "onnx-int8", threads=threads)
@@ -74,15 +75,16 @@ class TorchEngine:
         self.bf16, self.channels_last, self.batch_size, self.threads = bf16, channels_last, batch_size, threads
 
     @classmethod
-    def from_folder(cls, model: str | Path | None = None, device: str = "cpu", bf16: bool | None = None,
-                    threads: int | None = None) -> "TorchEngine":
+    def from_folder(cls, model: ModelFolder | str | Path | None = None, device: str = "cpu",
+                    bf16: bool | None = None, threads: int | None = None) -> "TorchEngine":
         """bf16 None: where the device supports it. threads: torch's intra-op threads (default: torch's)."""
         import torch
 
         from fashiontag.models.checkpoint import load_model
-        net, meta = load_model(model, device=device)
+        folder = ModelFolder.open(model)
+        net = load_model(folder, device=device)[0]
         dev = torch.device(device)
-        return cls(fold_batch_norms(net), list(meta["vocabs"]), device,
+        return cls(fold_batch_norms(net), folder.tasks, device,
                    bf16_supported(dev) if bf16 is None else bf16, threads=threads)
 
     def logits(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -134,13 +136,12 @@ class OnnxEngine:
         self.session, self.tasks, self.name, self.batch_size = session, list(tasks), name, batch_size
 
     @classmethod
-    def from_folder(cls, model: str | Path | None = None, int8: bool = False,
+    def from_folder(cls, model: ModelFolder | str | Path | None = None, int8: bool = False,
                     threads: int | None = None) -> "OnnxEngine":
         """threads: onnxruntime's intra-op threads for this session (default: every core). The folder's export is
         made first where none is usable (onnx_export.onnx_session)."""
-        folder = model_folder(model)
-        return cls(onnx_session(folder, int8, threads), list(load_meta(folder)["vocabs"]),
-                   "onnx-int8" if int8 else "onnx")
+        folder = ModelFolder.open(model)
+        return cls(onnx_session(folder, int8, threads), folder.tasks, "onnx-int8" if int8 else "onnx")
 
     def logits(self, pixels: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
         chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}

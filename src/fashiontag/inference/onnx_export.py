@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from fashiontag.data.photos import PhotoInput, iter_image_paths, load_or_error, nchw_float
-from fashiontag.model_folder import INPUT_HW, ModelError, default_cache_dir, model_folder, model_version
+from fashiontag.model_folder import INPUT_HW, ModelError, ModelFolder, default_cache_dir
 
 ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 ONNX_INPUT, ONNX_TOKENS = "image", "tokens"
@@ -36,7 +36,7 @@ OPSET = 18
 CALIBRATION_PHOTOS = 256
 
 
-def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: bool = False,
+def export_onnx(model_dir: str | Path | ModelFolder, *, out: str | Path | None = None, quantize: bool = False,
                 calibration: Iterable[str | Path] | None = None) -> Path:
     """Write model.onnx (into the model folder unless `out` names the file) and return its path.
 
@@ -49,8 +49,9 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
 
     from fashiontag.models.checkpoint import load_model
 
-    folder = model_folder(model_dir)
-    model, meta = load_model(folder)
+    opened = ModelFolder.open(model_dir)
+    folder = opened.path
+    model, meta = load_model(opened)
     tasks = list(meta["vocabs"])
     h, w = meta.get("input_hw", INPUT_HW)
     dest = Path(out) if out else folder / ONNX_NAME
@@ -76,7 +77,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, quantize: 
     graph.producer_name = "fashiontag"
     graph.doc_string = (f"fashiontag {meta['arch']} {json.dumps(meta.get('arch_args', {}))}: input '{ONNX_INPUT}' "
                         f"float32 (N, 3, {h}, {w}) in [0, 1]; outputs: logits per task ({', '.join(tasks)})")
-    onnx.helper.set_model_props(graph, {ONNX_VERSION_KEY: model_version(folder),
+    onnx.helper.set_model_props(graph, {ONNX_VERSION_KEY: opened.version,
                                         "fashiontag_vocabs": json.dumps(meta["vocabs"])})
     _save_atomically(graph, dest)
     if not quantize:
@@ -175,17 +176,18 @@ def _tuple_outputs(model, tasks: list[str]):
     return TupleOutputs()
 
 
-def onnx_session(folder: Path, int8: bool = False, threads: int | None = None):
+def onnx_session(model: ModelFolder, int8: bool = False, threads: int | None = None):
     """An onnxruntime session on an intact export of exactly this folder's weights and model.json, made first (in
     the folder, or in the cache for a read-only one) when none is usable. Making one imports torch; without it, a
     ModelError says what to run."""
-    session, passed_over = _current_session(folder, int8, threads)
+    folder = model.path
+    session, passed_over = _current_session(model, int8, threads)
     if session is not None:
         return session
-    home = folder if os.access(folder, os.W_OK) else _spare_dir(folder)
+    home = folder if os.access(folder, os.W_OK) else _spare_dir(model.version)
     why = "; ".join(passed_over) or "none made yet"
     try:
-        export_onnx(folder, home / ONNX_NAME, quantize=int8)
+        export_onnx(model, out=home / ONNX_NAME, quantize=int8)
     except ImportError as e:
         raise ModelError(f"no usable ONNX export of {folder} ({why}), and making one needs torch and onnx, "
                          f"which cannot be imported here ({e}): run `fashiontag export --model {folder}` "
@@ -193,20 +195,20 @@ def onnx_session(folder: Path, int8: bool = False, threads: int | None = None):
     except OSError as e:
         raise ModelError(f"no usable ONNX export of {folder} ({why}), and a new one cannot be written to "
                          f"{home}: {e.strerror or e}") from None
-    session, passed_over = _current_session(folder, int8, threads)
+    session, passed_over = _current_session(model, int8, threads)
     if session is None:
         raise ModelError(f"the ONNX export of {folder} just made cannot be used: {'; '.join(passed_over)}")
     return session
 
 
-def _spare_dir(folder: Path) -> Path:
+def _spare_dir(version: str) -> Path:
     """Where exports of a read-only model folder go."""
-    return default_cache_dir() / "onnx" / model_version(folder)[:16]
+    return default_cache_dir() / "onnx" / version[:16]
 
 
-def onnx_candidates(folder: Path, int8: bool) -> list[Path]:
+def onnx_candidates(model: ModelFolder, int8: bool) -> list[Path]:
     name = INT8_NAME if int8 else ONNX_NAME
-    return [folder / name, _spare_dir(folder) / name]
+    return [model.path / name, _spare_dir(model.version) / name]
 
 
 def digest_path(export: Path) -> Path:
@@ -234,13 +236,12 @@ def export_damage(path: Path) -> str | None:
     return None
 
 
-def _current_session(folder: Path, int8: bool, threads: int | None):
+def _current_session(model: ModelFolder, int8: bool, threads: int | None):
     """A session on an intact export made from exactly this folder's weights and model.json, or None; and why
     each export found was passed over."""
     import onnxruntime as ort
-    version = model_version(folder)
     passed_over = []
-    for path in onnx_candidates(folder, int8):
+    for path in onnx_candidates(model, int8):
         if not path.is_file():
             continue
         damage = export_damage(path)
@@ -256,7 +257,7 @@ def _current_session(folder: Path, int8: bool, threads: int | None):
         except Exception as e:  # noqa: BLE001 - a foreign file is just not current: it gets re-exported
             passed_over.append(f"{path} cannot be loaded ({type(e).__name__})")
             continue
-        if session.get_modelmeta().custom_metadata_map.get(ONNX_VERSION_KEY) == version:
+        if session.get_modelmeta().custom_metadata_map.get(ONNX_VERSION_KEY) == model.version:
             return session, []
         passed_over.append(f"{path} was exported from other weights or another model.json")
     return None, passed_over

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from fashiontag.data.photos import PhotoInput, Problems, count_images, iter_image_paths, load_batch
 from fashiontag.data.spreadsheet import inert_row
+from fashiontag.errors import FashiontagError
 from fashiontag.inference.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
-from fashiontag.model_folder import load_meta, model_folder
+from fashiontag.model_folder import ModelFolder
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 # torch measured faster than onnx on large batches with bf16 (benchmarks/speed.py); serve picks onnx.
@@ -73,7 +74,7 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
             tagger = tagger()
-        review = reviewed(tagger.meta, min_confidence)
+        review = reviewed(tagger.model, min_confidence)
         while ahead:
             batch, job = ahead.popleft()
             read_ahead()
@@ -94,12 +95,12 @@ def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, revie
             "error": error or (result.error if result is not None else "")}
 
 
-def catalog_photos(data: str, meta: dict, columns: dict[str, str] | None = None, problems: Problems | None = None
+def catalog_photos(data: str, model: ModelFolder, columns: dict[str, str] | None = None, problems: Problems | None = None
                    ) -> list[Photo]:
     """Every row of a catalog read with the model's columns (those named in `columns`, e.g. {"title_column":
     "name"}, replace its own): its photo, id and title. The catalog's malformed rows are reported as problems."""
     from fashiontag.data.catalog import CatalogSpec
-    record = {**meta.get("catalog", {}), **{k: v for k, v in (columns or {}).items() if v}}
+    record = {**model.catalog, **{k: v for k, v in (columns or {}).items() if v}}
     catalog = CatalogSpec.from_record(data, record).read()
     for p in catalog.problems:
         (problems or Problems()).warn(p)
@@ -175,7 +176,7 @@ def printable_row(row: dict) -> dict:
     return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
-class OutputError(OSError):
+class OutputError(FashiontagError, OSError):
     """The output file could not be written (a full disk, a quota): its name and why, in one line."""
 
 
@@ -199,7 +200,7 @@ def _sigterm_as_exit():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def predict(paths: list[str], out: str | None = None, model: str | None = None, fmt: str | None = None,
+def predict(paths: list[str], *, out: str | None = None, model: str | None = None, fmt: str | None = None,
             top_k: int = 1, min_confidence: float | None = None, batch_size: int = 512, progress: bool = False,
             engine: str = DEFAULT_ENGINE, flip: bool = False, data: str | None = None,
             catalog_columns: dict[str, str] | None = None, colours: bool = False) -> dict:
@@ -218,22 +219,21 @@ def predict(paths: list[str], out: str | None = None, model: str | None = None, 
     if out:
         check_out(out)
     fmt = output_format(out, fmt)
-    folder = model_folder(model)
-    meta = load_meta(folder)  # a bad model folder fails now, before any photo is read
+    folder = ModelFolder.open(model)  # a bad model folder fails now, before any photo is read
     infer_threads, decode_threads = thread_split()
     problems = Problems()
-    columns = row_columns(list(meta["vocabs"]), top_k, review=reviewed(meta, min_confidence))
+    columns = row_columns(folder.tasks, top_k, review=reviewed(folder, min_confidence))
     if colours:
         columns.insert(-1, "colours")
     if data:
-        photos: Iterable[Photo] = catalog_photos(data, meta, catalog_columns, problems)
+        photos: Iterable[Photo] = catalog_photos(data, folder, catalog_columns, problems)
         total, columns = len(photos), columns[:2] + ["title"] + columns[2:]
     else:
         photos = (Photo(p) for p in iter_image_paths(paths, problems))
         total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
-                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput.of(meta),
+                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput(folder.input_hw, folder.framing),
                       colours=colours)
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)

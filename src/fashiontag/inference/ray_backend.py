@@ -60,7 +60,7 @@ def connect(address: str | None, tries: int = CONNECT_TRIES) -> None:
             time.sleep(CONNECT_WAIT_S)
 
 
-def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, engine: str = "onnx",
+def tag_on_ray(sources: Iterable[str], out: str, *, address: str | None = None, engine: str = "onnx",
                model: str | None = None, top_k: int = 1, min_confidence: float | None = None, flip: bool = False,
                csv: bool = False, actors: int | None = None, batch_size: int = BATCH_SIZE,
                shard_rows: int = SHARD_ROWS, progress: bool = False) -> dict:
@@ -79,7 +79,7 @@ def tag_on_ray(sources: Iterable[str], out: str, address: str | None = None, eng
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
     tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
-    schema = shard_schema(tagger.columns(top_k, review=reviewed(tagger.meta, min_confidence)))
+    schema = shard_schema(tagger.columns(top_k, review=reviewed(tagger.model, min_confidence)))
     remove_partial_shards(out_fs, out_dir)
     sources = list(sources)
     listing = list_photos(sources)
@@ -279,7 +279,7 @@ class _TagActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         readable = batch["error"] == ""
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
-        review = reviewed(self.tagger.meta, self.min_confidence)
+        review = reviewed(self.tagger.model, self.min_confidence)
         # printable: an error message may quote the file's name, which Parquet's UTF-8 strings cannot hold as is.
         rows = [printable_row(tag_row(path, next(results) if ok else None, error, self.top_k, review))
                 | {"size": size, "mtime_ns": mtime_ns}

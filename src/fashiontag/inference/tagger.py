@@ -5,10 +5,10 @@
     result = tagger("shirt.jpg")               # a path, bytes, PIL image or (H, W, 3) uint8 array of any size
     result["articleType"].label, result["articleType"].confidence, result.to_dict()
 
-A Tagger is an engine (engines.py: where the logits come from) plus the model's calibration and decoding:
-temperature-scaled probabilities (optionally averaged with the mirror image), the category hierarchy decoded
-jointly, runners-up and the review threshold. Every output (CSV and JSON rows, the HTTP API, the web page,
-evaluation) renders the PhotoResult objects made here, so these rules exist once.
+A Tagger is a model folder (model_folder.ModelFolder), an engine (engines.py: where the logits come from) and
+the folder's decoding rules (decode.py: calibrated probabilities, optionally averaged with the mirror image, the
+category hierarchy decoded jointly, the review threshold), plus runners-up. Every output (CSV and JSON rows, the
+HTTP API, the web page, evaluation) renders the PhotoResult objects made here.
 """
 
 from __future__ import annotations
@@ -25,22 +25,14 @@ from PIL import Image
 from fashiontag.data.colours import dominant_colours, nearest_class
 from fashiontag.data.photos import ImageError, PhotoInput
 from fashiontag.data.text import tokenizer_of
-from fashiontag.data.vocab import OTHER
+from fashiontag.inference.decode import Decoder, needs_review
 from fashiontag.inference.engines import Engine, load_engine
-from fashiontag.model_folder import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
+from fashiontag.inference.thresholds import MAX_CONFIDENCE, MIN_CONFIDENCE, MIN_TOP_K
+from fashiontag.model_folder import MULTI, ModelFolder
 
 # Photos prepared at a time by Tagger.__call__: bounds memory for long lists of paths.
 CALL_CHUNK = 512
 NOT_FINITE = "the model gave NaN or infinite outputs for this photo, so it has no tags: are the model's files damaged?"
-# model.json's record of a photo + title model's calibration on the photo alone (refit.fit_calibration): the
-# temperatures and thresholds a photo that comes without a title is judged by.
-PHOTO_ONLY = "photo_only"
-
-
-def needs_review(label: str, confidence: float, threshold: float) -> bool:
-    """The review rule (tags here, the review queue's statuses): a tag less sure than its threshold needs a
-    person, and so does the pooled class of rare labels, `Other`, however sure: it names no real class."""
-    return label == OTHER or confidence < threshold
 
 
 @dataclass(frozen=True)
@@ -151,17 +143,6 @@ class PhotoResult:
         return f"PhotoResult({tags})"
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-logits))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in numpy: on a service's small batches torch's per-call cost (and its OpenMP threads
-    spinning afterwards, stealing the cores from onnxruntime) was a tenth of the serving time."""
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 class Tagger:
     """A model ready to tag photos. Build it with Tagger.load(); calling it tags photos.
 
@@ -169,46 +150,48 @@ class Tagger:
     a point more accuracy for half the speed.
     """
 
-    def __init__(self, engine: Engine, meta: dict, model_dir: Path | None = None, flip: bool = False):
-        self.engine, self.meta, self.model_dir, self.flip = engine, meta, model_dir, flip
-        self.vocabs: dict[str, list[str]] = meta["vocabs"]
-        self.tasks = list(self.vocabs)
-        self.kinds = task_kinds(meta)
-        self.separator = meta.get("catalog", {}).get("separator") or "|"
-        self.class_thresholds = {t: np.asarray(meta.get("class_thresholds", {}).get(t, [0.5] * len(self.vocabs[t])))
-                                 for t in self.tasks if self.kinds[t] == MULTI}
-        # Temperatures and auto-accept thresholds (thresholds.py) per input condition: a photo with its title by
-        # model.json's top level, a photo alone by its "photo_only" record (a photo-only model's, or one made before
-        # that record, are the top level's). A model without thresholds flags nothing.
-        photo_only = {**meta, **meta.get(PHOTO_ONLY, {})}
-        self.temperatures, self.photo_temperatures = (
-            {t: float(m.get("temperatures", {}).get(t, 1.0)) for t in self.tasks} for m in (meta, photo_only))
-        self.thresholds, self.photo_thresholds = (
-            {t: float(m.get("thresholds", {}).get(t, 0.0)) for t in self.tasks} for m in (meta, photo_only))
-        self.photo_input = PhotoInput.of(meta)
+    def __init__(self, engine: Engine, model: ModelFolder | dict, flip: bool = False):
+        """model: the folder (ModelFolder.open), or a model.json record for a model being trained."""
+        self.engine, self.flip = engine, flip
+        self.model = model if isinstance(model, ModelFolder) else ModelFolder.from_record(model)
+        self.decoder = Decoder(self.model)
+        self.vocabs, self.tasks, self.kinds = self.model.vocabs, self.model.tasks, self.model.kinds
+        self.photo_input = PhotoInput(self.model.input_hw, self.model.framing)
         self.input_hw = self.photo_input.hw
-        self.tokenizer = tokenizer_of(meta)  # None: a photo-only model, which ignores titles
+        self.tokenizer = tokenizer_of(self.model.record)  # None: a photo-only model, which ignores titles
         self._said_titles_ignored = False
         # Dominant colours are named after the first colour task's classes (model.json colour_centroids).
-        centroids = next(iter(meta.get("colour_centroids", {}).values()), {})
+        centroids = next(iter(self.model.colour_centroids.values()), {})
         self.colour_centroids = {c: np.asarray(lab, np.float32) for c, lab in centroids.items()}
         self._labels = {t: np.array(v, dtype=object) for t, v in self.vocabs.items()}
-        hierarchy = hierarchy_of(meta)
-        self._combos = None
-        if hierarchy:
-            tasks, rows = hierarchy
-            index = {t: {c: i for i, c in enumerate(self.vocabs[t])} for t in tasks}
-            self._combos = tasks, np.array([[index[t][label] for t, label in zip(tasks, row)] for row in rows])
+
+    @property
+    def meta(self) -> dict:
+        """model.json's record."""
+        return self.model.record
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.model.path
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each task's acceptance threshold for a photo with its title (every photo, for a photo-only model)."""
+        return self.model.calibration.thresholds
+
+    @property
+    def photo_thresholds(self) -> dict[str, float]:
+        """Each task's acceptance threshold for a photo alone."""
+        return self.model.photo_alone.thresholds
 
     @classmethod
-    def load(cls, model: str | Path | None = None, engine: str = "torch", threads: int | None = None,
+    def load(cls, model: str | Path | ModelFolder | None = None, engine: str = "torch", threads: int | None = None,
              flip: bool = False, bf16: bool | None = None, device: str = "cpu") -> Tagger:
         """The model folder `model` (default: $FASHIONTAG_MODEL, else the model shipped in the package) on engine
         torch, onnx or onnx-int8. threads: inference threads (torch's are process-wide); bf16: torch's precision
         (None: where the CPU has it)."""
-        folder = model_folder(model)
-        meta = load_meta(folder)
-        return cls(load_engine(folder, engine, threads=threads, bf16=bf16, device=device), meta, folder, flip)
+        folder = ModelFolder.open(model)
+        return cls(load_engine(folder, engine, threads=threads, bf16=bf16, device=device), folder, flip)
 
     # ------------------------------------------------------------------------------------------- photos in
 
@@ -283,32 +266,12 @@ class Tagger:
         views = [pixels, np.ascontiguousarray(pixels[:, :, ::-1])] if self.flip else [pixels]
         tokens = self.tokenizer(titles) if self.tokenizer is not None and titles is not None else None
         titled = tokens.any(1) if tokens is not None else np.zeros(len(pixels), bool)
-        temps = {t: np.where(titled, self.temperatures[t], self.photo_temperatures[t]).astype(np.float32)[:, None]
-                 for t in self.tasks}
-        probs = [{t: (sigmoid if self.kinds[t] == MULTI else softmax)(lg / temps[t])
-                  for t, lg in self._logits(view, tokens).items()} for view in views]
+        probs = [self.decoder.probabilities(self.engine.logits(view, tokens), titled) for view in views]
         return {t: sum(p[t] for p in probs) / len(probs) for t in self.tasks}, titled
 
-    def _logits(self, pixels: np.ndarray, tokens: np.ndarray | None) -> dict[str, np.ndarray]:
-        """The engine's logits, with a photo's row of a task all NaN where any of it is not finite, so that its
-        probabilities are NaN too (tag_pixels makes that the photo's error): a sigmoid or softmax would read an
-        infinite logit as a sure 1.0 or 0.0."""
-        return {t: np.where(np.isfinite(v).all(1, keepdims=True), v, np.nan)
-                for t, v in self.engine.logits(pixels, tokens).items()}
-
     def choose(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Class index per single-label task, and (N, classes) booleans per multi-label task (each class at its
-        own threshold); the hierarchy's tasks take the most probable combination seen in training, so a photo is
-        never Footwear + Topwear + Tshirts."""
-        chosen = {t: p >= self.class_thresholds[t] if self.kinds[t] == MULTI else p.argmax(1)
-                  for t, p in probs.items()}
-        if self._combos is not None:
-            tasks, combos = self._combos
-            joint = sum(np.log(probs[t][:, combos[:, j]] + 1e-12) for j, t in enumerate(tasks))
-            best = combos[joint.argmax(1)]
-            for j, t in enumerate(tasks):
-                chosen[t] = best[:, j]
-        return chosen
+        """See decode.Decoder.choose."""
+        return self.decoder.choose(probs)
 
     def tag_pixels(self, pixels: np.ndarray, top_k: int = 1, min_confidence: float | None = None,
                    titles: Sequence[str | None] | None = None, colours: bool = False) -> list[PhotoResult]:
@@ -323,8 +286,7 @@ class Tagger:
         probs, titled = self._probabilities(pixels, check_titles(titles, len(pixels)))
         chosen = self.choose(probs)
         idx = np.arange(len(pixels))
-        thresholds = ({t: np.where(titled, self.thresholds[t], self.photo_thresholds[t]).tolist() for t in self.tasks}
-                      if min_confidence is None else {t: [min_confidence] * len(pixels) for t in self.tasks})
+        thresholds = self.decoder.thresholds(titled, min_confidence)
         per_task = {}
         for t in self.tasks:  # a task at a time in numpy: per-photo Python work adds up at thousands a second
             if self.kinds[t] == MULTI:
@@ -366,7 +328,7 @@ class Tagger:
         for row, (o, c, threshold) in enumerate(zip(order, chosen, thresholds)):
             held = tuple((labels[i], float(p[row, i])) for i in o if c[i])
             runners = tuple((labels[i], float(p[row, i])) for i in o if not c[i])[:max(0, top_k - 1)]
-            tags.append(Tag(self.separator.join(label for label, _ in held), float(sure[row]), runners,
+            tags.append(Tag(self.model.separator.join(label for label, _ in held), float(sure[row]), runners,
                             threshold, held))
         return tags
 
@@ -377,17 +339,16 @@ class Tagger:
 
     def info(self) -> dict:
         """What the model is: version, architecture, tasks, classes, hierarchy, input size, validation metrics."""
-        meta = self.meta
-        hierarchy = hierarchy_of(meta)
+        meta, hierarchy = self.meta, self.model.hierarchy
         calibration = meta.get("calibration_val", {})
         return _finite({
-            "version": model_version(self.model_dir)[:12] if self.model_dir else "unknown",
-            "arch": meta.get("arch"), "arch_args": meta.get("arch_args", {}), "created": meta.get("created"),
+            "version": self.model.version[:12],
+            "arch": self.model.arch, "arch_args": self.model.arch_args, "created": meta.get("created"),
             "fashiontag_version": meta.get("fashiontag_version"), "engine": self.engine.name,
             "input_hw": list(self.input_hw), "tasks": self.tasks, "kinds": self.kinds, "classes": self.vocabs,
             "takes_titles": self.tokenizer is not None,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
-            "thresholds": self.thresholds, "threshold_precision": meta.get("threshold_precision", {}),
+            "thresholds": self.thresholds, "threshold_precision": self.model.calibration.precision,
             "photo_only_thresholds": self.photo_thresholds,
             "metrics": {"val_acc": meta.get("val_acc", {}),
                         "calibration_ece_val": {t: v.get("after") for t, v in calibration.items()
@@ -408,10 +369,10 @@ def row_columns(tasks: list[str], top_k: int = 1, review: bool = False) -> list[
     return cols + ["error"]
 
 
-def reviewed(meta: dict, min_confidence: float | None) -> bool:
+def reviewed(model: ModelFolder, min_confidence: float | None) -> bool:
     """Whether tags judged against min_confidence (None: the model's thresholds) can need review at all, i.e.
     whether outputs carry needs_review columns."""
-    return any(meta.get("thresholds", {}).values()) if min_confidence is None else min_confidence > 0
+    return any(model.calibration.thresholds.values()) if min_confidence is None else min_confidence > 0
 
 
 def check_titles(titles, n: int) -> list[str | None] | None:
@@ -424,10 +385,11 @@ def check_titles(titles, n: int) -> list[str | None] | None:
 
 
 def check_options(top_k: int, min_confidence: float | None) -> None:
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a whole number of 1 or more, got {top_k!r}")
-    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(f"min_confidence must be from 0 to 1, got {min_confidence!r}")
+    if not isinstance(top_k, int) or top_k < MIN_TOP_K:
+        raise ValueError(f"top_k must be a whole number of {MIN_TOP_K} or more, got {top_k!r}")
+    if min_confidence is not None and not MIN_CONFIDENCE <= min_confidence <= MAX_CONFIDENCE:
+        raise ValueError(f"min_confidence must be from {MIN_CONFIDENCE:g} to {MAX_CONFIDENCE:g}, "
+                         f"got {min_confidence!r}")
 
 
 def _is_batch(images) -> bool:

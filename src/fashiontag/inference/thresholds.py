@@ -2,7 +2,7 @@
 
 A catalog team accepts the tags at or above a task's threshold as they are and reviews the rest. The threshold is
 chosen on the validation photos (calibration time, or `fashiontag calibrate`) and stored in model.json; tagging
-judges each tag against it (tagger.Tag.needs_review). numpy only: the inference side imports this module.
+judges each tag against it (decode.needs_review). numpy only: the inference side imports this module.
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ import math
 import numpy as np
 
 DEFAULT_PRECISION = 0.98
+# The tagging options' bounds, declared once for the Python API (tagger.check_options), the CLI, the HTTP API and
+# the review service: top_k counts the answer and its runners-up (the HTTP API answers at most MAX_TOP_K);
+# min_confidence, a threshold given by hand, is a probability.
+MIN_TOP_K, MAX_TOP_K = 1, 20
+MIN_CONFIDENCE, MAX_CONFIDENCE = 0.0, 1.0
 # The precisions whose coverage evaluation reports.
 REPORTED_PRECISIONS = (0.90, 0.95, 0.98, 0.99)
 # Where no confidence reaches the target, nothing is auto-accepted: no calibrated probability exceeds 1.

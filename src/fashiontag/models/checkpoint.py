@@ -16,16 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fashiontag.model_folder import (
-    INPUT_HW,
-    META,
-    VOCABS_KEY,
-    WEIGHTS,
-    ModelError,
-    load_meta,
-    model_folder,
-    readable_folder,
-)
+from fashiontag.model_folder import INPUT_HW, META, VOCABS_KEY, WEIGHTS, ModelError, ModelFolder, readable_folder
 from fashiontag.models import create_model
 
 
@@ -56,11 +47,11 @@ def save_model(dest: str | Path, model: nn.Module, meta: dict, split: dict | Non
     write_folder_atomically(Path(dest), files, {VOCABS_KEY: json.dumps(meta["vocabs"])})
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | Path | ModelFolder | None = None, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from its folder (default: the shipped one): the architecture from model.json, weights
-    from safetensors, after model.json has been checked against them."""
-    path = model_folder(path)
-    meta = load_meta(path)
+    from safetensors, after model.json has been checked against them (ModelFolder.open)."""
+    folder = ModelFolder.open(path)
+    path, meta = folder.path, folder.record
     heads = {t: len(classes) for t, classes in meta["vocabs"].items()}
     model = create_model(meta["arch"], heads, meta.get("input_hw", INPUT_HW), **meta.get("arch_args", {}))
     try:

@@ -18,8 +18,8 @@ from typing import Iterable, Iterator
 from fashiontag.data.photos import Problems, iter_image_paths
 from fashiontag.data.spreadsheet import restored
 from fashiontag.inference.predict import FORMATS, printable, tag_paths
-from fashiontag.inference.tagger import PHOTO_ONLY, Tagger, check_options
-from fashiontag.model_folder import MULTI, hierarchy_of, load_meta, model_folder, model_version, task_kinds
+from fashiontag.inference.tagger import Tagger, check_options
+from fashiontag.model_folder import MULTI, PHOTO_ONLY, ModelFolder
 from fashiontag.review.store import ReviewStore
 
 # Runners-up kept per tag: keys 1-9 on the page take one.
@@ -37,11 +37,11 @@ def default_db(paths: list[str]) -> str:
     return f"sqlite:///{first.with_name(name)}"
 
 
-def model_record(meta: dict, folder: Path) -> dict:
+def model_record(model: ModelFolder) -> dict:
     """What the queue keeps of the model (see ReviewStore.set_model), with what its thresholds promise and the
     share of validation photos they accepted (thresholds_val's threshold, coverage, n per task) for review stats:
     under "photo_only" the same for the photo alone, for a photo + title model."""
-    hierarchy = hierarchy_of(meta)
+    meta, hierarchy = model.record, model.hierarchy
 
     def promise(m: dict) -> dict:
         return {"thresholds": m.get("thresholds", {}), "threshold_precision": m.get("threshold_precision", {}),
@@ -49,10 +49,9 @@ def model_record(meta: dict, folder: Path) -> dict:
                                    for t, c in (m.get("thresholds_val") or {}).items() if isinstance(c, dict)}}
 
     photo_only = meta.get(PHOTO_ONLY)
-    return {"version": model_version(folder)[:12], "tasks": list(meta["vocabs"]), "vocabs": meta["vocabs"],
+    return {"version": model.version[:12], "tasks": model.tasks, "vocabs": model.vocabs,
             "hierarchy": {"tasks": hierarchy[0], "combinations": hierarchy[1]} if hierarchy else None,
-            **promise(meta), "id_column": meta.get("catalog", {}).get("id_column") or "id",
-            "titles": meta.get("arch_args", {}).get("title") is not None,
+            **promise(meta), "id_column": model.catalog.get("id_column") or "id", "titles": model.takes_titles,
             **({PHOTO_ONLY: promise({**meta, **photo_only})} if isinstance(photo_only, dict) else {})}
 
 
@@ -178,15 +177,12 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
     for r in extra_roots:
         if not r.is_dir():
             raise ValueError(f"--root {r}: no such folder")
-    folder = model_folder(model)
-    meta = load_meta(folder)
-    store.set_model(model_record(meta, folder))
-    vocabs = meta["vocabs"]
-    separators = {t: meta.get("catalog", {}).get("separator") or "|" for t, kind in task_kinds(meta).items()
-                  if kind == MULTI}
-    photo_only = {**meta, **(meta.get(PHOTO_ONLY) or {})}
-    thresholds, photo_thresholds = ({t: float(m.get("thresholds", {}).get(t, 0.0)) if min_confidence is None
-                                     else min_confidence for t in vocabs} for m in (meta, photo_only))
+    folder = ModelFolder.open(model)
+    store.set_model(model_record(folder))
+    vocabs = folder.vocabs
+    separators = {t: folder.separator for t, kind in folder.kinds.items() if kind == MULTI}
+    thresholds, photo_thresholds = ({t: c.thresholds[t] if min_confidence is None else min_confidence for t in vocabs}
+                                    for c in (folder.calibration, folder.photo_alone))
     problems = Problems()
     known = store.known_paths()
     allowed = store.add_roots(photo_roots(paths) + [str(r.resolve()) for r in extra_roots])

@@ -19,11 +19,11 @@ import numpy as np
 from sqlalchemy import func, select
 
 from fashiontag.inference.thresholds import precision_lower_bound, precision_upper_bound
+from fashiontag.model_folder import PHOTO_ONLY
 from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, photos, tags
 
 # A two-sided 95% interval: each bound holds with 97.5% confidence.
 INTERVAL_Z = 1.96
-PHOTO_ONLY = "photo_only"
 CONDITIONS = {"": "with titles", PHOTO_ONLY: "photo alone"}
 
 

@@ -39,7 +39,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from fashiontag.inference.tagger import needs_review
+from fashiontag.errors import FashiontagError
+from fashiontag.inference.decode import needs_review
 
 # 2: tags.audit (a version-1 database gains it, false, when opened: _migrate).
 SCHEMA_VERSION = 2
@@ -96,7 +97,7 @@ users = Table("users", metadata,
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
-class StoreError(ValueError):
+class StoreError(FashiontagError, ValueError):
     """A database that cannot be used: a bad URL, no server, or a schema this version does not know."""
 
 

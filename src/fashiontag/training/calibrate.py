@@ -1,9 +1,9 @@
 """Calibration of a model folder: temperatures and auto-accept thresholds, per input condition.
 
 One path for training's calibration (train.finish_model) and `fashiontag calibrate` (models made before, such as
-the shipped one): both load the folder as a Tagger and compute the validation logits as tagging does by default
-(the same engine, folded batch norms and precision; fitted on other logits, bf16 ones say, thresholds moved by up
-to 0.015). A photo + title model is calibrated twice: with each product's title (model.json's top level) and on
+the shipped one): both load the folder as a Tagger, compute the validation logits as tagging does by default (the
+same engine, folded batch norms and precision; fitted on other logits, bf16 ones say, thresholds moved by up to
+0.015) and decode them through decode.Decoder, as tagging does. A photo + title model is calibrated twice: with each product's title (model.json's top level) and on
 the photo alone ("photo_only"), since a title makes the model surer and thresholds fitted with titles let wrong
 photo-only tags through. Only model.json changes: the weights, and the vocabularies their header records, stay.
 """
@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashiontag.data.text import tokenizer_of
-from fashiontag.inference.tagger import PHOTO_ONLY, Tagger
+from fashiontag.inference.decode import Decoder
+from fashiontag.inference.tagger import Tagger
 from fashiontag.inference.thresholds import decoded_confidence, fit_thresholds, precision_targets
-from fashiontag.model_folder import MULTI, load_meta, model_folder, write_meta
+from fashiontag.model_folder import MULTI, PHOTO_ONLY, ModelFolder, load_meta, write_meta
 from fashiontag.training.evaluate import model_dataset
 from fashiontag.training.temperatures import fit_temperatures
 
 
-def calibrate(model: str | Path, data: str | Path, precision: float | None = None,
+def calibrate(model: str | Path, data: str | Path, *, precision: float | None = None,
               task_precision: dict[str, float] | None = None, cache_dir: str | None = None,
               progress: bool = True) -> dict:
     """Fit each task's temperature and threshold (fit_calibration) on the validation side of the model's split of
@@ -71,18 +71,19 @@ def _fit_condition(tagger: Tagger, pixels: np.ndarray, titles: list[str | None] 
     thresholds on the probabilities they give, decoded jointly as tagging decodes them. with_titles: the record
     of the condition with titles, when this is the photo-only one (a Tagger reads photo-only values from there)."""
     tokens = tagger.tokenizer(titles) if tagger.tokenizer is not None and titles is not None else None
+    titled = tokens.any(1) if tokens is not None else np.zeros(len(pixels), bool)
     logits = tagger.engine.logits(pixels, tokens)
     single = [t for t in tagger.tasks if tagger.kinds[t] != MULTI]
     temps, ece = fit_temperatures({t: torch.from_numpy(logits[t]) for t in single}, {t: targets[t] for t in single})
     record = {"temperatures": {t: temps.get(t, 1.0) for t in tagger.tasks}, "calibration_val": ece}
     meta = {**tagger.meta, **with_titles, PHOTO_ONLY: record} if with_titles else {**tagger.meta, **record}
-    calibrated = Tagger(tagger.engine, meta, tagger.model_dir)
-    probs = calibrated.probabilities(pixels, titles)
-    confidence, correct = decoded_confidence(probs, calibrated.choose(probs), targets)
+    decoder = Decoder(ModelFolder.from_record(meta))
+    probs = decoder.probabilities(logits, titled)
+    confidence, correct = decoded_confidence(probs, decoder.choose(probs), targets)
     return {**record, **fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))}
 
 
-def calibrate_from_reviews(model: str | Path, reviews: str, precision: float | None = None,
+def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float | None = None,
                            task_precision: dict[str, float] | None = None) -> dict:
     """Refit auto-accept thresholds on the tags people decided in a review database (review/stats.reviewed_tags:
     accepted = the model was right, corrected = wrong; bulk-accepted tags left out), through the same
@@ -95,9 +96,8 @@ def calibrate_from_reviews(model: str | Path, reviews: str, precision: float | N
     from fashiontag.review.stats import reviewed_tags
     from fashiontag.review.store import ReviewStore
 
-    folder = model_folder(model)
-    meta = load_meta(folder)
-    tasks = list(meta["vocabs"])
+    model = ModelFolder.open(model)
+    folder, meta, tasks = model.path, model.record, model.tasks
     unknown = sorted(set(task_precision or {}) - set(tasks))
     if unknown:
         raise ValueError(f"--task-precision names tasks the model does not have: {', '.join(unknown)}; its tasks: "
@@ -122,7 +122,7 @@ def calibrate_from_reviews(model: str | Path, reviews: str, precision: float | N
                             {t: d["correct"] for t, d in decided.items()}, {t: targets[t] for t in decided})
     for c in fitted["thresholds_val"].values():
         c["source"] = "reviews"
-    condition = PHOTO_ONLY if tokenizer_of(meta) is not None else ""
+    condition = PHOTO_ONLY if model.takes_titles else ""
     old = meta.get(condition, {}) if condition else meta
     record = {"thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
               "threshold_precision": {**old.get("threshold_precision", meta.get("threshold_precision", {})),

@@ -21,7 +21,7 @@ from fashiontag.data.catalog import CatalogSpec
 from fashiontag.data.taxonomy import Taxonomy
 from fashiontag.inference.tagger import Tagger
 from fashiontag.inference.thresholds import at_threshold, coverage_table, decoded_confidence
-from fashiontag.model_folder import MULTI, hierarchy_of
+from fashiontag.model_folder import MULTI
 from fashiontag.training import plots
 from fashiontag.training.dataset import load_dataset
 from fashiontag.training.temperatures import expected_calibration_error
@@ -84,7 +84,7 @@ def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
     return ds.rows[side], side
 
 
-def evaluate(data: str | Path, model: str | Path | None = None, out: str | Path = "reports/latest",
+def evaluate(data: str | Path, *, model: str | Path | None = None, out: str | Path = "reports/latest",
              side: str = "unseen", cache_dir: str | None = None, progress: bool = True, plot: bool = True,
              flip: bool = False, engine: str = "torch", bf16: bool | None = None, titles: bool = True) -> dict:
     """Score a model; writes report.md, metrics.json and PNG plots into `out`.
@@ -134,9 +134,8 @@ def model_dataset(tagger: Tagger, data: str | Path, cache_dir: str | None = None
     """The catalog `data` as the model sees it: its vocabularies, its split (split.json in its folder) and its
     photo preparation."""
     split_path = tagger.model_dir / "split.json"
-    meta = tagger.meta
-    hierarchy = hierarchy_of(meta)
-    ds = load_dataset(CatalogSpec.from_record(data, meta.get("catalog")),
+    meta, hierarchy = tagger.meta, tagger.model.hierarchy
+    ds = load_dataset(CatalogSpec.from_record(data, tagger.model.catalog),
                       protocol=meta.get("config", {}).get("protocol", "all"), split_path=split_path,
                       vocabs=tagger.vocabs, cache_dir=cache_dir, progress=progress, framing=tagger.photo_input.framing,
                       hw=tagger.input_hw, taxonomy=Taxonomy(tagger.kinds, tuple(hierarchy[0]) if hierarchy else ()))
