@@ -97,7 +97,7 @@ def test_a_model_giving_nan_tags_no_photo(trained, catalog, tmp_path):
     """Issue 20 #2: NaN outputs were written as tags with confidence nan, needs_review False, one label for all."""
     folder = nan_model(trained, tmp_path / "model")
     out = tmp_path / "tags.csv"
-    counts = predict([str(catalog.root / "images")], str(out), str(folder), min_confidence=0.5)
+    counts = predict([str(catalog.root / "images")], out=str(out), model=str(folder), min_confidence=0.5)
     rows = list(csv.DictReader(out.open()))
     assert counts["rows"] == len(rows) > 300 and counts["errors"] == len(rows)
     assert all(r["error"] for r in rows) and not any(r["gender"] or r["gender_confidence"] for r in rows)
@@ -140,7 +140,7 @@ def test_unreadable_folder_is_reported_even_as_root(trained, catalog, tmp_path, 
 
     monkeypatch.setattr(predict_mod.os, "scandir", scandir)
     out = tmp_path / "tags.csv"
-    counts = predict([str(photos)], str(out), str(trained))
+    counts = predict([str(photos)], out=str(out), model=str(trained))
     assert counts["unreadable_folders"] == 1 and counts["rows"] == 1
     assert [r["id"] for r in csv.DictReader(out.open())] == ["a"]
 
@@ -168,7 +168,7 @@ def test_bad_output_targets_are_refused_before_tagging_and_leave_nothing(trained
 def test_output_format_follows_the_extension(trained, catalog, tmp_path):
     photo = str(catalog.root / "images" / "1000.jpg")
     for name in ("tags.tsv", "tags.jsonl", "tags.csv"):
-        assert predict([photo], str(tmp_path / name), str(trained))["rows"] == 1
+        assert predict([photo], out=str(tmp_path / name), model=str(trained))["rows"] == 1
     assert (tmp_path / "tags.tsv").read_text().startswith("path\tid\tgender\t")
     assert json.loads((tmp_path / "tags.jsonl").read_text())["id"] == "1000"
     assert (tmp_path / "tags.csv").read_text().startswith("path,id,gender,")
@@ -198,7 +198,7 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped_and_the_rest_tagged(tra
         else:
             shutil.copy(catalog.root / "images" / f"{pid}.jpg", target)
     out = tmp_path / f"tags.{fmt}"
-    counts = predict([str(photos)], str(out), str(trained))
+    counts = predict([str(photos)], out=str(out), model=str(trained))
     assert counts["rows"] == 3 and counts["errors"] == 1
     text = out.read_text(encoding="utf-8")  # valid UTF-8, every row there
     rows = ([json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else
@@ -215,12 +215,12 @@ def test_sigterm_leaves_no_partial_file(trained, catalog, tmp_path):
     """Issue 20 #13: predict stopped with SIGTERM left .tags.csv.partial behind."""
     import signal
     import time
-    out, partial = tmp_path / "tags.csv", tmp_path / ".tags.csv.partial"
+    out = tmp_path / "tags.csv"
     proc = subprocess.Popen([sys.executable, "-m", "fashiontag", "predict", *[str(catalog.root / "images")] * 50,
                              "--model", str(trained), "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not partial.exists():
+    while not list(tmp_path.glob(".tags.csv.*.partial")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.01)
     time.sleep(1)  # into the tagging
@@ -265,8 +265,8 @@ def test_two_files_with_one_id_are_warned_about(trained, catalog, tmp_path):
 
 def test_min_confidence_keeps_the_guess_and_adds_needs_review_columns(trained, catalog, tmp_path):
     images = str(catalog.root / "images")
-    predict([images], str(tmp_path / "plain.csv"), str(trained), min_confidence=0.0)
-    predict([images], str(tmp_path / "strict.csv"), str(trained), min_confidence=0.9)
+    predict([images], out=str(tmp_path / "plain.csv"), model=str(trained), min_confidence=0.0)
+    predict([images], out=str(tmp_path / "strict.csv"), model=str(trained), min_confidence=0.9)
     plain = {r["path"]: r for r in csv.DictReader((tmp_path / "plain.csv").open())}
     strict = list(csv.DictReader((tmp_path / "strict.csv").open()))
     assert "gender_needs_review" in strict[0] and "gender_needs_review" not in next(iter(plain.values()))
@@ -280,7 +280,7 @@ def test_min_confidence_keeps_the_guess_and_adds_needs_review_columns(trained, c
 
 
 def test_progress_bar_has_a_total(trained, catalog, capsys):
-    predict([str(catalog.root / "images")], None, str(trained), progress=True)
+    predict([str(catalog.root / "images")], out=None, model=str(trained), progress=True)
     bar = capsys.readouterr().err
     n = len(list((catalog.root / "images").iterdir()))
     assert f"{n}/{n}" in bar
@@ -297,9 +297,9 @@ def test_cli_version_and_help_show_defaults():
 
 def test_evaluate_on_its_own_catalog_scores_the_unseen_photos(trained, catalog, tmp_path):
     split = json.loads((trained / "split.json").read_text())
-    unseen = evaluate(catalog.root, trained, tmp_path / "u", progress=False, plot=False)
-    test = evaluate(catalog.root, trained, tmp_path / "t", side="test", progress=False, plot=False)
-    everything = evaluate(catalog.root, trained, tmp_path / "a", side="all", progress=False, plot=False)
+    unseen = evaluate(catalog.root, model=trained, out=tmp_path / "u", progress=False, plot=False)
+    test = evaluate(catalog.root, model=trained, out=tmp_path / "t", side="test", progress=False, plot=False)
+    everything = evaluate(catalog.root, model=trained, out=tmp_path / "a", side="all", progress=False, plot=False)
     # the synthetic catalog's bad photos are in no side of the split
     assert test["n"] < unseen["n"] == len(split["val"]) + len(split["test"]) < everything["n"]
     assert "unseen" in unseen["side"]
@@ -311,7 +311,7 @@ def test_evaluate_on_a_shop_catalog_whose_ids_collide_scores_every_photo(trained
     shop = make_catalog(tmp_path / "shop", n=80, seed=9, bad=False, first_id=1380)
     in_split = {i for side in ("train", "val", "test") for i in split[side]}
     assert 10 < len(set(map(str, shop.good_ids)) & in_split) < 40  # a quarter of the shop's ids collide with training ids
-    summary = evaluate(shop.root, trained, tmp_path / "report", side="test", progress=False, plot=False)
+    summary = evaluate(shop.root, model=trained, out=tmp_path / "report", side="test", progress=False, plot=False)
     assert summary["n"] == 80 and "whole catalog" in summary["side"]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import platformdirs
 
+from fashiontag.atomic import write_text
 from fashiontag.errors import FashiontagError
 
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -104,9 +105,7 @@ def load_meta(path: str | Path | None = None) -> dict:
 def write_meta(folder: str | Path, meta: dict) -> None:
     """Replace a model folder's model.json atomically (the weights stay), then check that it loads."""
     folder = Path(folder)
-    tmp = folder / f".{META}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META)
+    write_text(folder / META, json.dumps(meta, indent=1))
     load_meta(folder)
 
 

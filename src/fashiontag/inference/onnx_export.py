@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 import warnings
 from itertools import islice
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Iterable
 
 import numpy as np
 
+from fashiontag.atomic import replacing, write_text
 from fashiontag.data.photos import PhotoInput, iter_image_paths, load_or_error, nchw_float
 from fashiontag.model_folder import INPUT_HW, ModelError, ModelFolder, default_cache_dir
 
@@ -90,16 +90,10 @@ def _save_atomically(graph, dest: Path) -> None:
     """Readers of dest see the old file or the new one, never half of one; its SHA-256 goes beside it
     (digest_path). Between the two renames a reader sees a digest that does not match, and exports again."""
     import onnx
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    digest, tmp_digest = digest_path(dest), digest_path(tmp)
-    try:
+    with replacing(dest) as tmp:
         onnx.save(graph, str(tmp))
-        tmp_digest.write_text(f"{file_sha256(tmp)}  {dest.name}\n")
-        os.replace(tmp, dest)
-        os.replace(tmp_digest, digest)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_digest.unlink(missing_ok=True)
+        digest = file_sha256(tmp)
+    write_text(digest_path(dest), f"{digest}  {dest.name}\n")
 
 
 def calibration_photos(meta: dict, sources: Iterable[str | Path] | None, n: int = CALIBRATION_PHOTOS) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from fashiontag.atomic import replacing
 from fashiontag.data.photos import PhotoInput, Problems, count_images, iter_image_paths, load_batch
 from fashiontag.data.spreadsheet import inert_row
 from fashiontag.errors import FashiontagError
@@ -249,19 +250,16 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
 
     try:
         if out:
-            tmp = Path(out).with_name(f".{Path(out).name}.partial")
+            tmp = None
             try:
-                with _sigterm_as_exit(), open(tmp, "w", newline="") as f:
+                with _sigterm_as_exit(), replacing(out) as tmp, open(tmp, "w", newline="") as f:
                     counts["rows"] = write_rows(counted(rows), columns, f, fmt)
-                os.replace(tmp, out)
             except OSError as e:
                 # Writing's errors name no file (write, flush) or tmp (open, rename); the model's files' errors,
                 # raised while the rows are made, name those files and pass as they are.
                 if e.filename not in (None, str(tmp)):
                     raise
                 raise OutputError(f"cannot write {out}: {e.strerror or e}; no rows were kept") from None
-            finally:
-                tmp.unlink(missing_ok=True)
         else:
             counts["rows"] = write_rows(counted(rows), columns, sys.stdout, fmt)
     finally:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
+from fashiontag.atomic import replacing
 from fashiontag.data.spreadsheet import inert_row
 from fashiontag.inference.predict import check_out
 from fashiontag.review.store import ReviewStore, StoreError
 
 
-def export_reviewed(db: str, out: str | Path, include_pending: bool = False, force: bool = False) -> dict:
+def export_reviewed(db: str, out: str | Path, *, include_pending: bool = False, force: bool = False) -> dict:
     """Write one row per photo: the catalog's id column, then each of the model's tasks with its label as the
     queue holds it now, then `path`, the photo's absolute path (`train --extra` finds each photo by it, wherever
     the file is written). A photo with a tag still needing review is left out unless include_pending (its model
@@ -36,17 +36,13 @@ def export_reviewed(db: str, out: str | Path, include_pending: bool = False, for
     tagged = [p for p in items if not p["error"]]
     pending = {p["id"] for p in tagged if any(t["status"] == "needs_review" for t in p["tags"].values())}
     rows = tagged if include_pending else [p for p in tagged if p["id"] not in pending]
-    tmp = out.with_name(f".{out.name}.partial")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=[id_column, *tasks, "path"])
             writer.writeheader()
             for p in rows:
                 writer.writerow(inert_row({id_column: p["item_id"], **{t: p["tags"][t]["label"] for t in tasks},
                                            "path": p["path"]}))
-        os.replace(tmp, out)
     except OSError as e:
         raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"written": len(rows), "pending": len(pending), "failed": len(items) - len(tagged)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashiontag.atomic import replacing
 from fashiontag.data.spreadsheet import inert_row
 from fashiontag.data.vocab import OTHER
 from fashiontag.inference.tagger import Tagger
@@ -117,7 +117,7 @@ class Audit:
         return report
 
 
-def audit(catalog: str | Path, model: str | Path | Tagger | None = None, tasks: tuple[str, ...] | None = None,
+def audit(catalog: str | Path, *, model: str | Path | Tagger | None = None, tasks: tuple[str, ...] | None = None,
           side: str = "unseen", cache_dir: str | None = None, progress: bool = True, titles: bool = True,
           min_score: float = 0.5) -> Audit:
     """Score every label of `catalog` the model did not learn, for each single-label task (default: all the
@@ -245,10 +245,5 @@ def _md(text: str) -> str:
 
 def _atomically(path: Path, write) -> None:
     """Write through a temporary file beside `path`, so an interrupted run leaves the old file or none."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        write(f)
