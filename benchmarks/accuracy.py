@@ -223,7 +223,7 @@ def main() -> None:
     assert seed_split["test"] == ours_split["test"], "the two models were not trained on the same split"
 
     reports = {name: out / "reports" / name for name in ("seed", "ours")}
-    evals = {name: evaluate(data, best, reports[name], progress=False, plot=not args.quick)
+    evals = {name: evaluate(data, model=best, out=reports[name], progress=False, plot=not args.quick)
              for name, best in (("seed", seed_best), ("ours", ours_best))}
     seed_vocabs = load_meta(seed_best)["vocabs"]
     seed_acc, n_seed = seed_protocol_accuracy(seed_best, data, seed_vocabs, split, notes)

@@ -93,7 +93,7 @@ def run(n: int, draw: int, work: Path, starts: list[str]) -> list[dict]:
             began = time.time()
             best = train(cfg)
             seconds = time.time() - began
-            summary = evaluate(new, best, work / "report", progress=False, plot=False)
+            summary = evaluate(new, model=best, out=work / "report", progress=False, plot=False)
             results.append({"n": n, "draw": draw, "model": f"from {start}, photo{' + title' if title else ''}",
                             "seconds": round(seconds),
                             **{t: 100 * m["accuracy"] for t, m in summary["tasks"].items()}})

@@ -112,7 +112,7 @@ def main() -> None:
     for name, extra in (("control", ()), ("with_reviewed", (str(out / "reviewed.csv"),))):
         best = train(base.override(out=str(out / name), extra=extra))
         scores[name] = {t: m["accuracy"] for t, m in
-                        evaluate(args.data, best, out / f"report-{name}", side="test", progress=False,
+                        evaluate(args.data, model=best, out=out / f"report-{name}", side="test", progress=False,
                                  plot=False)["tasks"].items()}
 
     summary = {"arrivals": len(arrivals), "untouched": len(untouched), "queued": filled["queued"],

@@ -233,7 +233,7 @@ def bench_engine_accuracy(model_dir: Path, args) -> None:
     scores = {}
     for label, engine, bf16 in runs:
         report = model_dir.parent / "reports" / label.replace(" ", "_")
-        summary = evaluate(data, model_dir, report, engine=engine, bf16=bf16, plot=False, progress=False)
+        summary = evaluate(data, model=model_dir, out=report, engine=engine, bf16=bf16, plot=False, progress=False)
         scores[label] = {t: 100 * m["accuracy"] for t, m in summary["tasks"].items()}
     tasks = list(scores["torch fp32"])
     print(f"\naccuracy per engine on the test split of {data} ({summary['n']:,} photos), in points; "

@@ -48,7 +48,7 @@ def flipped(catalog, trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def audited(flipped, trained):
     root, _, _ = flipped
-    return audit(root, trained, progress=False)
+    return audit(root, model=trained, progress=False)
 
 
 def test_flipped_labels_rank_first_with_another_label_suggested(flipped, audited, trained):
@@ -84,9 +84,9 @@ def test_identical_photos_with_different_labels_are_grouped(flipped, audited):
 
 def test_tasks_the_model_lacks_are_one_clear_error(flipped, trained):
     with pytest.raises(ValueError, match="no task 'pattern'; its tasks: gender"):
-        audit(flipped[0], trained, tasks=("gender", "pattern"), progress=False)
+        audit(flipped[0], model=trained, tasks=("gender", "pattern"), progress=False)
     with pytest.raises(ValueError, match="side 'train': use unseen, val or test"):
-        audit(flipped[0], trained, side="train", progress=False)
+        audit(flipped[0], model=trained, side="train", progress=False)
 
 
 def test_a_catalog_without_the_models_columns_or_classes_is_one_clear_error(flipped, trained, tmp_path):
@@ -98,10 +98,10 @@ def test_a_catalog_without_the_models_columns_or_classes_is_one_clear_error(flip
             cells[4] = "Kurta " + cells[4]  # a shop's own article types: none is the model's
     (tmp_path / "styles.csv").write_text("\n".join(",".join(cells) for cells in rows) + "\n")
     with pytest.raises(ValueError, match="none of its articleType labels are classes of the model"):
-        audit(tmp_path, trained, tasks=("articleType",), progress=False)
+        audit(tmp_path, model=trained, tasks=("articleType",), progress=False)
     (tmp_path / "styles.csv").write_text("\n".join(",".join(cells[:4] + cells[5:]) for cells in rows) + "\n")
     with pytest.raises(CatalogError, match="styles.csv: header lacks column.s. articleType"):
-        audit(tmp_path, trained, progress=False)
+        audit(tmp_path, model=trained, progress=False)
 
 
 def test_cli_writes_the_flags_with_their_columns_in_order(flipped, trained, tmp_path):

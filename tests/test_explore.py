@@ -4,7 +4,7 @@ from fashiontag.training.explore import explore
 
 
 def test_explore_reports_classes_problems_and_duplicates(catalog, tmp_path):
-    s = explore(catalog.root, tmp_path, progress=False)
+    s = explore(catalog.root, out=tmp_path, progress=False)
     assert s["rows"] == 409
     assert len(s["malformed_rows"]) == len(catalog.malformed_lines)
     assert set(map(int, s["unusable_photos"])) == set(catalog.bad_images)

@@ -34,7 +34,7 @@ def test_a_shop_started_from_the_shipped_model_beats_the_same_recipe_from_scratc
         best = train_module.train(tiny_config(shop.file, tmp_path / start, start=start, **SHOP))
         meta = load_meta(best)
         assert set(meta["vocabs"]) == set(SHOP["tasks"])  # the shop's own tasks and classes, not the start's
-        summary = evaluate(shop.file, best, tmp_path / f"report-{start}", progress=False, plot=False)
+        summary = evaluate(shop.file, model=best, out=tmp_path / f"report-{start}", progress=False, plot=False)
         accuracy[start] = {t: m["accuracy"] for t, m in summary["tasks"].items()}
     assert "started from" in capsys.readouterr().out
     assert accuracy["shipped"]["category"] >= accuracy["scratch"]["category"] + 0.1, accuracy

@@ -101,7 +101,7 @@ def test_run_resume_without_resume_state_says_it_starts_from_scratch(catalog, tm
         return tmp_path / "run" / "best"
 
     monkeypatch.setattr(fashiontag.training.train, "train", fake_train)
-    monkeypatch.setattr(fashiontag.training.evaluate, "evaluate", lambda data, best, report, side: {"tasks": {}})
+    monkeypatch.setattr(fashiontag.training.evaluate, "evaluate", lambda data, *, model, out, side: {"tasks": {}})
     result = invoke("run", "--data", catalog.root, "--out", tmp_path / "run", "--resume")
     assert result.exit_code == 0, result.output
     assert f"nothing to resume: {tmp_path / 'run' / 'last'} does not exist; training from scratch" in result.output

@@ -45,7 +45,7 @@ def test_training_writes_a_model_that_learned(trained):
 
 
 def test_evaluate_writes_report_and_beats_majority(trained, catalog, tmp_path):
-    summary = evaluate(catalog.root, trained, tmp_path / "report", progress=False)
+    summary = evaluate(catalog.root, model=trained, out=tmp_path / "report", progress=False)
     for t in ("articleType", "baseColour", "masterCategory"):
         m = summary["tasks"][t]
         assert m["accuracy"] > m["majority_baseline"], t
@@ -59,7 +59,7 @@ def test_evaluate_writes_report_and_beats_majority(trained, catalog, tmp_path):
 
 def test_predict_writes_csv_with_errors_as_rows(trained, catalog, tmp_path):
     out = tmp_path / "tags.csv"
-    counts = predict([str(catalog.root / "images"), str(tmp_path / "nope.jpg")], str(out), str(trained),
+    counts = predict([str(catalog.root / "images"), str(tmp_path / "nope.jpg")], out=str(out), model=str(trained),
                      top_k=2, progress=False)
     rows = list(csv.DictReader(out.open()))
     assert counts["rows"] == len(rows) == len(list((catalog.root / "images").iterdir())) + 1
@@ -104,7 +104,7 @@ def test_flip_averages_each_photo_with_its_mirror_image(trained):
 
 
 def test_predict_jsonl_to_stdout(trained, catalog, capsys):
-    predict([str(catalog.root / "images" / "1000.jpg")], None, str(trained), fmt="jsonl", progress=False)
+    predict([str(catalog.root / "images" / "1000.jpg")], out=None, model=str(trained), fmt="jsonl", progress=False)
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["id"] == "1000" and row["error"] == "" and "season_confidence" in row
 
@@ -143,5 +143,5 @@ def test_cli_reports_bad_flags_clearly(tmp_path):
 def test_evaluate_on_another_catalog_scores_every_photo(trained, tmp_path):
     from synthetic import make_catalog
     other = make_catalog(tmp_path / "other", n=60, seed=5, bad=False, first_id=50000)
-    summary = evaluate(other.root, trained, tmp_path / "report", progress=False, plot=False)
+    summary = evaluate(other.root, model=trained, out=tmp_path / "report", progress=False, plot=False)
     assert summary["n"] == 60 and "whole catalog" in summary["side"]

@@ -106,7 +106,7 @@ def test_training_stores_thresholds_that_tagging_uses_by_default(trained, catalo
             assert r.to_dict()["tags"][t]["status"] == ("needs_review" if tag.needs_review else "accepted")
     # --min-confidence still overrides; 0 flags nothing
     assert not any(tag.needs_review for r in tagger(photos, min_confidence=0.0) for tag in r.tags.values())
-    predict([str(p) for p in photos], str(tmp_path / "tags.csv"), str(trained))
+    predict([str(p) for p in photos], out=str(tmp_path / "tags.csv"), model=str(trained))
     header = (tmp_path / "tags.csv").read_text().splitlines()[0].split(",")
     assert "gender_needs_review" in header
 

@@ -148,7 +148,7 @@ def test_onnx_takes_tokens_and_matches_torch(titled, catalog, tmp_path):
 def test_predict_data_tags_every_catalog_row_with_its_title(titled, catalog, tmp_path):
     from fashiontag.inference.predict import predict
     out = tmp_path / "tags.csv"
-    counts = predict([], str(out), str(titled), data=str(catalog.root), min_confidence=0)
+    counts = predict([], out=str(out), model=str(titled), data=str(catalog.root), min_confidence=0)
     rows = list(csv.DictReader(out.open()))
     truth = {row["id"]: row for row in csv.DictReader((catalog.root / "styles.csv").open())}
     assert counts["rows"] == len(rows) == len(read_catalog(catalog.root))
@@ -158,7 +158,7 @@ def test_predict_data_tags_every_catalog_row_with_its_title(titled, catalog, tmp
     assert all(r["title"] == read.titles[read.ids.index(r["id"])] for r in good)
     assert sum(r["baseColour"] == truth[r["id"]]["baseColour"] for r in good) > 0.9 * len(good)
     with pytest.raises(ValueError, match="not both"):
-        predict([str(catalog.root / "images")], str(out), str(titled), data=str(catalog.root))
+        predict([str(catalog.root / "images")], out=str(out), model=str(titled), data=str(catalog.root))
 
 
 def test_the_http_api_takes_titles_aligned_with_files(titled, catalog):

@@ -12,12 +12,40 @@ import typer
 from typer.core import TyperGroup
 
 from fashiontag import __version__
-from fashiontag.data.catalog import CatalogError, did_you_mean
+from fashiontag.data.catalog import did_you_mean
+from fashiontag.errors import FashiontagError
+from fashiontag.inference.thresholds import DEFAULT_PRECISION, MAX_CONFIDENCE, MIN_CONFIDENCE, MIN_TOP_K
 from fashiontag.training.config import STARTS, TrainConfig
-from fashiontag.training.runlock import RunFolderBusy
+
+# What a user can fix, caught once for every command (_OneLineErrors): the package's own errors and what a wrong
+# flag, file or value raises in the libraries below it (a ValueError, an OSError such as FileNotFoundError, a
+# TypeError from a --set value of the wrong type).
+USER_ERRORS = (FashiontagError, ValueError, OSError, TypeError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+class _OneLineErrors(TyperGroup):
+    """Runs every command, the review and users subcommands included: an error the user can fix (USER_ERRORS) is
+    one line, `error: MESSAGE`, and exit 2; Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # `fashiontag predict | head`: click's own handling, a quiet exit
+            raise
+        except USER_ERRORS as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
 
 # Plain click help: rich markup would eat text in brackets and label every option with its Python type.
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 SET_HELP = ("any config field as FIELD=VALUE, JSON values (e.g. --set model_args='{\"width\": 48}'); repeatable. "
             "A field that has its own flag is set by the flag or by --set, not both: --epochs 5 --set epochs=5 "
@@ -40,11 +68,6 @@ def _data(data: Optional[str], fallback: str = "") -> str:
                                  f"{data} is neither a catalog file nor a folder holding styles.csv. {KAGGLE_HINT}",
                                  param_hint="--data")
     return data
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -161,19 +184,14 @@ def train(
 ):
     """Train a model; the best checkpoint lands in OUT/best (safetensors + JSON)."""
     from fashiontag.training.train import train as run_training
-    try:
-        cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         protocol=protocol, max_train=max_train, seed=seed, progress=progress,
-                                         tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
-                                         title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
-                                         image_size=image_size, precision=precision,
-                                         extra=tuple(extra) if extra else None, **_start(start)),
-                            _parse_sets(set_), need_data=not (resume and not data))
-        best = run_training(cfg, resume=resume)
-    except (CatalogError, FileNotFoundError, ValueError, RunFolderBusy) as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
+    cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     protocol=protocol, max_train=max_train, seed=seed, progress=progress,
+                                     tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
+                                     title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
+                                     image_size=image_size, precision=precision,
+                                     extra=tuple(extra) if extra else None, **_start(start)),
+                        _parse_sets(set_), need_data=not (resume and not data))
+    best = run_training(cfg, resume=resume)
     typer.echo(f"best model: {best}")
 
 
@@ -193,10 +211,7 @@ def evaluate(
 ):
     """Score a model on its test split; writes report.md, metrics.json and plots."""
     from fashiontag.training.evaluate import evaluate as run_evaluation
-    try:
-        summary = run_evaluation(_data(data), model, out, side, flip=flip, engine=engine, titles=titles)
-    except (CatalogError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    summary = run_evaluation(_data(data), model=model, out=out, side=side, flip=flip, engine=engine, titles=titles)
     for t, m in summary["tasks"].items():
         typer.echo(f"{t:15s} accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.3f}  " + (
             f"sample-F1 {m['sample_f1']:.3f} (multi-label)" if "sample_f1" in m
@@ -220,11 +235,9 @@ def audit(
     """Find the catalog's labels that are likely wrong, from a model that did not learn them (cleanlab)."""
     from fashiontag.training.audit import LEVELS
     from fashiontag.training.audit import audit as run_audit
+    result = run_audit(_data(data), model=model, tasks=_tasks(tasks), side=side, progress=progress)
     try:
-        result = run_audit(_data(data), model, _tasks(tasks), side, progress=progress)
         report = result.save(out)
-    except (CatalogError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
     except OSError as e:
         _fail(f"cannot write {out}: {e.strerror or e}")
     typer.echo(f"audited {result.scope}")
@@ -245,7 +258,7 @@ def calibrate(
                                        "$FASHIONTAG_DATA); its validation side is used"),
     precision: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
                                               help="target precision of every task (default: the model's "
-                                                   "training config, else 0.98)"),
+                                                   f"training config, else {DEFAULT_PRECISION})"),
     task_precision: List[str] = typer.Option([], metavar="TASK=P", help="one task's own target; repeatable"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
     reviews: Optional[str] = typer.Option(None, metavar="URL", help="instead of --data: refit the thresholds on the "
@@ -257,11 +270,8 @@ def calibrate(
     if reviews is not None:
         return _calibrate_from_reviews(model, reviews, data, precision, task_precision)
     from fashiontag.training.calibrate import calibrate as run_calibrate
-    try:
-        per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
-        record = run_calibrate(model, _data(data), precision, per_task, progress=progress)
-    except (CatalogError, FileNotFoundError, ValueError, TypeError) as e:
-        _fail(str(e))
+    record = run_calibrate(model, _data(data), precision=precision, task_precision=_task_precision(task_precision),
+                           progress=progress)
     for condition, fitted in (("with titles" if "photo_only" in record else "", record),
                               ("photo alone", record.get("photo_only"))):
         if fitted is None:
@@ -274,18 +284,21 @@ def calibrate(
                        + (f": {c['why']}" if c.get("why") else ""))
 
 
+def _task_precision(pairs: List[str]) -> dict[str, float]:
+    """--task-precision TASK=P pairs."""
+    per_task = _parse_sets(pairs)
+    for task, p in per_task.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise typer.BadParameter(f"{task}={p!r}: not a number", param_hint="--task-precision")
+    return {task: float(p) for task, p in per_task.items()}
+
+
 def _calibrate_from_reviews(model: str, reviews: str, data: Optional[str], precision: Optional[float],
                             task_precision: List[str]) -> None:
-    from fashiontag.model_folder import ModelError
-    from fashiontag.review.store import StoreError
     from fashiontag.training.calibrate import calibrate_from_reviews
     if data is not None:
         _fail("--reviews and --data: one or the other (thresholds from reviewed tags, or from the validation side)")
-    try:
-        per_task = {k: float(v) for k, v in _parse_sets(task_precision).items()}
-        done = calibrate_from_reviews(model, reviews, precision, per_task)
-    except (FileNotFoundError, ValueError, TypeError, StoreError, ModelError) as e:
-        _fail(str(e))
+    done = calibrate_from_reviews(model, reviews, precision=precision, task_precision=_task_precision(task_precision))
     if done["condition"]:
         typer.echo("a photo + title model: the review queue does not record whether a photo came with its title "
                    "(photos from folders come without), so these are the photo-alone thresholds (photo_only)")
@@ -317,8 +330,8 @@ def predict(
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     format: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="csv, tsv or jsonl (default: from --out's extension, else csv)"),
-    top_k: int = typer.Option(1, min=1, metavar="K", help="also write the K-1 runners-up per task"),
-    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+    top_k: int = typer.Option(MIN_TOP_K, min=MIN_TOP_K, metavar="K", help="also write the K-1 runners-up per task"),
+    min_confidence: Optional[float] = typer.Option(None, min=MIN_CONFIDENCE, max=MAX_CONFIDENCE, metavar="P",
                                                    help="flag tags less sure than this in <task>_needs_review "
                                                         "columns (the label is kept); default: the model's "
                                                         "auto-accept threshold per task; 0 flags nothing"),
@@ -346,15 +359,11 @@ def predict(
             _fail("--data is not taken with --on yet: tag the catalog's photo folder")
         return _predict_on_ray(on, paths or [], out, model, top_k, min_confidence, batch_size, progress, engine,
                                flip, actors, csv)
-    from fashiontag.inference.predict import OutputError
     from fashiontag.inference.predict import predict as run_predict
-    try:
-        counts = run_predict(paths or [], out, model, format, top_k, min_confidence, batch_size,
-                             progress and sys.stderr.isatty(), engine=engine, flip=flip, data=data,
-                             catalog_columns={"id_column": id_column, "image_column": image_column,
-                                              "title_column": title_column}, colours=colours)
-    except (CatalogError, FileNotFoundError, OutputError, ValueError) as e:
-        _fail(str(e))
+    counts = run_predict(paths or [], out=out, model=model, fmt=format, top_k=top_k, min_confidence=min_confidence,
+                         batch_size=batch_size, progress=progress and sys.stderr.isatty(), engine=engine, flip=flip,
+                         data=data, catalog_columns={"id_column": id_column, "image_column": image_column,
+                                                     "title_column": title_column}, colours=colours)
     tagged = counts["rows"] - counts["errors"]
     typer.echo(f"tagged {tagged:,} photos; {counts['errors']:,} could not be read"
                + (f"; wrote {out}" if out else ""), err=True)
@@ -376,12 +385,9 @@ def _predict_on_ray(on: str, paths: List[str], out: Optional[str], model: Option
         from fashiontag.inference.ray_backend import tag_on_ray
     except ImportError as e:
         _fail(f"--on ray needs Ray: pip install 'fashiontag[ray]' ({e})")
-    try:
-        s = tag_on_ray(paths, out, address=None if on == "ray" else on, engine=engine, model=model, top_k=top_k,
-                       min_confidence=min_confidence, flip=flip, csv=csv, actors=actors, batch_size=batch_size,
-                       progress=progress and sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    s = tag_on_ray(paths, out, address=None if on == "ray" else on, engine=engine, model=model, top_k=top_k,
+                   min_confidence=min_confidence, flip=flip, csv=csv, actors=actors, batch_size=batch_size,
+                   progress=progress and sys.stderr.isatty())
     typer.echo(f"tagged {s['tagged']:,} photos, {s['errors']:,} could not be read, {s['skipped']:,} were tagged "
                f"before; {s['photos_per_s']:,.0f} photos/s; {s['shards']} new shards in {out}"
                + (f"; wrote {s['csv']}" if s["csv"] else ""), err=True)
@@ -402,10 +408,7 @@ def explore(
     ids and duplicate photos of a catalog."""
     from fashiontag.data.catalog import CatalogSpec
     from fashiontag.training.explore import explore as run_explore
-    try:
-        s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out)
-    except (CatalogError, ValueError) as e:
-        _fail(str(e))
+    s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out=out)
     kinds = ", ".join(f"{c} ({k})" for c, k in s["columns"].items())
     typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in the file, "
                f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups\n"
@@ -435,11 +438,8 @@ def run(
     if resume and not (Path(out) / "last").exists():
         typer.echo(f"nothing to resume: {Path(out) / 'last'} does not exist; training from scratch", err=True)
         resume = False
-    try:
-        best = run_training(TrainConfig(data=d, out=out), resume=resume)
-    except (CatalogError, RunFolderBusy) as e:
-        _fail(str(e))
-    summary = run_evaluation(d, best, report, side="test")
+    best = run_training(TrainConfig(data=d, out=out), resume=resume)
+    summary = run_evaluation(d, model=best, out=report, side="test")
     for t, m in summary["tasks"].items():
         typer.echo(f"{t:15s} test accuracy {m['accuracy']:.2%}")
     typer.echo(f"model: {best}\nreport: {Path(report) / 'report.md'}")
@@ -467,17 +467,14 @@ def serve(
     from fashiontag.serve import serve as run_server
     from fashiontag.serve.app import read_token
     from fashiontag.serve.hosts import is_loopback, serve_hosts
-    try:
-        token = read_token(token_file)
-        _warn_hosts(host, allowed_host or ())
-        if token is None and not is_loopback(host):
-            typer.echo(f"warning: serving on {host} without a token: anyone who reaches the port can tag photos "
-                       "(--token-file FILE or FASHIONTAG_TOKEN to require one)", err=True)
-        run_server(host, port, model, access_log=access_log, engine=engine, token=token,
-                   allowed_hosts=serve_hosts(host, allowed_host or ()), upload_deadline=upload_deadline,
-                   min_upload_rate=min_upload_rate * 1024)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    token = read_token(token_file)
+    _warn_hosts(host, allowed_host or ())
+    if token is None and not is_loopback(host):
+        typer.echo(f"warning: serving on {host} without a token: anyone who reaches the port can tag photos "
+                   "(--token-file FILE or FASHIONTAG_TOKEN to require one)", err=True)
+    run_server(host=host, port=port, model=model, access_log=access_log, engine=engine, token=token,
+               allowed_hosts=serve_hosts(host, allowed_host or ()), upload_deadline=upload_deadline,
+               min_upload_rate=min_upload_rate * 1024)
 
 
 def _warn_hosts(host: str, allowed: tuple[str, ...] | list[str]) -> None:
@@ -509,7 +506,7 @@ def review_start(
     db: Optional[str] = typer.Option(None, metavar="URL", help="SQLAlchemy database URL (default: SQLite beside "
                                      "the first PATH: photos/ -> photos.review.db, tags.csv -> tags.review.db)"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
-    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="P",
+    min_confidence: Optional[float] = typer.Option(None, min=MIN_CONFIDENCE, max=MAX_CONFIDENCE, metavar="P",
                                                    help="review every tag less sure than P (default: the model's "
                                                         "auto-accept threshold per task)"),
     host: str = typer.Option("127.0.0.1", metavar="HOST", help="address to listen on"),
@@ -536,16 +533,11 @@ def review_start(
 ):
     """Queue photos for review (tags, runners-up, thresholds into the database) and serve the review page at /."""
     from fashiontag.review.service import start_review
-    from fashiontag.review.store import StoreError
-    try:
-        if serve:
-            _warn_hosts(host, allowed_host or ())
-        start_review(paths, db, model, min_confidence, host, port, engine, serve,
-                     announce=lambda line: typer.echo(line, err=True), roots=root or (), no_auth=no_auth,
-                     allowed_hosts=tuple(allowed_host or ()), cookie_secure=secure_cookies,
-                     audit_share=audit_share)
-    except (FileNotFoundError, ValueError, StoreError) as e:
-        _fail(str(e))
+    if serve:
+        _warn_hosts(host, allowed_host or ())
+    start_review(paths, db=db, model=model, min_confidence=min_confidence, host=host, port=port, engine=engine,
+                 serve=serve, announce=lambda line: typer.echo(line, err=True), roots=root or (), no_auth=no_auth,
+                 allowed_hosts=tuple(allowed_host or ()), cookie_secure=secure_cookies, audit_share=audit_share)
 
 
 users_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -555,17 +547,14 @@ review_app.add_typer(users_app, name="users")
 
 
 def _on_store(db: str, work, create: bool = False):
-    """work(store) on the review database of `db`, closed after; a store or value error is one line. create: `users
-    add` may create the database, so that a team's accounts exist before its first photos are queued."""
-    from fashiontag.review.store import ReviewStore, StoreError
+    """work(store) on the review database of `db`, closed after. create: `users add` may create the database, so
+    that a team's accounts exist before its first photos are queued."""
+    from fashiontag.review.store import ReviewStore
+    store = ReviewStore(db, create=create)
     try:
-        store = ReviewStore(db, create=create)
-        try:
-            return work(store)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as e:
-        _fail(str(e))
+        return work(store)
+    finally:
+        store.close()
 
 
 @users_app.command("add")
@@ -619,10 +608,7 @@ def review_export(
 ):
     """Write the reviewed tags in the catalog's schema (id column, the model's tasks, the photo's path)."""
     from fashiontag.review.csv_export import export_reviewed
-    try:
-        counts = export_reviewed(db, out, all_, force)
-    except (OSError, ValueError) as e:
-        _fail(str(e))
+    counts = export_reviewed(db, out, include_pending=all_, force=force)
     typer.echo(f"wrote {counts['written']:,} photos to {out}; {counts['pending']:,} still need review"
                + ("" if all_ else " (left out)"), err=True)
 
@@ -658,10 +644,7 @@ def export(
         _fail(f"unknown format {format!r}: only onnx")
     from fashiontag.inference.onnx_export import export_onnx
     from fashiontag.model_folder import default_model_dir
-    try:
-        path = export_onnx(model or default_model_dir(), out, quantize=int8, calibration=calibration or None)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    path = export_onnx(model or default_model_dir(), out=out, quantize=int8, calibration=calibration or None)
     typer.echo(f"wrote {path.with_name(path.name.replace('.int8', ''))} and {path}" if int8 else f"wrote {path}")
 
 
@@ -686,16 +669,12 @@ def tune(
 ):
     """Search hyper-parameters with Optuna (TPE, median pruning); resumable, writes best.json and plots."""
     from fashiontag.training.tune import tune as run_tune
-    try:
-        sets = _parse_sets(set_)
-        _refuse_both(dict(model=model, out=out), sets)
-        # --model and --out (or --set model=, out=) are the search space and the study's folder, not trial settings.
-        space = sets.pop("model", None) or model or "seed-cnn"
-        folder = sets.pop("out", None) or out or "runs/tune"
-        cfg = _train_config(config, dict(data=data, epochs=epochs, max_train=max_train, progress=progress), sets)
-        summary = run_tune(cfg, trials, study or space, storage, space, timeout, folder)
-    except (CatalogError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
+    sets = _parse_sets(set_)
+    _refuse_both(dict(model=model, out=out), sets)
+    # --model and --out (or --set model=, out=) are the search space and the study's folder, not trial settings.
+    space = sets.pop("model", None) or model or "seed-cnn"
+    folder = sets.pop("out", None) or out or "runs/tune"
+    cfg = _train_config(config, dict(data=data, epochs=epochs, max_train=max_train, progress=progress), sets)
+    summary = run_tune(cfg, trials=trials, study_name=study or space, storage=storage, model=space, timeout=timeout,
+                       out=folder)
     typer.echo(f"best.json: {Path(folder) / 'best.json'}" + ("" if summary["best"] else " (no trial completed)"))

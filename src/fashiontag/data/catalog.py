@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fashiontag.data.photos import IMAGE_SUFFIXES
 from fashiontag.data.spreadsheet import restored
+from fashiontag.errors import FashiontagError
 
 # ---- The Kaggle preset: the only place that names the Kaggle catalog's columns.
 KAGGLE_FILE = "styles.csv"
@@ -69,7 +70,7 @@ class Catalog:
         return h.hexdigest()[:16]
 
 
-class CatalogError(Exception):
+class CatalogError(FashiontagError):
     pass
 
 

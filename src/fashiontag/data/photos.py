@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from fashiontag.data.framing import frame
+from fashiontag.errors import FashiontagError
 from fashiontag.model_folder import INPUT_HW
 
 # Decompression bombs: no product photo needs more than this many pixels.
@@ -29,7 +30,7 @@ COUNT_BUDGET_S = 2.0  # counting a folder's photos for the progress bar's total,
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-class ImageError(Exception):
+class ImageError(FashiontagError):
     pass
 
 

@@ -26,6 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fashiontag.errors import FashiontagError
 from fashiontag.review.store import ReviewStore, _now, actions, settings, users
 from fashiontag.serve.hosts import is_loopback
 
@@ -41,7 +42,7 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not a password of anyone")  # verified against for unknown names: same timing
 
 
-class AuthError(ValueError):
+class AuthError(FashiontagError, ValueError):
     """An account that cannot be added or removed, or a service that must not start as asked."""
 
 

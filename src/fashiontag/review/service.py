@@ -9,7 +9,7 @@ from fashiontag.review.queue import AUDIT_SHARE, default_db, fill_queue
 from fashiontag.review.store import ReviewStore
 
 
-def start_review(paths: list[str], db: str | None = None, model: str | Path | None = None,
+def start_review(paths: list[str], *, db: str | None = None, model: str | Path | None = None,
                  min_confidence: float | None = None, host: str = "127.0.0.1", port: int = 8000,
                  engine: str = "onnx", serve: bool = True, announce=print, roots: tuple[str, ...] = (),
                  no_auth: bool = False, allowed_hosts: tuple[str, ...] = (), cookie_secure: bool | None = None,
@@ -32,8 +32,8 @@ def start_review(paths: list[str], db: str | None = None, model: str | Path | No
         if serve:
             from fashiontag.serve.app import serve as run_server
             announce(f"review page: http://{host}:{port}/")
-            run_server(host, port, model, engine=engine, review=store, allowed_host=tuple(allowed_hosts),
-                       cookie_secure=cookie_secure, **serve_options)
+            run_server(host=host, port=port, model=model, engine=engine, review=store,
+                       allowed_host=tuple(allowed_hosts), cookie_secure=cookie_secure, **serve_options)
     finally:
         store.close()
     return counts

@@ -1,25 +1,19 @@
-"""The app: routes, options, model description, and how uvicorn runs it."""
+"""The app: its middleware, error handlers and routers (serve.routes) assembled, and how uvicorn runs it."""
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
 
-import numpy as np
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
@@ -27,18 +21,17 @@ from starlette.requests import ClientDisconnect
 from fashiontag import __version__
 from fashiontag.data.photos import MAX_PIXELS
 from fashiontag.inference.tagger import Tagger
+from fashiontag.inference.thresholds import MAX_TOP_K
 from fashiontag.serve.batching import MicroBatcher
-from fashiontag.serve.errors import ErrorBody, ServeError, error_response
+from fashiontag.serve.errors import ServeError, error_response
 from fashiontag.serve.hosts import serve_hosts
 from fashiontag.serve.protocol import timely_http
-from fashiontag.serve.schema import MAX_TOP_K, TagAnswer, TagForm, TagOptions
-from fashiontag.serve.uploads import MiB, decode_uploads, read_form
+from fashiontag.serve.routes import Service, model_router, problems, tag_router, web_router
+from fashiontag.serve.uploads import MiB
 
 WEB_DIR = Path(__file__).parent.parent / "web"
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
              ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
-OPTION_FIELDS = tuple(TagOptions.model_fields)
-TITLES_FIELD = "titles"
 # A service's passes are small (a few photos each); at 1-16 photos onnxruntime's passes take a quarter to half the
 # time of torch's, whose bf16 kernels pay a fixed cost per call (benchmarks/speed.py prints both).
 SERVE_ENGINE = "onnx"
@@ -84,22 +77,37 @@ class HeadAsGet:
         await self.app(scope, receive, send)
 
 
-def _problems(errors: list[dict], where: str) -> str:
-    return "; ".join(f"{err['loc'][-1]} ({where}): {err['msg']}, got {err.get('input')!r}" for err in errors)
+def add_error_handlers(app: FastAPI) -> None:
+    """Every refusal in the service's one JSON shape (serve.errors), whoever refuses."""
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError):
+        # After a stalled upload the connection goes: the rest of that body is not worth waiting for.
+        headers = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}}.get(e.status)
+        return error_response(e.status, e.code, e.message, e.files, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return error_response(422, "invalid_option", problems(e.errors(), "query"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: ClientDisconnect):
+        # Clients go away mid-upload all the time (a closed tab, a timeout): worth a line, not a traceback.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
+        return Response(status_code=400)  # nobody is left to read it
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):
+        return error_response(500, "internal_error", f"the server failed on this request ({type(e).__name__})")
 
 
-TAG_BODY = {"required": True, "content": {"multipart/form-data": {"schema": TagForm.model_json_schema()}}}
-TAG_REFUSALS = {
-    400: "malformed form, no files, unknown field",
-    408: "the upload stalled mid-body",
-    413: "a photo or the whole upload too large, or too many files",
-    415: "not multipart/form-data, or a file whose content type is not an image",
-    422: "a file that is not a readable image (empty, truncated, zero-pixel, too many pixels), or a bad option",
-    503: "model still loading, or too many photos or uploads waiting",
-}
-
-
-def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_files: int = 64,
+def create_app(model_dir: str | Path | None = None, *, max_batch: int = 64, max_files: int = 64,
                max_upload_bytes: int = 32 * MiB, max_file_bytes: int = 10 * MiB, max_wait_ms: float = 0.0,
                max_queue: int = 4096, max_uploads: int = 128, body_timeout: float = 30.0,
                threads: int | None = None, decode_threads: int | None = None, tagger: Tagger | None = None,
@@ -126,20 +134,19 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     batcher = MicroBatcher(tagger, max_batch=max_batch, max_wait_ms=max_wait_ms)
     limits = {"max_files": max_files, "max_file_bytes": max_file_bytes, "max_upload_bytes": max_upload_bytes,
               "max_batch": max_batch, "max_top_k": MAX_TOP_K, "max_pixels": MAX_PIXELS}
-    info = model_info(tagger, limits)
-    web = _web_files()
-    decoder: dict = {}
-    uploading = 0
+    service = Service(tagger, batcher, model_info(tagger, limits), threads, max_files, max_file_bytes,
+                      max_upload_bytes, max_queue, max_uploads, body_timeout, upload_deadline, min_upload_rate,
+                      rate_grace, bearer=f"Bearer {token}".encode() if token else None, review=review)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        decoder["pool"] = ThreadPoolExecutor(decode_threads or min(4, cpus), thread_name_prefix="fashiontag-decode")
+        service.pool = ThreadPoolExecutor(decode_threads or min(4, cpus), thread_name_prefix="fashiontag-decode")
         await batcher.start()
         try:
             yield
         finally:
             await batcher.stop()
-            decoder.pop("pool").shutdown(wait=False, cancel_futures=True)
+            service.pool.shutdown(wait=False, cancel_futures=True)
 
     # Swagger UI at /docs from files shipped in fastapi-offline: the docs work without the internet.
     app = FastAPIOffline(title="fashiontag", version=__version__, lifespan=lifespan, redoc_url=None,
@@ -150,157 +157,17 @@ def create_app(model_dir: str | Path | None = None, max_batch: int = 64, max_fil
     if allowed_hosts is not None:  # DNS rebinding: a foreign name resolving to this address gets 400
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.tagger, app.state.batcher = tagger, batcher
-    bearer = f"Bearer {token}".encode() if token else None
-
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, e: ServeError):
-        # After a stalled upload the connection goes: the rest of that body is not worth waiting for.
-        headers = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}}.get(e.status)
-        return error_response(e.status, e.code, e.message, e.files, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        return error_response(422, "invalid_option", _problems(e.errors(), "query"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return error_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(request: Request, e: ClientDisconnect):
-        # Clients go away mid-upload all the time (a closed tab, a timeout): worth a line, not a traceback.
-        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
-        return Response(status_code=400)  # nobody is left to read it
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception):
-        return error_response(500, "internal_error", f"the server failed on this request ({type(e).__name__})")
-
-    @app.post("/v1/tag", summary="Tag one or many product photos", response_model=TagAnswer,
-              responses={status: {"model": ErrorBody, "description": d} for status, d in TAG_REFUSALS.items()},
-              openapi_extra={"requestBody": TAG_BODY})
-    async def tag(request: Request, query: Annotated[TagOptions, Query()]):
-        """Send photos in the repeatable multipart field `files`. Each photo gets, per task, a `label` and its
-        calibrated `confidence` (with `top` runners-up when top_k > 1; a multi-label task also lists its `labels`).
-        The model's hierarchy (GET /v1/model) is always consistent. Any bad file refuses the whole request with a 4xx that
-        names every bad file, unless `partial=true`. The options may also come as form fields."""
-        nonlocal uploading
-        if bearer is not None and not hmac.compare_digest(
-                request.headers.get("authorization", "").encode("utf-8", "replace"), bearer):
-            return error_response(401, "unauthorized", "this service needs `Authorization: Bearer TOKEN` (the "
-                                  "token its operator set with --token-file or FASHIONTAG_TOKEN)",
-                                  headers={"WWW-Authenticate": 'Bearer realm="fashiontag"'})
-        if batcher.pending > max_queue:
-            raise ServeError(503, "busy", f"{batcher.pending} photos are waiting; retry shortly")
-        if uploading >= max_uploads:
-            raise ServeError(503, "busy", f"{uploading} uploads are in progress; retry shortly")
-        uploading += 1
-        try:
-            uploads, form = await read_form(request, max_files, max_file_bytes, max_upload_bytes, OPTION_FIELDS,
-                                            body_timeout, list_fields=(TITLES_FIELD,), upload_deadline=upload_deadline,
-                                            min_rate=min_upload_rate, rate_grace=rate_grace)
-            titles = form.pop(TITLES_FIELD)
-            if titles and len(titles) != len(uploads):
-                raise ServeError(422, "invalid_option", f"{len(titles)} titles for {len(uploads)} files: send one "
-                                 f"{TITLES_FIELD!r} field per file, in the same order (empty for none)")
-            try:
-                options = TagOptions.model_validate(query.model_dump() | {k: v for k, v in form.items() if v})
-            except ValidationError as e:
-                raise ServeError(422, "invalid_option", _problems(e.errors(), "form")) from None
-            return await _tag(uploads, options, titles or None)
-        finally:
-            uploading -= 1
-
-    async def _tag(uploads, options: TagOptions, titles: list[str] | None) -> JSONResponse:
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(decoder["pool"], decode_uploads, uploads, tagger.prepare)
-        bad = [u for u in uploads if u.status]
-        if bad and (not options.partial or len(bad) == len(uploads)):
-            status = next(s for s in (413, 415, 422) if any(u.status == s for u in bad))
-            noun = "file" if len(uploads) == 1 else "files"
-            raise ServeError(status, "bad_file", f"{len(bad)} of {len(uploads)} {noun} could not be tagged: "
-                             + "; ".join(f"{u.name}: {u.reason}" for u in bad[:5]) + ("; ..." if len(bad) > 5 else ""),
-                             [u.describe() for u in bad])
-        good = [u for u in uploads if not u.status]
-        tagged = dict(zip((u.index for u in good),
-                          await batcher.tag(np.stack([pixels[u.index] for u in good]), options.top_k,
-                                            [titles[u.index] for u in good] if titles else None)))
-        if options.colours:
-            found = await loop.run_in_executor(decoder["pool"], lambda: [tagger.colours_of(pixels[u.index])
-                                                                         for u in good])
-            for u, colours in zip(good, found):
-                tagged[u.index].colours = colours
-        results = []
-        for u in uploads:
-            if u.status:
-                results.append({"file": u.name, "index": u.index, "error": u.reason, "status": u.status})
-            elif tagged[u.index].error:  # the model failed on it (NaN outputs): the server's fault, not the file's
-                results.append({"file": u.name, "index": u.index, "error": tagged[u.index].error, "status": 500})
-            else:
-                rendered = tagged[u.index].to_dict(options.top_k, options.min_confidence)
-                results.append({"file": u.name, "index": u.index, "tags": rendered["tags"],
-                                **({"colours": rendered["colours"]} if options.colours else {})})
-        failed = sum("error" in r for r in results)
-        if failed > len(bad):
-            log.error("the model failed on %d photos: %s", failed - len(bad),
-                      next(r["error"] for r in results if r.get("status") == 500))
-        # Plain JSON types already: JSONResponse skips FastAPI's per-field encoder, which costs more than the model.
-        return JSONResponse({"model": info["version"], "top_k": options.top_k,
-                             "min_confidence": options.min_confidence, "tagged": len(uploads) - failed,
-                             "failed": failed, "results": results})
-
-    @app.get("/v1/model", summary="The loaded model: tasks, classes, hierarchy, version, validation metrics")
-    async def model():
-        return info
-
-    @app.get("/v1/stats", summary="Micro-batching counters since start-up")
-    async def stats():
-        s = dict(batcher.stats)
-        s["mean_batch"] = round(s["photos"] / s["batches"], 2) if s["batches"] else 0.0
-        s["busy_seconds"] = round(s["busy_seconds"], 3)
-        return s | {"pending": batcher.pending, "uploading": uploading, "inference_threads": threads}
-
-    @app.get("/healthz", summary="Liveness: the process answers")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="Readiness: the model is loaded, warmed up and taking requests (in review mode: "
-                                "and the review database answers)")
-    async def readyz():
-        if not batcher.ready:
-            return error_response(503, "not_ready", "the model is still loading", headers={"Retry-After": "1"})
-        if review is not None:
-            from fashiontag.review.store import StoreUnavailable
-            try:
-                await run_in_threadpool(review.check)
-            except StoreUnavailable as e:
-                return error_response(503, "not_ready", str(e), headers={"Retry-After": "5"})
-        return {"status": "ready", "model": info["version"], "pending": batcher.pending}
-
-    def _asset(name: str) -> Response:
-        if name not in web:
-            raise StarletteHTTPException(404, f"no such file: {name[:100]}")
-        body, media = web[name]
-        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
-
+    add_error_handlers(app)
+    app.include_router(tag_router(service))
+    app.include_router(model_router(service))
     if review is not None:
         from fashiontag.review.routes import review_router
         app.include_router(review_router(review, cookie_secure))
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return _asset("index.html" if review is None else "review.html")
-
-    @app.get("/web/{name}", include_in_schema=False)
-    async def asset(name: str):
-        return _asset(name)
-
+    app.include_router(web_router(_web_files(), "index.html" if review is None else "review.html"))
     return app
 
 
-def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout: float = 10.0,
+def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, header_timeout: float = 10.0,
                   **uvicorn_options) -> uvicorn.Config:
     """uvicorn's settings for the service. No `limit_concurrency`: uvicorn counts open connections against it,
     idle ones included, so slow clients would lock everyone out, health checks too. Instead a request's headers
@@ -338,7 +205,7 @@ def read_token(token_file: str | Path | None) -> str | None:
     return token or None
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, log_level: str = "info",
+def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, log_level: str = "info",
           access_log: bool = True, header_timeout: float = 10.0, allowed_host: tuple[str, ...] = (),
           **options) -> None:
     """Run the service with uvicorn until Ctrl-C. `options` go to create_app (max_batch, max_files, ...); the
@@ -346,4 +213,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = 
     options.setdefault("allowed_hosts", serve_hosts(host, allowed_host))
     app = create_app(model, **options)
     _raise_open_files_limit()
-    uvicorn.Server(server_config(app, host, port, header_timeout, log_level=log_level, access_log=access_log)).run()
+    uvicorn.Server(server_config(app, host=host, port=port, header_timeout=header_timeout, log_level=log_level,
+                                 access_log=access_log)).run()

@@ -7,14 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-MAX_TOP_K = 20
+from fashiontag.inference.thresholds import MAX_CONFIDENCE, MAX_TOP_K, MIN_CONFIDENCE, MIN_TOP_K
 
 
 class TagOptions(BaseModel):
     """The options of POST /v1/tag: query parameters or form fields (a form field wins over the query)."""
 
-    top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="also return the K-1 runners-up per task")
-    min_confidence: float | None = Field(None, ge=0.0, le=1.0,
+    top_k: int = Field(MIN_TOP_K, ge=MIN_TOP_K, le=MAX_TOP_K, description="also return the K-1 runners-up per task")
+    min_confidence: float | None = Field(None, ge=MIN_CONFIDENCE, le=MAX_CONFIDENCE,
                                          description="a task's tag less sure than this is flagged needs_review (its "
                                                      "label is kept); default: the model's threshold per task")
     partial: bool = Field(False, description="tag the good photos and report the bad ones per file with 200, "

@@ -26,7 +26,7 @@ from fashiontag.data.vocab import split_values
 from fashiontag.training import plots
 
 
-def explore(data: str | Path | CatalogSpec, out: str | Path = "reports/explore", cache_dir: str | None = None,
+def explore(data: str | Path | CatalogSpec, *, out: str | Path = "reports/explore", cache_dir: str | None = None,
             progress: bool = True) -> dict:
     spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
     catalog = spec.read()

@@ -10,8 +10,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from fashiontag.errors import FashiontagError
 
-class RunFolderBusy(RuntimeError):
+
+class RunFolderBusy(FashiontagError, RuntimeError):
     pass
 
 

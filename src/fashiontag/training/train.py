@@ -204,7 +204,7 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def train(cfg: TrainConfig, resume: bool = False, on_epoch=None) -> Path:
+def train(cfg: TrainConfig, *, resume: bool = False, on_epoch=None) -> Path:
     """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best).
 
     on_epoch(epoch, mean_val_score), if given, is called on rank 0 after each validation; an exception it raises

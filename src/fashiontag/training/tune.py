@@ -70,7 +70,7 @@ def shared_split(base_cfg: TrainConfig, out: Path) -> str:
     return str(path)
 
 
-def tune(base_cfg: TrainConfig, trials: int = 20, study_name: str = "seed-cnn", storage: str | None = None,
+def tune(base_cfg: TrainConfig, *, trials: int = 20, study_name: str = "seed-cnn", storage: str | None = None,
          model: str = "seed-cnn", timeout: float | None = None, out: str | Path = "runs/tune",
          pruner: optuna.pruners.BasePruner | None = None) -> dict:
     """Run `trials` more trials of study `study_name` (created, or continued when storage already holds it).
