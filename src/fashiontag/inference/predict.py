@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable, Iterator
@@ -55,18 +55,31 @@ def tag_paths(tagger: Tagger | Callable[[], Tagger], paths: Iterable[str | Path]
 
 def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], batch_size: int = 512,
                top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
-               photo_input: PhotoInput | None = None, colours: bool = False) -> Iterator[dict]:
-    """Stream tag rows for photos (with their titles where given; with colours, a `colours` column), in constant
-    memory.
+               photo_input: PhotoInput | None = None, colours: bool = False, review: bool | None = None
+               ) -> Iterator[dict]:
+    """Stream tag rows (tag_row) for photos, with their titles where given; with colours, a `colours` column.
+    review: whether rows carry <task>_needs_review columns (default: whether the tagger's thresholds can flag a
+    tag; give it when `tagger` is a function that loads one). See tag_results."""
+    if review is None:
+        review = reviewed(tagger.model, min_confidence)
+    for photo, result in tag_results(tagger, photos, batch_size, top_k, min_confidence, workers, photo_input,
+                                     colours):
+        row = tag_row(str(photo.path), result, top_k, review, photo.id)
+        yield row if photo.title is None else {"title": photo.title, **row}
 
-    Decoding threads work on the next batches while the model tags this one and the caller writes its rows.
-    `tagger` may be a function that loads one: decoding then starts while the model loads (photo_input needed).
-    """
+
+def tag_results(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], batch_size: int = 512,
+                top_k: int = 1, min_confidence: float | None = None, workers: int | None = None,
+                photo_input: PhotoInput | None = None, colours: bool = False) -> Iterator[tuple[Photo, PhotoResult]]:
+    """Stream (photo, PhotoResult) pairs in the photos' order, in constant memory; a photo that cannot be read gets
+    a result with `error` set. Decoding threads work on the next batches while the model tags this one and the
+    caller uses the results. `tagger` may be a function that loads one: decoding then starts while the model loads
+    (photo_input needed)."""
     files = iter(photos)
     workers = workers or thread_split()[1]
     photo_input = photo_input or tagger.photo_input
     with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
-        ahead: deque[tuple[list[Path], Future]] = deque()
+        ahead: deque[tuple[list[Photo], Future]] = deque()
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
             while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
@@ -75,7 +88,6 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
         read_ahead()
         if callable(tagger) and not isinstance(tagger, Tagger):
             tagger = tagger()
-        review = reviewed(tagger.model, min_confidence)
         while ahead:
             batch, job = ahead.popleft()
             read_ahead()
@@ -83,17 +95,14 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
             titles = [p.title or "" for p, e in zip(batch, errors) if not e] if batch[0].title is not None else None
             results = iter(tagger.tag_pixels(pixels, top_k, min_confidence, titles, colours))
             for photo, error in zip(batch, errors):
-                row = tag_row(str(photo.path), None if error else next(results), error, top_k, review, photo.id)
-                yield row if photo.title is None else {"title": photo.title, **row}
+                yield photo, replace(PhotoResult(error=error) if error else next(results), source=str(photo.path))
 
 
-def tag_row(path: str, result: PhotoResult | None, error: str, top_k: int, review: bool, pid: str = "") -> dict:
+def tag_row(path: str, result: PhotoResult, top_k: int, review: bool, pid: str = "") -> dict:
     """One output row: path, id (the catalog's, else the file name without its extension), the task columns (none
-    for a photo that could not be read or tagged), error (reading's, else tagging's: PhotoResult.error). Every
-    writer of rows (predict, Ray) makes them here."""
-    return {"path": path, "id": pid or PurePosixPath(path).stem,
-            **(result.to_row(top_k, review) if result is not None else {}),
-            "error": error or (result.error if result is not None else "")}
+    for a photo that could not be read or tagged), error (PhotoResult.error). Every writer of rows (predict, Ray)
+    makes them here."""
+    return {"path": path, "id": pid or PurePosixPath(path).stem, **result.to_row(top_k, review), "error": result.error}
 
 
 def catalog_photos(data: str, model: ModelFolder, columns: dict[str, str] | None = None, problems: Problems | None = None
@@ -234,8 +243,9 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
         total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
-                      batch_size, top_k, min_confidence, workers=decode_threads, photo_input=PhotoInput(folder.input_hw, folder.framing),
-                      colours=colours)
+                      batch_size, top_k, min_confidence, workers=decode_threads,
+                      photo_input=PhotoInput(folder.input_hw, folder.framing), colours=colours,
+                      review=reviewed(folder, min_confidence))
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 

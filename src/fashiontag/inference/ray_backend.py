@@ -33,7 +33,7 @@ from ray.data.block import BlockAccessor
 
 from fashiontag.data.photos import IMAGE_SUFFIXES, ImageError, PhotoInput, iter_image_paths
 from fashiontag.inference.predict import printable, printable_row, tag_row, write_rows
-from fashiontag.inference.tagger import Tagger, reviewed
+from fashiontag.inference.tagger import PhotoResult, Tagger, reviewed
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]
@@ -281,7 +281,7 @@ class _TagActor:
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
         review = reviewed(self.tagger.model, self.min_confidence)
         # printable: an error message may quote the file's name, which Parquet's UTF-8 strings cannot hold as is.
-        rows = [printable_row(tag_row(path, next(results) if ok else None, error, self.top_k, review))
+        rows = [printable_row(tag_row(path, next(results) if ok else PhotoResult(error=error), self.top_k, review))
                 | {"size": size, "mtime_ns": mtime_ns}
                 for path, ok, error, size, mtime_ns
                 in zip(batch["path"], readable, batch["error"], batch["size"], batch["mtime_ns"])]

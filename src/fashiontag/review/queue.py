@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 
 from fashiontag.data.photos import Problems, iter_image_paths
 from fashiontag.data.spreadsheet import restored
-from fashiontag.inference.predict import FORMATS, printable, tag_paths
-from fashiontag.inference.tagger import Tagger, check_options
+from fashiontag.inference.predict import FORMATS, Photo, printable, tag_results
+from fashiontag.inference.tagger import PhotoResult, Tagger, check_options
 from fashiontag.model_folder import MULTI, PHOTO_ONLY, ModelFolder
 from fashiontag.review.store import ReviewStore
 
@@ -157,6 +157,15 @@ def queue_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, fl
             "tags": tags}
 
 
+def result_item(path: Path, result: PhotoResult) -> dict:
+    """A photo tagged now (its tags judged by the tagger's thresholds, or min_confidence) as the store takes it,
+    confidences to 4 places as in a tag list."""
+    tags = {t: {"label": tag.label, "confidence": round(tag.confidence, 4),
+                "runners_up": [(label, round(c, 4)) for label, c in tag.runners_up[:TOP_K - 1]],
+                "threshold": tag.threshold} for t, tag in result.tags.items()}
+    return {"path": str(path.resolve()), "item_id": path.stem, "error": result.error, "tags": tags}
+
+
 def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | None = None,
                min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = (),
                audit_share: float = AUDIT_SHARE) -> dict:
@@ -223,11 +232,10 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
         unnamed = [p for p in todo if printable(str(p)) != str(p)]
         todo = [p for p in todo if p not in unnamed]
         tagger = Tagger.load(folder, engine=engine)
-        rows = list(tag_paths(tagger, todo, top_k=TOP_K, min_confidence=min_confidence, problems=problems)
-                    if todo else [])
-        rows += [{"path": printable(str(p.resolve())), "id": printable(p.stem),
-                  "error": "the file name is not UTF-8: rename the file to review it"} for p in unnamed]
-        items = [queue_item(r, vocabs, photo_thresholds, Path.cwd(), separators) for r in rows]
+        items = [result_item(photo.path, result) for photo, result in
+                 tag_results(tagger, map(Photo, todo), top_k=TOP_K, min_confidence=min_confidence)] if todo else []
+        items += [{"path": printable(str(p.resolve())), "item_id": printable(p.stem), "tags": {},
+                   "error": "the file name is not UTF-8: rename the file to review it"} for p in unnamed]
     audits = mark_audits([i for i in items if i["path"] not in known], audit_share)
     added = store.add_photos(items)
     return {"added": added, "queued": len(known) + added, "errors": sum(bool(i["error"]) for i in items),
