@@ -30,7 +30,7 @@ from fashiontag.inference.ray_backend import (  # noqa: E402
     shard_paths,
     tag_on_ray,
 )
-from fashiontag.inference.tagger import Tagger, reviewed  # noqa: E402
+from fashiontag.inference.tagger import Tagger, has_review_columns  # noqa: E402
 
 ENGINE = "onnx"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -132,7 +132,7 @@ class TestLocalInstance:
         with open(summary["csv"], newline="") as f:
             merged = list(csv.DictReader(f))
         tagger = Tagger.load(engine=ENGINE)
-        columns = tagger.columns(review=reviewed(tagger.model, None))  # the shipped model has review thresholds
+        columns = tagger.columns(review=has_review_columns(tagger.model, None))  # the shipped model has review thresholds
         assert list(merged[0]) == columns and [r["path"] for r in merged] == sorted(want)
         assert {r["path"]: r["articleType"] for r in merged} == {p: w.get("articleType", "") for p, w in want.items()}
 

@@ -27,7 +27,7 @@ from fashiontag.data.framing import (
 
 K = 3              # colours per photo: a garment, its print or trim, a third for shoes' soles and bags' straps
 ITERATIONS = 8     # k-means steps; on 1,200 pixels in 3 dimensions it has settled by then
-STRIDE = 2         # every second pixel each way: the colours of 80x60 photos do not change, 4x less work
+STRIDE = 2         # every second pixel each way: the colours of a model-sized photo do not change, 4x less work
 MERGE_DELTA_E = 10.0   # clusters closer than this are one colour told twice (k-means splits a plain product)
 BATCH = 256
 

@@ -28,7 +28,7 @@ from fashiontag.atomic import replacing
 from fashiontag.data.photos import PhotoInput, Problems, count_images, iter_image_paths, load_batch
 from fashiontag.data.spreadsheet import inert_row
 from fashiontag.errors import FashiontagError
-from fashiontag.inference.tagger import PhotoResult, Tagger, check_options, reviewed, row_columns
+from fashiontag.inference.tagger import PhotoResult, Tagger, check_options, has_review_columns, row_columns
 from fashiontag.model_folder import ModelFolder
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -61,7 +61,7 @@ def tag_photos(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], b
     review: whether rows carry <task>_needs_review columns (default: whether the tagger's thresholds can flag a
     tag; give it when `tagger` is a function that loads one). See tag_results."""
     if review is None:
-        review = reviewed(tagger.model, min_confidence)
+        review = has_review_columns(tagger.model, min_confidence)
     for photo, result in tag_results(tagger, photos, batch_size, top_k, min_confidence, workers, photo_input,
                                      colours):
         row = tag_row(str(photo.path), result, top_k, review, photo.id)
@@ -232,7 +232,7 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
     folder = ModelFolder.open(model)  # a bad model folder fails now, before any photo is read
     infer_threads, decode_threads = thread_split()
     problems = Problems()
-    columns = row_columns(folder.tasks, top_k, review=reviewed(folder, min_confidence))
+    columns = row_columns(folder.tasks, top_k, review=has_review_columns(folder, min_confidence))
     if colours:
         columns.insert(-1, "colours")
     if data:
@@ -245,7 +245,7 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
     rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
                       batch_size, top_k, min_confidence, workers=decode_threads,
                       photo_input=PhotoInput(folder.input_hw, folder.framing), colours=colours,
-                      review=reviewed(folder, min_confidence))
+                      review=has_review_columns(folder, min_confidence))
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 

@@ -33,7 +33,7 @@ from ray.data.block import BlockAccessor
 
 from fashiontag.data.photos import IMAGE_SUFFIXES, ImageError, PhotoInput, iter_image_paths
 from fashiontag.inference.predict import printable, printable_row, tag_row, write_rows
-from fashiontag.inference.tagger import PhotoResult, Tagger, reviewed
+from fashiontag.inference.tagger import PhotoResult, Tagger, has_review_columns
 
 # What a re-run compares to decide that a photo is already tagged: the same file in the same version.
 VERSION_KEY = ["path", "size", "mtime_ns"]
@@ -79,7 +79,7 @@ def tag_on_ray(sources: Iterable[str], out: str, *, address: str | None = None, 
     # Loaded once here: a bad model or engine fails before the cluster is touched, and the ONNX export that the
     # actors need is made once rather than by every actor at the same moment.
     tagger = Tagger.load(model, engine=engine, threads=1, flip=flip)
-    schema = shard_schema(tagger.columns(top_k, review=reviewed(tagger.model, min_confidence)))
+    schema = shard_schema(tagger.columns(top_k, review=has_review_columns(tagger.model, min_confidence)))
     remove_partial_shards(out_fs, out_dir)
     sources = list(sources)
     listing = list_photos(sources)
@@ -279,7 +279,7 @@ class _TagActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         readable = batch["error"] == ""
         results = iter(self.tagger.tag_pixels(batch["pixels"][readable], self.top_k, self.min_confidence))
-        review = reviewed(self.tagger.model, self.min_confidence)
+        review = has_review_columns(self.tagger.model, self.min_confidence)
         # printable: an error message may quote the file's name, which Parquet's UTF-8 strings cannot hold as is.
         rows = [printable_row(tag_row(path, next(results) if ok else PhotoResult(error=error), self.top_k, review))
                 | {"size": size, "mtime_ns": mtime_ns}

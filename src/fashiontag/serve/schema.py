@@ -40,7 +40,8 @@ class TaskTag(BaseModel):
     label: str = Field(description="the model's answer")
     confidence: float = Field(description="its calibrated probability")
     needs_review: bool = Field(description="confidence below the threshold: a person should check it")
-    status: Literal["accepted", "needs_review"] = Field(description="accepted: at or above the threshold")
+    status: Literal["auto", "needs_review"] = Field(description="auto: auto-accepted, at or above the threshold "
+                                                    "(\"accepted\" is a person's decision, in review)")
     threshold: float = Field(description="min_confidence, else the model's auto-accept threshold for the task")
     top: list[Candidate] | None = Field(None, description="the answer and its runners-up, when top_k > 1")
 
@@ -51,7 +52,7 @@ class Colour(BaseModel):
     class_: str = Field(alias="class", description="the nearest class of the model's colour task")
 
 
-class PhotoResult(BaseModel):
+class PhotoAnswer(BaseModel):
     file: str
     index: int = Field(description="position in the upload, from 0")
     tags: dict[str, TaskTag] | None = Field(None, description="per task; absent for a photo that failed")
@@ -67,4 +68,4 @@ class TagAnswer(BaseModel):
     min_confidence: float | None
     tagged: int
     failed: int
-    results: list[PhotoResult] = Field(description="one per uploaded file, in upload order")
+    results: list[PhotoAnswer] = Field(description="one per uploaded file, in upload order")

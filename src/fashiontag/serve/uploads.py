@@ -17,13 +17,8 @@ from pathlib import PurePosixPath
 
 import numpy as np
 from fastapi import Request
-
-try:
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-except ImportError:  # python-multipart before 0.0.13 named its module multipart
-    from multipart.exceptions import FormParserError
-    from multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from fashiontag.data.photos import ImageError
 from fashiontag.serve.errors import ServeError
