@@ -37,6 +37,15 @@ RANGES = {
 }
 
 
+# Fields dropped because nothing ever set them (not the CLI's flags, tests, benchmarks, the tuner or the shipped
+# model's config): each held one value, now written where it is used. A config.json saved before still loads:
+# `load` leaves them out, and warns where one held another value (a hand-edited file), since it no longer applies.
+DROPPED = {
+    "device": "auto",   # train.start_process: the GPU when there is one, else the CPU
+    "cache_dir": "",    # train.training_data: the user cache dir, which FASHIONTAG_CACHE moves
+}
+
+
 def protocol_name(protocol: str) -> str:
     """The protocol's current name; "seed" is still accepted for "notebook", with a warning."""
     if protocol == "seed":
@@ -99,11 +108,9 @@ class TrainConfig:
     max_train: int = 0                 # use at most this many training photos (0: all); for quick runs
     seed: int = 0
     split: str = ""                    # reuse this split file instead of making one
-    cache_dir: str = ""                # image cache folder; default the user cache dir
     bf16: bool = True                  # bf16 autocast where the CPU or GPU supports it
     channels_last: bool = True
     compile: bool | None = None        # torch.compile the model; None: where it pays (runs of 2,000 steps or more)
-    device: str = "auto"               # auto: cuda when present, else cpu
     threads: int = 0                   # torch intra-op threads; 0 leaves torch's default
     checkpoint_minutes: float = 2.0    # also save resume state this often inside an epoch
     progress: bool = True
@@ -140,7 +147,14 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A saved config.json; fields since dropped (DROPPED) are left out."""
+        d = json.loads(Path(path).read_text())
+        for name, value in DROPPED.items():
+            saved = d.pop(name, value)
+            if saved != value:
+                warnings.warn(f"{path}: config field {name} is no longer read (see config.DROPPED); its value "
+                              f"{saved!r} is ignored", stacklevel=2)
+        return cls.from_dict(d)
 
     def override(self, **changes) -> "TrainConfig":
         """A copy with the given fields changed; None means "leave as is" (a CLI flag not given)."""

@@ -1,4 +1,8 @@
-"""Training: one readable loop. Runs alone or under torchrun (DistributedDataParallel: gloo on CPU, nccl on GPU)."""
+"""Training: one readable loop. Runs alone or under torchrun (DistributedDataParallel: gloo on CPU, nccl on GPU).
+
+`_train` reads top to bottom: the run's config and data, its photos, the model, the optimizer, the batch loss, the
+resume state, then the epochs (each one `train_epoch`, then `validate` on rank 0), then calibration
+(`finish_model`). The pieces follow in that order."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +34,8 @@ from fashiontag.data.split import load_split, save_split
 from fashiontag.data.taxonomy import MULTI, SINGLE, parse_image_size
 from fashiontag.data.text import TitleDropout, Tokenizer, tokenizer_of
 from fashiontag.inference.engines import TorchEngine, bf16_supported, torch_input
-from fashiontag.inference.tagger import PHOTO_ONLY, Tagger
-from fashiontag.model_folder import DEFAULT_MODEL_DIR, load_meta, write_meta
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import DEFAULT_MODEL_DIR, PHOTO_ONLY, load_meta, write_meta
 from fashiontag.models import TitleFusion, create_model, family_args
 from fashiontag.models.checkpoint import (
     flatten_optimizer,
@@ -50,160 +56,6 @@ COMPILE_MIN_STEPS = 2000
 CENTROID_PHOTOS = 5000  # training photos the colour classes' centroids are taken from (a few seconds)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: float
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The run's augmentation of a batch (see augment.py): `seller` is the share of photos made to look like a
-    seller's (0: the studio recipe only); with sellers' photos, also which photos keep true colours."""
-    if seller:
-        return seller_augment(x, pixels, gen, share=seller)
-    return studio_augment(x, gen), None
-
-
-def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
-                class_weights: dict[str, torch.Tensor | None], kinds: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Per task, rows whose label is unknown (-1) left out: cross-entropy for single-label tasks, for multi-label
-    ones binary cross-entropy summed over the classes."""
-    losses = {}
-    for t, logits in out.items():
-        if kinds[t] == MULTI:
-            known = y[t][:, 0] >= 0
-            per_row = F.binary_cross_entropy_with_logits(logits.float(), y[t].clamp(min=0).float(),
-                                                         reduction="none").sum(1)
-            losses[t] = (per_row * known).sum() / known.sum().clamp(min=1)
-        else:
-            known = (y[t] >= 0).sum().clamp(min=1)
-            losses[t] = F.cross_entropy(logits.float(), y[t], weight=class_weights[t], ignore_index=-1,
-                                        label_smoothing=cfg.label_smoothing, reduction="sum") / known
-    return losses
-
-
-def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, keep: torch.Tensor | None = None
-              ) -> torch.Tensor:
-    """Loss against a teacher's probabilities, averaged over the batch (over the rows in `keep` when given):
-    cross-entropy for a single-label task, binary cross-entropy per class for a multi-label one."""
-    if kind == MULTI:
-        per_row = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1)
-    else:
-        per_row = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
-    if keep is None:
-        return per_row.mean()
-    return (per_row * keep).sum() / keep.sum().clamp(min=1)
-
-
-def scores(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, int]:
-    """(sum, rows) of the per-row score over rows with a known label: 1 for a right class (single-label), the F1 of
-    the predicted set at probability 0.5 (multi-label; an empty set rightly predicted empty scores 1)."""
-    if kind == MULTI:
-        known = y[:, 0] >= 0
-        pred, true = (logits[known] > 0), (y[known] > 0)
-        both = (pred & true).sum(1).float()
-        either = (pred.sum(1) + true.sum(1)).float()
-        f1 = torch.where(either > 0, 2 * both / either.clamp(min=1), torch.ones_like(both))
-        return float(f1.sum()), int(known.sum())
-    known = y >= 0
-    return float((logits.argmax(1)[known] == y[known]).sum()), int(known.sum())
-
-
-def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, rows: np.ndarray, device: torch.device,
-                          bf16: bool, framing: bool, cache_dir: str | None
-                          ) -> dict[str, torch.Tensor]:
-    """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
-
-    Each teacher sees the photos prepared as it was trained (its own size and framing), so a model trained on
-    seller photos with framing can learn from one trained without. A teacher must have the same vocabularies, and
-    must not have trained on this run's validation or test photos."""
-    held_out = set(data.split["val"]) | set(data.split["test"])
-    total: dict[str, torch.Tensor] = {}
-    for folder in teachers:
-        if load_meta(folder)["vocabs"] != data.vocabs:
-            raise ValueError(f"teacher {folder} has other class vocabularies than this run: train it on the same split")
-        split_file = Path(folder) / "split.json"
-        if split_file.exists() and held_out & set(load_split(split_file)["train"]):
-            raise ValueError(f"teacher {folder} trained on photos of this run's validation or test split")
-        teacher = Tagger.load(folder, engine="torch", flip=True, bf16=bf16, device=str(device))
-        seen_as = teacher.photo_input
-        cache = data.cache
-        if (seen_as.hw, seen_as.framing) != (data.hw, framing):
-            cache = build_cache(data.catalog, cache_dir, hw=seen_as.hw, framing=seen_as.framing, progress=False)
-        for t, p in teacher.probabilities(np.ascontiguousarray(cache.pixels[rows])).items():
-            p = torch.from_numpy(p) / len(teachers)
-            total[t] = total[t] + p if t in total else p
-    return total
-
-
-def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], kinds: dict[str, str] | None = None
-               ) -> dict[str, float]:
-    """Per task, the mean score (see `scores`): accuracy, or sample-F1 for a multi-label task (kinds; default:
-    every task single-label)."""
-    acc = {}
-    for t, lg in logits.items():
-        total, n = scores(lg, torch.from_numpy(targets[t]), (kinds or {}).get(t, SINGLE))
-        acc[t] = total / n if n else float("nan")
-    return acc
-
-
-def expected_epoch_seconds(model: nn.Module, x: torch.Tensor | None, tokens: torch.Tensor | None, steps: int,
-                           device: torch.device, bf16: bool, timed: int = 3) -> float:
-    """A training step as the loop takes it (photos, photos and titles, or titles alone for a title expert: x None)
-    timed on a copy of the model, times the steps of an epoch. A warm-up step pays for allocations and kernel choices
-    first; then the median of `timed` steps, since a busy machine's steps vary by half. A title expert's steps never
-    touch a photo, so its title branch alone is timed."""
-    with torch.random.fork_rng():  # the run's own random stream stays as it would be without this
-        trial = copy.deepcopy(model).train()
-        seconds = []
-        for _ in range(1 + timed):
-            start = time.perf_counter()
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                out = (trial.title_logits(tokens) if x is None else trial(x) if tokens is None else trial(x, tokens))
-            sum(v.float().mean() for v in out.values()).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds[1:])) * steps
-
-
-def duration(seconds: float) -> str:
-    """12 s, 3.4 min or 2.1 h: a time as a person reads it."""
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-
-
-def ema_update(decay: float):
-    """AveragedModel's multi_avg_fn: an EMA whose decay warms up as (1+n)/(10+n), so early averages are not dragged
-    back to the random init; one foreach kernel over all tensors rather than a Python loop over them."""
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        d = min(decay, (1 + float(n)) / (10 + float(n)))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1 - d)
-        else:  # BatchNorm's step counters: nothing to average
-            torch._foreach_copy_(averaged, current)
-    return update
-
-
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, on_epoch=None) -> Path:
     """Train cfg.model on cfg.data; returns the folder of the best model (cfg.out/best).
 
@@ -217,6 +69,79 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_epoch=None) -> Path:
 
 def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     out = Path(cfg.out)
+    cfg, state = run_config(cfg, out, resume)
+    device, rank, world = start_process(cfg)
+    bf16 = cfg.bf16 and bf16_supported(device)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, data, fresh_heads = run_data(cfg, out, resume, main=rank == 0)
+    run = Run(cfg, out, device, bf16, rank, world)
+
+    photos, val = split_photos(run, data)
+    # Distillation: the teachers' probabilities for each training photo, computed once (a teacher that sees photos
+    # otherwise caches them in the user cache dir, as training_data does).
+    soft = (teacher_probabilities(cfg.teachers, data, photos.rows, device, bf16, cfg.framing, None)
+            if cfg.teachers else None)
+    net = build_model(run, data, resume, fresh_heads)
+    if run.main and not resume:
+        report_epoch_time(run, net, photos)
+    net.model = compiled(net.model, cfg, photos.steps_per_epoch)
+    opt, lr_of_step = build_optimizer(cfg, net.raw, photos.steps_per_epoch)
+    batch_loss = BatchLoss.of(cfg, data, device, soft)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    progress = restore_resume_state(run, state, net, opt, aug_gen) if state is not None else Progress()
+
+    stop = StopRequest()
+    previous = signal.signal(signal.SIGTERM, stop) if run.main and world == 1 else None
+    started = time.time()
+    try:
+        while progress.epoch < cfg.epochs and progress.stale < cfg.patience:
+            totals = train_epoch(run, net, opt, lr_of_step, batch_loss, photos, progress, aug_gen, stop)
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            if run.main:
+                score = validate(run, net, data, val, progress, totals, opt.param_groups[0]["lr"], started)
+                if on_epoch is not None:
+                    on_epoch(progress.epoch, score)
+            if world > 1:
+                progress.stale = from_rank0(progress.stale)  # early stopping is decided where validation runs
+            save_resume_state(run, net, opt, aug_gen, progress, totals, step=0)
+    except KeyboardInterrupt:
+        if run.main:
+            say_how_to_resume(out)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    if run.main:
+        finish_model(out / "best", data, device, bf16, cfg.channels_last, time.time() - started, progress.history)
+    if world > 1:
+        dist.barrier()
+    return out / "best"
+
+
+# ---- The run: its config, process and data ----
+
+@dataclass(frozen=True)
+class Run:
+    """What every part of a run reads: its settled config, its folder, this process's device, whether bf16
+    autocast is on, and its rank among `world` processes (torchrun; 0 of 1 alone)."""
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    bf16: bool
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that logs, validates and writes the run folder."""
+        return self.rank == 0
+
+
+def run_config(cfg: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, tuple | None]:
+    """The config the run trains with and, resuming, its resume state (checkpoint.load_state of last/). A resumed
+    run takes the config.json it saved (only this call's `progress` kept)."""
     if resume:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
@@ -227,20 +152,32 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
     if resume and state is None:
         raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
                                 "before saving any); train again without --resume")
-    device = pick_device(cfg.device)
+    return cfg, state
+
+
+def start_process(cfg: TrainConfig) -> tuple[torch.device, int, int]:
+    """This process's device, rank and world size: under torchrun it joins the process group, on its LOCAL_RANK's
+    GPU; cfg.threads set torch's thread count."""
+    # The GPU when there is one, else the CPU (CUDA_VISIBLE_DEVICES= keeps a run on the CPU). A config field
+    # `device` once chose; nothing ever set it but to "auto", so it went (config.DROPPED).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    rank, world = _setup_distributed(device)
-    main = rank == 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), world) if world > 1 else (0, 1)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bf16 = cfg.bf16 and bf16_supported(device)
-    torch.manual_seed(cfg.seed)
+    return device, rank, world
 
-    out.mkdir(parents=True, exist_ok=True)
-    split_file = out / "split.json"
+
+def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[TrainConfig, TrainingData, list[str]]:
+    """The run's catalog as training sees it, its config with where it starts (starting_point) and its title branch
+    (title_args) settled, and the tasks whose heads start afresh (a start model that knows other classes). Rank 0
+    writes config.json and split.json and says what it trains on."""
     cfg, start_note = starting_point(cfg) if not resume else (cfg, "")
-    data = training_data(cfg, cfg.split or split_file, progress=cfg.progress and main)
+    data = training_data(cfg, cfg.split or out / "split.json", progress=cfg.progress and main)
     if start_note and main:
         tqdm.write(start_note)
     fresh_heads = []
@@ -248,260 +185,29 @@ def _train(cfg: TrainConfig, resume: bool, on_epoch) -> Path:
         data, kept = data.with_start_vocabs(load_meta(cfg.init)["vocabs"])
         fresh_heads = [t for t in data.vocabs if t not in kept]
     cfg = cfg.override(model_args=title_args(cfg, data.catalog.titles, resume))
-    kinds = data.kinds
-    unknown = sorted(set(cfg.task_precision) - set(kinds))
+    unknown = sorted(set(cfg.task_precision) - set(data.kinds))
     if unknown:
         raise ValueError(f"config field task_precision: {', '.join(unknown)} is not a task of this run "
-                         f"({', '.join(kinds)})")
+                         f"({', '.join(data.kinds)})")
     if main:
         cfg.save(out / "config.json")
-        save_split(data.split, split_file)
-        for p in data.catalog.problems[:10]:
-            tqdm.write(p)
-        tqdm.write(f"{len(data.catalog):,} catalog rows; {data.cache.report()}")
-        tqdm.write("train {:,} / val {:,} / test {:,} photos at {}x{} ({}); classes: {}".format(
-            *(len(data.rows[s]) for s in ("train", "val", "test")), *data.hw, data.hw_note,
-            ", ".join(f"{t} {len(v)}{' (multi-label)' if kinds[t] == MULTI else ''}"
-                      for t, v in data.vocabs.items())))
-        if data.taxonomy.hierarchy:
-            tqdm.write(f"hierarchy, decoded jointly: {' > '.join(data.taxonomy.hierarchy)}")
+        save_split(data.split, out / "split.json")
+        describe(data)
+    return cfg, data, fresh_heads
 
-    train_rows = data.rows["train"]
-    if cfg.max_train and len(train_rows) > cfg.max_train:
-        train_rows = np.sort(np.random.default_rng(cfg.seed).choice(train_rows, cfg.max_train, replace=False))
-    # The training photos live in RAM as uint8 (about 0.5 GB for the full catalog); batches index into it.
-    train_pixels = torch.from_numpy(np.ascontiguousarray(data.cache.pixels[train_rows]))
-    train_y = {t: torch.from_numpy(v[train_rows]) for t, v in data.targets.items()}
-    val_pixels = data.cache.pixels[data.rows["val"]]
-    val_y = {t: v[data.rows["val"]] for t, v in data.targets.items()}
-    # Photo + title: each training title degraded afresh (dropped, cut, words left out), validation's kept whole.
-    tokenizer = tokenizer_of({"arch_args": cfg.model_args})
-    titles = np.array(data.catalog.titles, dtype=object)
-    degrade = TitleDropout(**cfg.title_dropout)
-    val_tokens = tokenizer(list(titles[data.rows["val"]])) if tokenizer else None
 
-    soft = (teacher_probabilities(cfg.teachers, data, train_rows, device, bf16, cfg.framing, cfg.cache_dir or None)
-            if cfg.teachers else None)
-
-    heads = {t: len(v) for t, v in data.vocabs.items()}
-    raw_model = create_model(cfg.model, heads, data.hw, **cfg.model_args)
-    if cfg.init and not resume:
-        start_from(raw_model, cfg.init, fresh_heads)
-    frozen = photo_part(raw_model) if cfg.freeze_photo else []
-    title_expert = bool(frozen) and raw_model.fusion == "late"
-    for part in frozen:
-        part.requires_grad_(False)
-    if cfg.pretrained and not resume:
-        if not hasattr(raw_model, "load_pretrained"):
-            raise ValueError(f"model {cfg.model!r} has no pretrained weights")
-        raw_model.load_pretrained()
-    raw_model = raw_model.to(device)
-    if cfg.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    ema = AveragedModel(raw_model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
-    model: nn.Module = raw_model
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # The last partial batch is dropped: BatchNorm dislikes tiny ones.
-    steps_per_epoch = max(1, len(train_rows) // world // cfg.batch_size)
-    if main and not resume:
-        x = None if title_expert else torch_input(train_pixels[:cfg.batch_size], device, cfg.channels_last)
-        tokens = (torch.from_numpy(tokenizer(list(titles[train_rows[:cfg.batch_size]]))).to(device)
-                  if tokenizer else None)
-        seconds = expected_epoch_seconds(raw_model, x, tokens, steps_per_epoch, device, bf16)
-        tqdm.write(f"expected epoch time: {duration(seconds)} ({steps_per_epoch:,} steps of {cfg.batch_size} "
-                   f"{'titles' if title_expert else 'photos'}, timed before compiling)")
-    # Compiling costs about 45 s here and saves about 5 s an epoch of the full catalog (benchmarks/speed.py).
-    if cfg.compile or (cfg.compile is None and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
-        torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
-        model = torch.compile(model)
-    decay, no_decay = [], []
-    for p in (p for p in raw_model.parameters() if p.requires_grad):
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "rmsprop":
-        opt: torch.optim.Optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7)  # Keras defaults
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use adamw or rmsprop")
-
-    class_weights: dict[str, torch.Tensor | None] = {}
-    for t in heads:
-        if cfg.class_weighting and kinds[t] == SINGLE:
-            counts = torch.from_numpy(data.class_counts(t)).float().clamp(min=1)
-            w = counts.rsqrt()
-            class_weights[t] = (w / (w * counts).sum() * counts.sum()).to(device)
-        else:
-            class_weights[t] = None
-    loss_w = {t: float(cfg.loss_weights.get(t, 1.0)) for t in heads}
-
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-
-    epoch, step_in_epoch, best_score, stale, history, partial_epoch = 0, 0, -1.0, 0, [], None
-    if state is not None:
-        tensors, info = state
-        raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        if ema is not None:
-            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
-        restore_optimizer(opt, tensors, info["param_groups"])
-        aug_gen.set_state(tensors["aug_rng"])
-        torch.set_rng_state(tensors["torch_rng"])
-        epoch, step_in_epoch, best_score, stale, history = (info["epoch"], info["step_in_epoch"], info["best_score"],
-                                                            info["stale"], info["history"])
-        partial_epoch = info.get("partial_epoch")
-        if main:
-            tqdm.write(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch}")
-
-    def save_resume_state(ep: int, st: int) -> None:
-        if not main:
-            return
-        tensors = {f"model/{k}": v for k, v in raw_model.state_dict().items()}
-        if ema is not None:
-            tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
-        opt_tensors, param_groups = flatten_optimizer(opt)
-        tensors.update(opt_tensors)
-        tensors["aug_rng"] = aug_gen.get_state()
-        tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from it
-        # The interrupted epoch's running totals, so that its history entry counts every step.
-        partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": time.time() - t0}
-        save_state(out / "last", tensors, {"epoch": ep, "step_in_epoch": st, "best_score": best_score,
-                                           "stale": stale, "history": history, "param_groups": param_groups,
-                                           "partial_epoch": partial})
-
-    interrupted = {"flag": False}
-
-    def on_signal(signum, frame):
-        interrupted["flag"] = True
-
-    previous = signal.signal(signal.SIGTERM, on_signal) if main and world == 1 else None
-    started = time.time()
-    try:
-        while epoch < cfg.epochs and stale < cfg.patience:
-            perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-            mine = perm[rank::world][: steps_per_epoch * cfg.batch_size]
-            raw_model.train()
-            for part in frozen:
-                part.eval()  # batch-norm statistics stay as trained
-            correct = {t: 0 for t in heads}
-            seen = {t: 0 for t in heads}
-            loss_sum, last_save, t0 = 0.0, time.time(), time.time()
-            if step_in_epoch and partial_epoch:
-                loss_sum, correct, seen = partial_epoch["loss_sum"], partial_epoch["correct"], partial_epoch["seen"]
-                t0 -= partial_epoch["seconds"]
-            bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not (cfg.progress and main), dynamic_ncols=True)
-            for step in range(step_in_epoch, steps_per_epoch):
-                idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                # A title expert never looks at the photos: none are prepared for it.
-                x = None if title_expert else torch_input(train_pixels[idx], device, cfg.channels_last)
-                y = {t: v[idx].to(device) for t, v in train_y.items()}
-                colour_ok = None
-                if cfg.augment and x is not None:
-                    x, colour_ok = augment(x, train_pixels[idx].numpy(), aug_gen,
-                                           cfg.seller_share if cfg.seller_augment else 0.0)
-                    for t in colour_tasks(y) if colour_ok is not None else ():
-                        # Strongly relit: its colour is not the label.
-                        ok = colour_ok if y[t].ndim == 1 else colour_ok[:, None]
-                        y[t] = torch.where(ok, y[t], torch.full_like(y[t], -1))
-                lam, partner = 1.0, None
-                if cfg.mixup > 0 and x is not None:
-                    lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
-                    partner = torch.randperm(len(idx), generator=aug_gen).to(device)
-                    x = lam * x + (1 - lam) * x[partner]
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, cfg)
-                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    if tokenizer is None:
-                        logits = model(x)
-                    else:
-                        rng = np.random.default_rng([cfg.seed, epoch, step])  # the same titles on resume
-                        ids = torch.from_numpy(tokenizer(degrade(list(titles[train_rows[idx.numpy()]]), rng)))
-                        # The photo model frozen: the title branch learns as a classifier of its own, and
-                        # calibration weighs the two (finish_model). Learnt on top of the photo model's logits for
-                        # its own training photos, which it is surer of than of any new photo, it came out too shy.
-                        logits = (raw_model.title_logits(ids.to(device)) if title_expert
-                                  else model(x, ids.to(device)))
-                losses = task_losses(logits, y, cfg, class_weights, kinds)
-                if partner is not None:
-                    other = task_losses(logits, {t: v[partner] for t, v in y.items()}, cfg, class_weights, kinds)
-                    losses = {t: lam * losses[t] + (1 - lam) * other[t] for t in losses}
-                if soft is not None:
-                    target = {t: v[idx].to(device) for t, v in soft.items()}
-                    if partner is not None:
-                        target = {t: lam * v + (1 - lam) * v[partner] for t, v in target.items()}
-                    # A strongly relit photo's colour is not the teacher's either (it saw the photo as shot).
-                    keep = {t: colour_ok.float() for t in colour_tasks(y)} if colour_ok is not None else {}
-                    losses = {t: (1 - cfg.distill) * losses[t]
-                              + cfg.distill * soft_loss(logits[t], target[t], kinds[t], keep.get(t))
-                              for t in losses}
-                loss = sum(loss_w[t] * losses[t] for t in losses)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if ema is not None:
-                    ema.update_parameters(raw_model)
-                loss_sum += loss.item()
-                for t, lg in logits.items():
-                    total, n = scores(lg.detach(), y[t], kinds[t])
-                    correct[t] += total
-                    seen[t] += n
-                bar.update(1)
-                bar.set_postfix({"loss": f"{loss_sum / (step + 1):.3f}",
-                                 **{t[:6]: f"{correct[t] / max(seen[t], 1):.3f}" for t in heads}})
-                if interrupted["flag"] or time.time() - last_save > cfg.checkpoint_minutes * 60:
-                    save_resume_state(epoch, step + 1)
-                    last_save = time.time()
-                    if interrupted["flag"]:
-                        raise KeyboardInterrupt
-            bar.close()
-            step_in_epoch = 0
-            epoch += 1
-
-            if main:
-                eval_model = ema.module if ema is not None else raw_model
-                val_logits = TorchEngine(eval_model, list(heads), str(device), bf16,
-                                         cfg.channels_last).logits_tensors(val_pixels, val_tokens)
-                val_acc = accuracies(val_logits, val_y, kinds)
-                score = float(np.nanmean(list(val_acc.values())))
-                history.append({"epoch": epoch, "seconds": round(time.time() - t0, 1),
-                                "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps_per_epoch),
-                                "train_acc": {t: correct[t] / max(seen[t], 1) for t in heads}, "val_acc": val_acc})
-                improved = score > best_score
-                if improved:
-                    best_score, stale = score, 0
-                    meta = model_meta(cfg, data, history, val_acc, time.time() - started)
-                    save_model(out / "best", eval_model, meta, data.split)
-                else:
-                    stale += 1
-                tqdm.write(f"epoch {epoch}: val " + " ".join(f"{t} {a:.4f}" for t, a in val_acc.items())
-                           + f" | mean {score:.4f}{' (best, saved)' if improved else ''} | {time.time() - t0:.0f}s")
-                if on_epoch is not None:
-                    on_epoch(epoch, score)
-            if world > 1:
-                flag = torch.tensor([stale], dtype=torch.int64)
-                dist.broadcast(flag, 0)
-                stale = int(flag)
-            save_resume_state(epoch, 0)
-    except KeyboardInterrupt:
-        # Ctrl-C stops mid-step: what resumes is the last state saved (each epoch, each checkpoint_minutes, SIGTERM).
-        if main and (out / "last").exists():
-            tqdm.write(f"interrupted: continue from the state last saved in {out / 'last'} with "
-                       f"`fashiontag train --resume --out {out}`")
-        elif main:
-            tqdm.write("interrupted before any resume state was saved: train again without --resume")
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-    if main:
-        finish_model(out / "best", data, device, bf16, cfg.channels_last, time.time() - started, history)
-    if world > 1:
-        dist.barrier()
-    return out / "best"
+def describe(data: TrainingData) -> None:
+    """The catalog's first problems, its size, the split and the classes, as the run starts."""
+    kinds = data.kinds
+    for p in data.catalog.problems[:10]:
+        tqdm.write(p)
+    tqdm.write(f"{len(data.catalog):,} catalog rows; {data.cache.report()}")
+    tqdm.write("train {:,} / val {:,} / test {:,} photos at {}x{} ({}); classes: {}".format(
+        *(len(data.rows[s]) for s in ("train", "val", "test")), *data.hw, data.hw_note,
+        ", ".join(f"{t} {len(v)}{' (multi-label)' if kinds[t] == MULTI else ''}"
+                  for t, v in data.vocabs.items())))
+    if data.taxonomy.hierarchy:
+        tqdm.write(f"hierarchy, decoded jointly: {' > '.join(data.taxonomy.hierarchy)}")
 
 
 def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: bool) -> TrainingData:
@@ -518,8 +224,10 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
         raise ValueError(f"image size {cfg.image_size} differs from {cfg.init}'s input, "
                          f"{'x'.join(map(str, start['input_hw']))}: drop --image-size to start from it, or start "
                          "from scratch (--from scratch)")
+    # cache_dir None: the user cache dir (FASHIONTAG_CACHE moves it). A config field `cache_dir` once chose another;
+    # nothing ever set it, so it went (config.DROPPED).
     return load_dataset(spec, cfg.tasks or start_tasks, cfg.protocol, split_path=split_path,
-                        min_count=cfg.min_count, seed=cfg.seed, cache_dir=cfg.cache_dir or None, progress=progress,
+                        min_count=cfg.min_count, seed=cfg.seed, cache_dir=None, progress=progress,
                         framing=cfg.framing, hw=hw or (tuple(start["input_hw"]) if start else None),
                         hierarchy=cfg.hierarchy, extra=cfg.extra)
 
@@ -577,6 +285,130 @@ def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
     return args
 
 
+# ---- The photos ----
+
+@dataclass
+class TrainPhotos:
+    """The training photos that batches are drawn from, in RAM as uint8 (about 0.5 GB for the full catalog), with
+    their labels and, for a photo + title model, their titles (each degraded afresh at each step: dropped, cut,
+    words left out)."""
+    rows: np.ndarray                 # their catalog rows (at most cfg.max_train)
+    pixels: torch.Tensor
+    y: dict[str, torch.Tensor]       # per task, the labels (-1: unknown)
+    kinds: dict[str, str]            # per task, single- or multi-label
+    titles: np.ndarray               # every catalog row's title
+    tokenizer: Tokenizer | None      # None: a photo model
+    degrade: TitleDropout
+    steps_per_epoch: int             # this rank's steps; the last partial batch is dropped (BatchNorm dislikes tiny ones)
+
+    def title_ids(self, idx: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The token ids of these photos' titles, degraded as rng draws."""
+        return torch.from_numpy(self.tokenizer(self.degrade(list(self.titles[self.rows[idx.numpy()]]), rng)))
+
+
+@dataclass
+class ValPhotos:
+    """The validation photos, labels and (photo + title) whole titles' token ids."""
+    pixels: np.ndarray
+    y: dict[str, np.ndarray]
+    tokens: np.ndarray | None
+
+
+def split_photos(run: Run, data: TrainingData) -> tuple[TrainPhotos, ValPhotos]:
+    """The training photos (cfg.max_train of them at most, drawn with cfg.seed) and the validation photos."""
+    cfg = run.cfg
+    rows = data.rows["train"]
+    if cfg.max_train and len(rows) > cfg.max_train:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_train, replace=False))
+    tokenizer = tokenizer_of({"arch_args": cfg.model_args})
+    titles = np.array(data.catalog.titles, dtype=object)
+    photos = TrainPhotos(rows, torch.from_numpy(np.ascontiguousarray(data.cache.pixels[rows])),
+                         {t: torch.from_numpy(v[rows]) for t, v in data.targets.items()}, data.kinds, titles,
+                         tokenizer, TitleDropout(**cfg.title_dropout),
+                         max(1, len(rows) // run.world // cfg.batch_size))
+    val_rows = data.rows["val"]
+    val = ValPhotos(data.cache.pixels[val_rows], {t: v[val_rows] for t, v in data.targets.items()},
+                    tokenizer(list(titles[val_rows])) if tokenizer else None)
+    return photos, val
+
+
+def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, rows: np.ndarray, device: torch.device,
+                          bf16: bool, framing: bool, cache_dir: str | None
+                          ) -> dict[str, torch.Tensor]:
+    """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
+
+    Each teacher sees the photos prepared as it was trained (its own size and framing), so a model trained on
+    seller photos with framing can learn from one trained without. A teacher must have the same vocabularies, and
+    must not have trained on this run's validation or test photos."""
+    held_out = set(data.split["val"]) | set(data.split["test"])
+    total: dict[str, torch.Tensor] = {}
+    for folder in teachers:
+        if load_meta(folder)["vocabs"] != data.vocabs:
+            raise ValueError(f"teacher {folder} has other class vocabularies than this run: train it on the same split")
+        split_file = Path(folder) / "split.json"
+        if split_file.exists() and held_out & set(load_split(split_file)["train"]):
+            raise ValueError(f"teacher {folder} trained on photos of this run's validation or test split")
+        teacher = Tagger.load(folder, engine="torch", flip=True, bf16=bf16, device=str(device))
+        seen_as = teacher.photo_input
+        cache = data.cache
+        if (seen_as.hw, seen_as.framing) != (data.hw, framing):
+            cache = build_cache(data.catalog, cache_dir, hw=seen_as.hw, framing=seen_as.framing, progress=False)
+        for t, p in teacher.probabilities(np.ascontiguousarray(cache.pixels[rows])).items():
+            p = torch.from_numpy(p) / len(teachers)
+            total[t] = total[t] + p if t in total else p
+    return total
+
+
+# ---- The model ----
+
+@dataclass
+class Net:
+    """The model as the loop uses it: `raw` holds the weights, `model` is what a step calls (raw, wrapped for DDP,
+    maybe compiled), `ema` the weights' average (validated and saved instead, when on), `frozen` the parts that
+    stay still (freeze_photo) and `title_expert` whether its steps read titles alone (photo part frozen, late
+    fusion)."""
+    raw: nn.Module
+    model: nn.Module
+    ema: AveragedModel | None
+    frozen: list[nn.Module]
+    title_expert: bool
+
+    def train_mode(self) -> None:
+        self.raw.train()
+        for part in self.frozen:
+            part.eval()  # batch-norm statistics stay as trained
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What validation scores and best/ saves."""
+        return self.ema.module if self.ema is not None else self.raw
+
+
+def build_model(run: Run, data: TrainingData, resume: bool, fresh_heads: list[str]) -> Net:
+    """cfg.model with a head per task, started as the config says (init, pretrained; a resumed run's weights come
+    from its resume state instead), on the run's device."""
+    cfg, device = run.cfg, run.device
+    raw = create_model(cfg.model, {t: len(v) for t, v in data.vocabs.items()}, data.hw, **cfg.model_args)
+    if cfg.init and not resume:
+        start_from(raw, cfg.init, fresh_heads)
+    frozen = photo_part(raw) if cfg.freeze_photo else []
+    title_expert = bool(frozen) and raw.fusion == "late"
+    for part in frozen:
+        part.requires_grad_(False)
+    if cfg.pretrained and not resume:
+        if not hasattr(raw, "load_pretrained"):
+            raise ValueError(f"model {cfg.model!r} has no pretrained weights")
+        raw.load_pretrained()
+    raw = raw.to(device)
+    if cfg.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    ema = AveragedModel(raw, multi_avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
+    model: nn.Module = raw
+    if run.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Net(raw, model, ema, frozen, title_expert)
+
+
 def photo_part(model: nn.Module) -> list[nn.Module]:
     """What freeze_photo keeps still: a photo + title model's photo part."""
     if not isinstance(model, TitleFusion):
@@ -606,6 +438,363 @@ def start_from(model: nn.Module, folder: str, fresh_heads: list[str] = ()) -> No
                + (f"; {fresh} of this model's {len(own)} start afresh" if fresh else ""))
 
 
+def ema_update(decay: float):
+    """AveragedModel's multi_avg_fn: an EMA whose decay warms up as (1+n)/(10+n), so early averages are not dragged
+    back to the random init; one foreach kernel over all tensors rather than a Python loop over them."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's step counters: nothing to average
+            torch._foreach_copy_(averaged, current)
+    return update
+
+
+def report_epoch_time(run: Run, net: Net, photos: TrainPhotos) -> None:
+    """Say how long an epoch will take, timed on the first batch (before compiling)."""
+    cfg = run.cfg
+    x = None if net.title_expert else torch_input(photos.pixels[:cfg.batch_size], run.device, cfg.channels_last)
+    tokens = (torch.from_numpy(photos.tokenizer(list(photos.titles[photos.rows[:cfg.batch_size]]))).to(run.device)
+              if photos.tokenizer else None)
+    seconds = expected_epoch_seconds(net.raw, x, tokens, photos.steps_per_epoch, run.device, run.bf16)
+    tqdm.write(f"expected epoch time: {duration(seconds)} ({photos.steps_per_epoch:,} steps of {cfg.batch_size} "
+               f"{'titles' if net.title_expert else 'photos'}, timed before compiling)")
+
+
+def expected_epoch_seconds(model: nn.Module, x: torch.Tensor | None, tokens: torch.Tensor | None, steps: int,
+                           device: torch.device, bf16: bool, timed: int = 3) -> float:
+    """A training step as the loop takes it (photos, photos and titles, or titles alone for a title expert: x None)
+    timed on a copy of the model, times the steps of an epoch. A warm-up step pays for allocations and kernel choices
+    first; then the median of `timed` steps, since a busy machine's steps vary by half. A title expert's steps never
+    touch a photo, so its title branch alone is timed."""
+    with torch.random.fork_rng():  # the run's own random stream stays as it would be without this
+        trial = copy.deepcopy(model).train()
+        seconds = []
+        for _ in range(1 + timed):
+            start = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = (trial.title_logits(tokens) if x is None else trial(x) if tokens is None else trial(x, tokens))
+            sum(v.float().mean() for v in out.values()).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds[1:])) * steps
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.4 min or 2.1 h: a time as a person reads it."""
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def compiled(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> nn.Module:
+    """The model torch.compiled where cfg.compile says so (None: where it pays, runs of COMPILE_MIN_STEPS steps or
+    more). Compiling costs about 45 s here and saves about 5 s an epoch of the full catalog (benchmarks/speed.py)."""
+    if cfg.compile or (cfg.compile is None and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
+        torch._dynamo.config.suppress_errors = True  # no C compiler, unsupported op: run eagerly, not fail
+        return torch.compile(model)
+    return model
+
+
+# ---- The optimizer and its schedule ----
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int
+                    ) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
+    """The optimizer over the parameters that learn (weight decay on weights, none on biases and norms' scales),
+    and the learning rate of each step of the run (lr_at: warm-up, then the schedule)."""
+    decay, no_decay = [], []
+    for p in (p for p in model.parameters() if p.requires_grad):
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "rmsprop":
+        opt: torch.optim.Optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7)  # Keras defaults
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use adamw or rmsprop")
+    total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    return opt, lambda step: lr_at(step, total, warmup, cfg)
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- A batch and its loss ----
+
+@dataclass
+class Batch:
+    """A training batch as the model sees it and the loss scores it."""
+    idx: torch.Tensor                     # positions among the training photos (TrainPhotos.rows)
+    x: torch.Tensor | None                # the photos, augmented and mixed; None for a title expert
+    y: dict[str, torch.Tensor]            # per task, the labels (-1: unknown, a relit photo's colour included)
+    colour_ok: torch.Tensor | None = None  # with seller photos: which photos keep their true colours
+    lam: float = 1.0                      # mixup: each photo's share; its partner's is 1 - lam
+    partner: torch.Tensor | None = None   # mixup: the photo each is mixed with; None: no mixup
+
+
+def make_batch(run: Run, net: Net, photos: TrainPhotos, idx: torch.Tensor, aug_gen: torch.Generator, epoch: int,
+               step: int) -> Batch:
+    """The batch of these training photos: moved to the device, augmented (cfg.augment, cfg.seller_augment) and
+    mixed (cfg.mixup). A title expert never looks at the photos: none are prepared for it."""
+    cfg = run.cfg
+    x = None if net.title_expert else torch_input(photos.pixels[idx], run.device, cfg.channels_last)
+    batch = Batch(idx, x, {t: v[idx].to(run.device) for t, v in photos.y.items()})
+    if cfg.augment and x is not None:
+        batch.x, batch.colour_ok = augment(x, photos.pixels[idx].numpy(), aug_gen,
+                                           cfg.seller_share if cfg.seller_augment else 0.0)
+        batch.y = relit_colours_unknown(batch.y, batch.colour_ok)
+    if cfg.mixup > 0 and x is not None:
+        batch.lam = float(np.random.default_rng(epoch * 100003 + step).beta(cfg.mixup, cfg.mixup))
+        batch.partner = torch.randperm(len(idx), generator=aug_gen).to(run.device)
+        batch.x = batch.lam * batch.x + (1 - batch.lam) * batch.x[batch.partner]
+    return batch
+
+
+def augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, seller: float
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's augmentation of a batch (see augment.py): `seller` is the share of photos made to look like a
+    seller's (0: the studio recipe only); with sellers' photos, also which photos keep true colours."""
+    if seller:
+        return seller_augment(x, pixels, gen, share=seller)
+    return studio_augment(x, gen), None
+
+
+def relit_colours_unknown(y: dict[str, torch.Tensor], colour_ok: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The labels with a strongly relit photo's colour tasks unknown (-1): its colour is not the label."""
+    for t in colour_tasks(y) if colour_ok is not None else ():
+        ok = colour_ok if y[t].ndim == 1 else colour_ok[:, None]
+        y[t] = torch.where(ok, y[t], torch.full_like(y[t], -1))
+    return y
+
+
+def forward(run: Run, net: Net, photos: TrainPhotos, batch: Batch, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    """The model's logits per task for the batch: from the photos, the photos and their (degraded) titles, or for a
+    title expert the titles alone."""
+    with torch.autocast(run.device.type, torch.bfloat16, enabled=run.bf16):
+        if photos.tokenizer is None:
+            return net.model(batch.x)
+        ids = photos.title_ids(batch.idx, np.random.default_rng([run.cfg.seed, epoch, step]))  # the same on resume
+        # The photo model frozen: the title branch learns as a classifier of its own, and calibration weighs the
+        # two (finish_model). Learnt on top of the photo model's logits for its own training photos, which it is
+        # surer of than of any new photo, it came out too shy.
+        return net.raw.title_logits(ids.to(run.device)) if net.title_expert else net.model(batch.x, ids.to(run.device))
+
+
+@dataclass
+class BatchLoss:
+    """The loss of a batch: per task (task_losses; class_weights when cfg.class_weighting), with mixup against both
+    photos' labels, with teachers (soft: their probabilities per training photo) partly against theirs
+    (cfg.distill), then summed over tasks weighted by cfg.loss_weights."""
+    cfg: TrainConfig
+    kinds: dict[str, str]
+    class_weights: dict[str, torch.Tensor | None]
+    task_weights: dict[str, float]
+    soft: dict[str, torch.Tensor] | None
+    device: torch.device
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, data: TrainingData, device: torch.device,
+           soft: dict[str, torch.Tensor] | None) -> BatchLoss:
+        class_weights: dict[str, torch.Tensor | None] = {}
+        for t in data.vocabs:
+            if cfg.class_weighting and data.kinds[t] == SINGLE:  # rare classes weigh more, by 1/sqrt(frequency)
+                counts = torch.from_numpy(data.class_counts(t)).float().clamp(min=1)
+                w = counts.rsqrt()
+                class_weights[t] = (w / (w * counts).sum() * counts.sum()).to(device)
+            else:
+                class_weights[t] = None
+        task_weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in data.vocabs}
+        return cls(cfg, data.kinds, class_weights, task_weights, soft, device)
+
+    def __call__(self, logits: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        losses = self.labels(logits, batch.y)
+        if batch.partner is not None:
+            other = self.labels(logits, {t: v[batch.partner] for t, v in batch.y.items()})
+            losses = {t: batch.lam * losses[t] + (1 - batch.lam) * other[t] for t in losses}
+        if self.soft is not None:
+            losses = self.distilled(losses, logits, batch)
+        return sum(self.task_weights[t] * losses[t] for t in losses)
+
+    def labels(self, logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return task_losses(logits, y, self.cfg, self.class_weights, self.kinds)
+
+    def distilled(self, losses: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], batch: Batch
+                  ) -> dict[str, torch.Tensor]:
+        """Each task's loss mixed with the loss against the teachers' probabilities (mixed as the photos were)."""
+        target = {t: v[batch.idx].to(self.device) for t, v in self.soft.items()}
+        if batch.partner is not None:
+            target = {t: batch.lam * v + (1 - batch.lam) * v[batch.partner] for t, v in target.items()}
+        # A strongly relit photo's colour is not the teacher's either (it saw the photo as shot).
+        keep = {t: batch.colour_ok.float() for t in colour_tasks(batch.y)} if batch.colour_ok is not None else {}
+        share = self.cfg.distill
+        return {t: (1 - share) * losses[t] + share * soft_loss(logits[t], target[t], self.kinds[t], keep.get(t))
+                for t in losses}
+
+
+def task_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cfg: TrainConfig,
+                class_weights: dict[str, torch.Tensor | None], kinds: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Per task, rows whose label is unknown (-1) left out: cross-entropy for single-label tasks, for multi-label
+    ones binary cross-entropy summed over the classes."""
+    losses = {}
+    for t, logits in out.items():
+        if kinds[t] == MULTI:
+            known = y[t][:, 0] >= 0
+            per_row = F.binary_cross_entropy_with_logits(logits.float(), y[t].clamp(min=0).float(),
+                                                         reduction="none").sum(1)
+            losses[t] = (per_row * known).sum() / known.sum().clamp(min=1)
+        else:
+            known = (y[t] >= 0).sum().clamp(min=1)
+            losses[t] = F.cross_entropy(logits.float(), y[t], weight=class_weights[t], ignore_index=-1,
+                                        label_smoothing=cfg.label_smoothing, reduction="sum") / known
+    return losses
+
+
+def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, keep: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Loss against a teacher's probabilities, averaged over the batch (over the rows in `keep` when given):
+    cross-entropy for a single-label task, binary cross-entropy per class for a multi-label one."""
+    if kind == MULTI:
+        per_row = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(1)
+    else:
+        per_row = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
+    if keep is None:
+        return per_row.mean()
+    return (per_row * keep).sum() / keep.sum().clamp(min=1)
+
+
+# ---- One epoch ----
+
+@dataclass
+class EpochTotals:
+    """An epoch's running totals: the loss summed over its steps, per task the scores summed and the rows scored,
+    when it started (a resumed epoch counts its time before the interruption), and its steps."""
+    loss_sum: float
+    correct: dict[str, float]
+    seen: dict[str, int]
+    t0: float
+    steps: int
+
+    @classmethod
+    def start(cls, tasks: list[str], steps: int, partial: dict | None = None) -> EpochTotals:
+        """New totals, or those of an epoch stopped part-way (its resume state's partial_epoch)."""
+        if partial:
+            return cls(partial["loss_sum"], partial["correct"], partial["seen"], time.time() - partial["seconds"],
+                       steps)
+        return cls(0.0, {t: 0 for t in tasks}, {t: 0 for t in tasks}, time.time(), steps)
+
+    def add(self, loss: float, logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor], kinds: dict[str, str]
+            ) -> None:
+        self.loss_sum += loss
+        for t, lg in logits.items():
+            total, n = scores(lg.detach(), y[t], kinds[t])
+            self.correct[t] += total
+            self.seen[t] += n
+
+    def train_acc(self) -> dict[str, float]:
+        return {t: self.correct[t] / max(self.seen[t], 1) for t in self.correct}
+
+    def partial(self) -> dict:
+        """What the resume state keeps, so that the interrupted epoch's history entry counts every step."""
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen, "seconds": time.time() - self.t0}
+
+
+def train_epoch(run: Run, net: Net, opt: torch.optim.Optimizer, lr_of_step: Callable[[int], float],
+                batch_loss: BatchLoss, photos: TrainPhotos, progress: Progress, aug_gen: torch.Generator,
+                stop: StopRequest) -> EpochTotals:
+    """One epoch of this rank's share of the training photos, from progress.step_in_epoch (a resumed run's step):
+    resume state saved every cfg.checkpoint_minutes, and on SIGTERM, which then stops the run as Ctrl-C would."""
+    cfg, epoch, steps = run.cfg, progress.epoch, photos.steps_per_epoch
+    perm = torch.randperm(len(photos.rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+    mine = perm[run.rank::run.world][: steps * cfg.batch_size]
+    net.train_mode()
+    totals = EpochTotals.start(list(photos.kinds), steps, progress.partial_epoch if progress.step_in_epoch else None)
+    last_save = time.time()
+    bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not (cfg.progress and run.main), dynamic_ncols=True)
+    for step in range(progress.step_in_epoch, steps):
+        batch = make_batch(run, net, photos, mine[step * cfg.batch_size:(step + 1) * cfg.batch_size], aug_gen,
+                           epoch, step)
+        for g in opt.param_groups:
+            g["lr"] = lr_of_step(epoch * steps + step)
+        logits = forward(run, net, photos, batch, epoch, step)
+        loss = batch_loss(logits, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if net.ema is not None:
+            net.ema.update_parameters(net.raw)
+        totals.add(loss.item(), logits, batch.y, photos.kinds)
+        bar.update(1)
+        bar.set_postfix({"loss": f"{totals.loss_sum / (step + 1):.3f}",
+                         **{t[:6]: f"{a:.3f}" for t, a in totals.train_acc().items()}})
+        if stop.requested or time.time() - last_save > cfg.checkpoint_minutes * 60:
+            save_resume_state(run, net, opt, aug_gen, progress, totals, step=step + 1)
+            last_save = time.time()
+            if stop.requested:
+                raise KeyboardInterrupt
+    bar.close()
+    return totals
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, int]:
+    """(sum, rows) of the per-row score over rows with a known label: 1 for a right class (single-label), the F1 of
+    the predicted set at probability 0.5 (multi-label; an empty set rightly predicted empty scores 1)."""
+    if kind == MULTI:
+        known = y[:, 0] >= 0
+        pred, true = (logits[known] > 0), (y[known] > 0)
+        both = (pred & true).sum(1).float()
+        either = (pred.sum(1) + true.sum(1)).float()
+        f1 = torch.where(either > 0, 2 * both / either.clamp(min=1), torch.ones_like(both))
+        return float(f1.sum()), int(known.sum())
+    known = y >= 0
+    return float((logits.argmax(1)[known] == y[known]).sum()), int(known.sum())
+
+
+# ---- Validation ----
+
+def validate(run: Run, net: Net, data: TrainingData, val: ValPhotos, progress: Progress, totals: EpochTotals,
+             lr: float, started: float) -> float:
+    """After an epoch (rank 0): score the model on the validation photos, add the epoch to the history, save the
+    model to best/ when its mean score is the best yet (else count a stale epoch), say so; returns the mean."""
+    cfg, out = run.cfg, run.out
+    val_logits = TorchEngine(net.evaluated, list(data.vocabs), str(run.device), run.bf16,
+                             cfg.channels_last).logits_tensors(val.pixels, val.tokens)
+    val_acc = accuracies(val_logits, val.y, data.kinds)
+    score = float(np.nanmean(list(val_acc.values())))
+    progress.history.append({"epoch": progress.epoch, "seconds": round(time.time() - totals.t0, 1), "lr": lr,
+                             "train_loss": totals.loss_sum / max(1, totals.steps),
+                             "train_acc": totals.train_acc(), "val_acc": val_acc})
+    improved = score > progress.best_score
+    if improved:
+        progress.best_score, progress.stale = score, 0
+        meta = model_meta(cfg, data, progress.history, val_acc, time.time() - started)
+        save_model(out / "best", net.evaluated, meta, data.split)
+    else:
+        progress.stale += 1
+    tqdm.write(f"epoch {progress.epoch}: val " + " ".join(f"{t} {a:.4f}" for t, a in val_acc.items())
+               + f" | mean {score:.4f}{' (best, saved)' if improved else ''} | {time.time() - totals.t0:.0f}s")
+    return score
+
+
+def accuracies(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray], kinds: dict[str, str] | None = None
+               ) -> dict[str, float]:
+    """Per task, the mean score (see `scores`): accuracy, or sample-F1 for a multi-label task (kinds; default:
+    every task single-label)."""
+    acc = {}
+    for t, lg in logits.items():
+        total, n = scores(lg, torch.from_numpy(targets[t]), (kinds or {}).get(t, SINGLE))
+        acc[t] = total / n if n else float("nan")
+    return acc
+
+
 def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dict, seconds: float) -> dict:
     return {"fashiontag_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "arch": cfg.model, "arch_args": cfg.model_args, "input_hw": list(data.hw),
@@ -614,6 +803,85 @@ def model_meta(cfg: TrainConfig, data: TrainingData, history: list, val_acc: dic
             "val_acc": val_acc, "history": history, "train_seconds": round(seconds, 1),
             "temperatures": {t: 1.0 for t in data.vocabs}}
 
+
+# ---- Resume state ----
+
+@dataclass
+class Progress:
+    """Where the run stands: the epoch (those done) and the step in it, the best mean validation score, the epochs
+    since it improved, the history; resuming, the interrupted epoch's totals (EpochTotals.partial)."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_score: float = -1.0
+    stale: int = 0
+    history: list = field(default_factory=list)
+    partial_epoch: dict | None = None
+
+
+def save_resume_state(run: Run, net: Net, opt: torch.optim.Optimizer, aug_gen: torch.Generator, progress: Progress,
+                      totals: EpochTotals, step: int) -> None:
+    """Rank 0 saves to last/ what a resumed run needs to go on from this step of progress.epoch: the weights (and
+    their EMA), the optimizer, the random streams, the progress and the epoch's totals so far."""
+    if not run.main:
+        return
+    tensors = {f"model/{k}": v for k, v in net.raw.state_dict().items()}
+    if net.ema is not None:
+        tensors.update({f"ema/{k}": v for k, v in net.ema.state_dict().items()})
+    opt_tensors, param_groups = flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    tensors["aug_rng"] = aug_gen.get_state()
+    tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from it
+    save_state(run.out / "last", tensors, {"epoch": progress.epoch, "step_in_epoch": step,
+                                           "best_score": progress.best_score, "stale": progress.stale,
+                                           "history": progress.history, "param_groups": param_groups,
+                                           "partial_epoch": totals.partial()})
+
+
+def restore_resume_state(run: Run, state: tuple, net: Net, opt: torch.optim.Optimizer, aug_gen: torch.Generator
+                         ) -> Progress:
+    """The saved weights, optimizer and random streams put back; returns the progress saved with them."""
+    tensors, info = state
+    net.raw.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    if net.ema is not None:
+        net.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+    restore_optimizer(opt, tensors, info["param_groups"])
+    aug_gen.set_state(tensors["aug_rng"])
+    torch.set_rng_state(tensors["torch_rng"])
+    progress = Progress(info["epoch"], info["step_in_epoch"], info["best_score"], info["stale"], info["history"],
+                        info.get("partial_epoch"))
+    if run.main:
+        tqdm.write(f"resuming {run.out} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}")
+    return progress
+
+
+class StopRequest:
+    """The SIGTERM handler (a scheduler ending the job): the epoch saves resume state after its current step and
+    stops as Ctrl-C would."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+
+
+def from_rank0(value: int) -> int:
+    """Rank 0's value, on every rank."""
+    flag = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(flag, 0)
+    return int(flag)
+
+
+def say_how_to_resume(out: Path) -> None:
+    # Ctrl-C stops mid-step: what resumes is the last state saved (each epoch, each checkpoint_minutes, SIGTERM).
+    if (out / "last").exists():
+        tqdm.write(f"interrupted: continue from the state last saved in {out / 'last'} with "
+                   f"`fashiontag train --resume --out {out}`")
+    else:
+        tqdm.write("interrupted before any resume state was saved: train again without --resume")
+
+
+# ---- The finished model ----
 
 def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
