@@ -43,7 +43,7 @@ QUICK_MAX_TRAIN = 1000
 
 def seed_config(data: str, out: Path, epochs: int, split: str, max_train: int, progress: bool = True) -> TrainConfig:
     """The notebook's recipe on the seed protocol."""
-    return TrainConfig(data=data, out=str(out), model="seed-cnn", protocol="seed", optimizer="rmsprop",
+    return TrainConfig(data=data, out=str(out), model="seed-cnn", protocol="notebook", optimizer="rmsprop",
                        batch_size=128, epochs=epochs, lr=1e-3, weight_decay=0.0, warmup_epochs=0.0,
                        schedule="constant", label_smoothing=0.0, loss_weights={}, class_weighting=False, augment=False,
                        mixup=0.0, ema=0.0, patience=epochs, split=split, max_train=max_train,
@@ -69,7 +69,7 @@ def seed_protocol_accuracy(model_dir: Path, data: str, seed_vocabs: dict[str, li
                            notes: list[str]) -> tuple[dict[str, float], int]:
     """A model's accuracy per seed task on the seed protocol's test photos and classes; and how many photos."""
     tagger = Tagger.load(model_dir)
-    ds = load_dataset(data, NOTEBOOK_TASKS, "seed", split_path=split, vocabs=seed_vocabs, progress=False)
+    ds = load_dataset(data, NOTEBOOK_TASKS, "notebook", split_path=split, vocabs=seed_vocabs, progress=False)
     rows = ds.rows["test"]
     logits = tagger.engine.logits(np.asarray(ds.cache.pixels[rows]))
     acc = {}

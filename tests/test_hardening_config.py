@@ -29,10 +29,10 @@ def test_config_refuses_an_unknown_schedule():
         TrainConfig(schedule="linear")
 
 
-def test_protocol_seed_is_a_deprecated_name_for_notebook():
+def test_the_protocols_are_all_and_notebook_and_seed_is_gone():
     assert TrainConfig(protocol="notebook").protocol == "notebook"
-    with pytest.warns(FutureWarning, match='now called "notebook"'):
-        assert TrainConfig.from_dict({"protocol": "seed"}).protocol == "notebook"
+    with pytest.raises(ValueError, match="unknown protocol 'seed'"):
+        TrainConfig.from_dict({"protocol": "seed"})
     with pytest.raises(ValueError, match="unknown protocol"):
         TrainConfig(protocol="kaggle")
 

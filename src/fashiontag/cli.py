@@ -170,7 +170,7 @@ def train(
     lr: Optional[float] = typer.Option(None, metavar="RATE", help=f"peak learning rate (default: {TrainConfig.lr})"),
     protocol: Optional[str] = typer.Option(None, metavar="all|notebook",
                                            help="all (default): every task and class; notebook: the original "
-                                           "notebook's three tasks and classes (formerly 'seed')"),
+                                           "notebook's three tasks and classes"),
     max_train: Optional[int] = typer.Option(None, metavar="N", help="train on at most this many photos (quick runs)"),
     seed: Optional[int] = typer.Option(None, metavar="N", help="random seed of the split, the initial weights and "
                                        f"augmentation (default: {TrainConfig.seed})"),

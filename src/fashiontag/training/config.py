@@ -10,9 +10,9 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fashiontag.inference.thresholds import precision_targets
+from fashiontag.inference.thresholds import DEFAULT_PRECISION, precision_targets
 
-# "notebook": the original notebook's filtering and three tasks. It was called "seed", which read like the RNG seed.
+# "notebook": the original notebook's filtering and three tasks.
 PROTOCOLS = ("all", "notebook")
 SCHEDULES = ("cosine", "constant")
 STARTS = ("auto", "scratch", "shipped", "imagenet")
@@ -47,11 +47,7 @@ DROPPED = {
 
 
 def protocol_name(protocol: str) -> str:
-    """The protocol's current name; "seed" is still accepted for "notebook", with a warning."""
-    if protocol == "seed":
-        warnings.warn('protocol "seed" is now called "notebook"; "seed" will stop working', FutureWarning,
-                      stacklevel=3)
-        return "notebook"
+    """The protocol, checked."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     return protocol
@@ -100,7 +96,7 @@ class TrainConfig:
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
     # Auto-accept thresholds (thresholds.py): per task, the lowest confidence whose validation precision reaches
     # the task's target in task_precision, else `precision`.
-    precision: float = 0.98
+    precision: float = DEFAULT_PRECISION
     task_precision: dict = field(default_factory=dict)
     ema: float = 0.999                 # weight EMA decay; 0 turns it off
     patience: int = 8                  # early stopping: epochs without a better validation score
