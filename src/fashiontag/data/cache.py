@@ -79,7 +79,8 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
         except ImageError as e:
             return i, None, str(e)
 
-    # PIL releases the GIL while decoding, so threads use every core without copying arrays between processes.
+    # The decoders (photos.decode) release the GIL, so threads use every core without copying arrays between
+    # processes.
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         for i, arr, err in tqdm(pool.map(load, range(n), chunksize=64), total=n, disable=not progress,
                                 desc="decoding photos", unit="img"):

@@ -1,11 +1,18 @@
 """Product photos: finding them (files and folders walked in constant memory), reading any kind (file, bytes, PIL
 image, array) into the model's fixed-size RGB input or an error that says why, and a perceptual hash to find
-re-listed photos. Every path into a model (predict, the service, review, Ray, training's cache) reads photos here."""
+re-listed photos. Every path into a model (predict, the service, review, Ray, training's cache) reads photos here.
+
+A shop's photos are 600-2,000 px and the model looks at 80x60, so plain JPEG, WebP and PNG files are decoded by
+faster decoders than Pillow's (benchmarks/decode.py): JPEG by libjpeg-turbo at a reduced DCT scale (simplejpeg),
+WebP and PNG by imagecodecs (libwebp, libpng). Both release the GIL, so predict's decoding threads run
+beside inference. Anything else (CMYK JPEG, 16-bit, palette or transparent-colour PNG, animated WebP, GIF, ...) and
+any file a fast decoder rejects goes through Pillow, as every photo did before: same pixels, same error messages."""
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import sys
 import time
 import warnings
@@ -13,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import imagecodecs
 import numpy as np
-from PIL import Image, ImageOps
+import simplejpeg
+from PIL import ExifTags, Image
 from tqdm import tqdm
 
 from fashiontag.data.framing import frame
@@ -50,6 +59,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# EXIF orientation -> the transpose that makes the photo upright (as PIL.ImageOps.exif_transpose does)
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The photo as its EXIF orientation says it is seen. Unlike ImageOps.exif_transpose, a photo without one is
+    not copied: for a 600x800 photo that copy took longer than shrinking it to the model's size."""
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return img.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else img
+
+
 def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
     """Scale to fit inside hw keeping the aspect ratio, centre on the background: (H, W, 3) uint8.
 
@@ -57,7 +79,7 @@ def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = 
     framing, the photo is first cropped to its product (framing.py) and padded with its own background colour.
     """
     h, w = hw
-    img = to_rgb(ImageOps.exif_transpose(img) or img)
+    img = to_rgb(upright(img))
     background = BACKGROUND
     if framing:
         img, found = frame(img)
@@ -72,7 +94,32 @@ def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = 
 
 
 def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
-    """Bytes or a file path to a letterboxed (H, W, 3) uint8 array; raises ImageError with the reason."""
+    """Bytes or a file path to a letterboxed (H, W, 3) uint8 array; raises ImageError with the reason.
+
+    A plain JPEG, WebP or PNG goes through its fast decoder; anything else, and a file a fast decoder rejects,
+    through Pillow, which also words the error of a file that cannot be read at all."""
+    if isinstance(data, (bytes, bytearray)):
+        raw = bytes(data)
+    else:
+        try:
+            with open(data, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise ImageError(f"file not found: {data}") from None
+        except OSError:  # a folder, no permission: Pillow says so in its words, naming the file
+            return decode_with_pillow(data, hw, framing)
+    if not raw:
+        raise ImageError("empty file")
+    reader = FAST_READERS.get(_format(raw))
+    img = reader(raw, hw) if reader else None
+    if img is None:
+        return decode_with_pillow(data, hw, framing)
+    return letterbox(img, hw, framing)
+
+
+def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+    """decode() through Pillow alone: any format, any mode. The fallback, and the reference the fast decoders are
+    measured against (tests/test_decode.py, benchmarks/decode.py)."""
     try:
         if isinstance(data, (bytes, bytearray)):
             src = io.BytesIO(data)
@@ -87,8 +134,7 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
             with Image.open(src) as img:
                 if img.width < 1 or img.height < 1:
                     raise ImageError("zero-pixel image")
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(TOO_LARGE.format(f"{img.width}x{img.height}"))
+                _check_pixels(img.width, img.height)
                 img.draft("RGB", (hw[1] * 2, hw[0] * 2))  # JPEG: decode at reduced scale when the photo is big
                 img.load()
                 return letterbox(img, hw, framing)
@@ -100,6 +146,111 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
         raise ImageError(TOO_LARGE.format("the photo")) from None
     except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
         raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(TOO_LARGE.format(f"{width}x{height}"))
+
+
+def _format(raw: bytes) -> str | None:
+    """The container, from the file's first bytes (never its name: shops misname files)."""
+    if raw[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _read_jpeg(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
+    """A YCbCr, RGB or grey JPEG decoded at the DCT scale Pillow's draft picks (the largest power of two that keeps
+    twice the model's size), so the pixels are Pillow's; None for CMYK and damaged data."""
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(raw)
+        if colourspace in ("CMYK", "YCCK") or width < 1 or height < 1:
+            return None
+        _check_pixels(width, height)
+        orientation = 1
+        if b"Exif" in raw[:65536]:  # APP1 comes first; Pillow reads the header only (~0.05 ms)
+            with Image.open(io.BytesIO(raw)) as head:
+                orientation = head.getexif().get(ExifTags.Base.Orientation, 1)
+    except ImageError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow's fallback reads it again and says what is wrong
+        return None
+    ratio = min(width // (hw[1] * 2), height // (hw[0] * 2))
+    scale = next((s for s in (8, 4, 2) if ratio >= s), 1)
+    try:
+        rgb = simplejpeg.decode_jpeg(raw, "RGB", min_height=-(-height // scale), min_width=-(-width // scale))
+    except Exception:  # noqa: BLE001 - any complaint (truncated, corrupt data): Pillow decides and words it
+        return None
+    img = Image.fromarray(rgb)
+    return img.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else img
+
+
+def _read_png(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
+    """An 8-bit grey, RGB or RGBA PNG (alpha composited on white later, in to_rgb); None for 16-bit, palette and
+    transparent-colour files, animations and files with EXIF (orientation), which Pillow reads."""
+    if len(raw) < 33 or raw[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", raw[16:26])
+    if depth != 8 or colour not in (0, 2, 4, 6) or width < 1 or height < 1:
+        return None
+    chunks = _png_chunks(raw)
+    if chunks & {b"tRNS", b"acTL", b"eXIf"} or (chunks & {b"tEXt", b"zTXt", b"iTXt"}
+                                                and b"Raw profile type exif" in raw):  # EXIF as ImageMagick writes it
+        return None
+    _check_pixels(width, height)
+    try:
+        pixels = imagecodecs.png_decode(raw)
+        return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+    except Exception:  # noqa: BLE001 - Pillow decides and words it
+        return None
+
+
+def _png_chunks(raw: bytes) -> set[bytes]:
+    """The types of a PNG's chunks, walked by their lengths (a few dozen steps, the data never read)."""
+    kinds, at = set(), 8
+    while at + 8 <= len(raw):
+        length, kind = struct.unpack(">I4s", raw[at:at + 8])
+        kinds.add(kind)
+        at += 12 + length
+    return kinds
+
+
+WEBP_ANIMATED, WEBP_EXIF = 0x02, 0x08  # VP8X flags
+
+
+def _read_webp(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
+    """A still WebP, lossy or lossless, with or without alpha; None for animations (Pillow takes the first frame)
+    and files with EXIF (orientation)."""
+    if len(raw) < 30:
+        return None
+    chunk = raw[12:16]
+    if chunk == b"VP8X":
+        if raw[20] & (WEBP_ANIMATED | WEBP_EXIF):
+            return None
+        width, height = 1 + int.from_bytes(raw[24:27], "little"), 1 + int.from_bytes(raw[27:30], "little")
+    elif chunk == b"VP8 ":
+        width, height = (int.from_bytes(raw[26:28], "little") & 0x3FFF, int.from_bytes(raw[28:30], "little") & 0x3FFF)
+    elif chunk == b"VP8L":
+        bits = int.from_bytes(raw[21:25], "little")
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    else:
+        return None
+    if width < 1 or height < 1:
+        return None
+    _check_pixels(width, height)
+    try:
+        return Image.fromarray(imagecodecs.webp_decode(raw))
+    except Exception:  # noqa: BLE001 - Pillow decides and words it
+        return None
+
+
+# The fast decoder of each format; benchmarks/decode.py empties it to measure Pillow alone.
+FAST_READERS = {"jpeg": _read_jpeg, "png": _read_png, "webp": _read_webp}
 
 
 def load_photo(source, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
