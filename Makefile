@@ -2,14 +2,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-deps screenshot install clean
+.PHONY: run test test-fast test-deps screenshot install clean
 
+# What running needs; the tests' extras (Ray, PostgreSQL's driver, Playwright, moto) come with `make test`.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -17,8 +23,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fashiontag run $(if $(DATA),--data $(DATA))
 
-test: $(STAMP) test-deps
+test: $(TEST_STAMP) test-deps
 	$(PY) -m pytest -q -rs
+
+# The inner loop: the tests that need no browser, database server, Ray instance or training of several epochs.
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -rs -m "not slow and not real"
 
 # System packages the tests use: Debian's chromium for the browser tests, Debian's postgresql for the review
 # store's PostgreSQL tests (they start their own throwaway server; the service apt-get may start is not used).
@@ -37,7 +47,7 @@ test-deps:
 	fi
 
 # Refreshes docs/screenshot-web.png and docs/screenshot-review.png: the shipped model on real photos (needs ../shared/data/fashion-small).
-screenshot: $(STAMP) test-deps
+screenshot: $(TEST_STAMP) test-deps
 	$(PY) tests/browser.py
 	$(PY) tests/browser.py --review
 
