@@ -103,7 +103,7 @@ def test_training_stores_thresholds_that_tagging_uses_by_default(trained, catalo
         for t, tag in r.tags.items():
             assert tag.threshold == meta["thresholds"][t]
             assert tag.needs_review == (tag.confidence < meta["thresholds"][t])
-            assert r.to_dict()["tags"][t]["status"] == ("needs_review" if tag.needs_review else "accepted")
+            assert r.to_dict()["tags"][t]["status"] == ("needs_review" if tag.needs_review else "auto")
     # --min-confidence still overrides; 0 flags nothing
     assert not any(tag.needs_review for r in tagger(photos, min_confidence=0.0) for tag in r.tags.values())
     predict([str(p) for p in photos], out=str(tmp_path / "tags.csv"), model=str(trained))
