@@ -502,7 +502,8 @@ app.add_typer(review_app, name="review")
 @review_app.command("start")
 def review_start(
     paths: List[str] = typer.Argument(..., metavar="PATH...", help="photos and folders to tag, or one predict "
-                                      "output (.csv, .tsv, .jsonl) to load"),
+                                      "output (.csv, .tsv, .jsonl) to load, or one `fashiontag audit` file "
+                                      "(audit.csv: its flagged labels, the catalog's beside the suggestion)"),
     db: Optional[str] = typer.Option(None, metavar="URL", help="SQLAlchemy database URL (default: SQLite beside "
                                      "the first PATH: photos/ -> photos.review.db, tags.csv -> tags.review.db)"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
@@ -515,7 +516,8 @@ def review_start(
     serve: bool = typer.Option(True, help="serve the review page once the queue is filled"),
     root: Optional[List[str]] = typer.Option(None, metavar="DIR", help="another folder the photos may come from "
                                              "(repeatable): the page is served photos from inside the folders "
-                                             "given as PATH (a predict output's own folder) and these only"),
+                                             "given as PATH (a predict output's or audit's own folder) and "
+                                             "these only: an audit's photos need their catalog's images folder"),
     no_auth: bool = typer.Option(False, "--no-auth", help="serve beyond loopback (--host 0.0.0.0, ...) even with no "
                                  "accounts in the database: anyone who reaches the port can read and change "
                                  "everything (see `review users add`)"),

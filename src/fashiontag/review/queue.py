@@ -1,5 +1,7 @@
-"""Filling a review queue: photos tagged now (files and folders) or a `predict` output (CSV, TSV, JSON lines)
-loaded as it is, each photo's tags stored with their runners-up and thresholds.
+"""Filling a review queue: photos tagged now (files and folders), a `predict` output (CSV, TSV, JSON lines) loaded
+as it is, or a catalog audit (`fashiontag audit`'s audit.csv: one product per item, its flagged tasks to review
+with the catalog's label beside the model's suggestion), each photo's tags stored with their runners-up and
+thresholds.
 
 The queue records the folders its photos come from (the folders given, or the predict output's folder, plus any
 `roots`), and the review page is served photo files from inside those only: a symlink in a photo folder or a path
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -28,6 +31,8 @@ DB_SUFFIX = ".review.db"
 # The share of auto-accepted tags queued for a person all the same (audits): what measures the thresholds' promise
 # on the shop's own photos (review/stats.py).
 AUDIT_SHARE = 0.02
+# The columns that tell a catalog audit (training/audit.py's audit.csv) from a predict output.
+AUDIT_COLUMNS = ("catalog_label", "suggested_label")
 
 
 def default_db(paths: list[str]) -> str:
@@ -65,12 +70,13 @@ def audit_draws(path: str, tasks: Iterable[str], share: float) -> set[str]:
 
 
 def mark_audits(items: list[dict], share: float) -> int:
-    """Mark the drawn auto-accepted tags of items (audit_draws) as audits; returns how many."""
+    """Mark the drawn auto-accepted tags of items (audit_draws) as audits; returns how many. A catalog audit's tags
+    are none of them: they need review anyway, and were picked for disagreeing, no random sample of the sure tags."""
     marked = 0
     for item in items:
         drawn = audit_draws(item["path"], item["tags"], share)
         for t, tag in item["tags"].items():
-            if t in drawn and tag["confidence"] >= tag["threshold"]:
+            if t in drawn and tag["confidence"] >= tag["threshold"] and not tag.get("catalog_label"):
                 tag["audit"] = True
                 marked += 1
     return marked
@@ -157,6 +163,71 @@ def queue_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, fl
             "tags": tags}
 
 
+def is_audit(row: object) -> bool:
+    """Whether a row read by read_tag_list comes from a catalog audit: its file has the audit's label columns."""
+    return isinstance(row, dict) and all(c in row for c in AUDIT_COLUMNS)
+
+
+def _listed(text: str) -> dict[str, float]:
+    """An audit's runners_up cell, "label p; label p; ...", as {label: p}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
+        label, _, value = part.rpartition(" ")
+        try:
+            p = float(value)
+        except ValueError:
+            p = math.nan
+        if not label or not 0.0 <= p <= 1.0:
+            raise RowRefused(f"runners_up {part!r} is not a label and its probability")
+        out[label] = p
+    return out
+
+
+def audit_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, float], base: Path) -> dict:
+    """One row of a catalog audit (id, task, catalog_label, suggested_label, score, path, title, runners_up) as the
+    store takes it: its product's photo with the one task, read by queue_item as a predict row of that task alone.
+    The model's suggestion is the tag's label, with its probability as the confidence (0 where the audit does not
+    list it among its runners-up: unknown, so it sorts as least sure), the catalog's label its `catalog_label`, and
+    the other classes listed its runners-up, the catalog's among them at 1 - score. A row whose task the model
+    lacks, whose labels are not its classes, whose numbers are not probabilities or whose photo is missing is
+    refused (RowRefused)."""
+    if not isinstance(row, dict):
+        raise RowRefused("not a JSON object")
+    task, catalog, suggested = row.get("task"), row.get("catalog_label"), row.get("suggested_label")
+    if task not in vocabs:
+        raise RowRefused(f"task {task!r} is not one of the model's ({', '.join(vocabs)})")
+    if not catalog or not suggested:
+        raise RowRefused(f"no {'catalog_label' if not catalog else 'suggested_label'}")
+    if catalog not in vocabs[task]:
+        raise RowRefused(f"{task} {catalog!r} is not one of the model's classes")
+    if catalog == suggested:
+        raise RowRefused(f"the suggested {task} is the catalog's own ({catalog!r}): nothing to review")
+    listed = _listed(row.get("runners_up"))
+    listed.setdefault(catalog, round(1.0 - _confidence(row, "score"), 4))
+    runners = sorted(((c, p) for c, p in listed.items() if c != suggested), key=lambda cp: -cp[1])[:TOP_K - 1]
+    predicted = {"path": row.get("path"), "id": row.get("id"), task: suggested,
+                 f"{task}_confidence": listed.get(suggested, 0.0),
+                 **{k: v for r, (c, p) in enumerate(runners, start=2)
+                    for k, v in ((f"{task}_top{r}", c), (f"{task}_top{r}_confidence", p))}}
+    item = queue_item(predicted, {task: vocabs[task]}, thresholds, base)
+    if not Path(item["path"]).is_file():
+        raise RowRefused(f"no photo at {item['path']}")
+    item["tags"][task]["catalog_label"] = catalog
+    return item
+
+
+def add_to_product(products: dict[str, dict], item: dict) -> None:
+    """Merge one audit row's item into its product's (by id): one review item per product, with every task flagged.
+    The same id with another photo, or a task listed twice, is refused (RowRefused)."""
+    known = products.setdefault(item["item_id"], {**item, "tags": {}})
+    if known["path"] != item["path"]:
+        raise RowRefused(f"id {item['item_id']} was listed with another photo ({known['path']})")
+    (task, tag), = item["tags"].items()
+    if task in known["tags"]:
+        raise RowRefused(f"{task} of id {item['item_id']} is listed twice")
+    known["tags"][task] = tag
+
+
 def result_item(path: Path, result: PhotoResult) -> dict:
     """A photo tagged now (its tags judged by the tagger's thresholds, or min_confidence) as the store takes it,
     confidences to 4 places as in a tag list."""
@@ -170,9 +241,11 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
                min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = (),
                audit_share: float = AUDIT_SHARE) -> dict:
     """Add to the queue the photos under `paths` that it does not hold yet (tagging them now), or the rows of
-    one predict output file. min_confidence replaces the model's thresholds. roots: more folders that photos may
-    come from (a predict output's photos elsewhere than its own folder, symlinked photos' folders). A photo outside
-    the queue's folders, or a row of a predict output that cannot be queued, is skipped with a warning naming it.
+    one predict output or catalog audit file (told apart by the audit's columns, AUDIT_COLUMNS: see audit_item and
+    add_to_product). min_confidence replaces the model's thresholds. roots: more folders that photos may come from
+    (a predict output's or an audit's photos elsewhere than its own folder, such as the catalog's images/;
+    symlinked photos' folders). A photo outside the queue's folders, or a row of a file that cannot be queued, is
+    skipped with a warning naming it.
     audit_share: the share of auto-accepted tags of the photos added that is queued for review all the same, marked
     as audits (audit_draws). Thresholds: a photo + title model's photos are judged by the record of what they came
     with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does.
@@ -203,26 +276,37 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
             return False
         skipped += 1
         problems.warn(f"{shown}: the photo lies outside the folders this review serves ({', '.join(allowed)}); "
-                      "skipped (--root FOLDER adds one)")
+                      f"skipped (--root {real.parent} would serve its folder)")
         return True
 
     items = []
     if len(paths) == 1 and is_tag_list(paths[0]):
         tag_list = Path(paths[0])
-        for line, row in read_tag_list(tag_list):
+        rows = read_tag_list(tag_list)
+        first = next(rows, None)
+        from_audit = first is not None and is_audit(first[1])
+        products: dict[str, dict] = {}
+        for line, row in itertools.chain([first] if first else [], rows):
             # A file of another model's tags is refused whole: every row of it would be.
-            if isinstance(row, dict) and not row.get("error") and (missing := [t for t in vocabs if t not in row]):
+            if not from_audit and isinstance(row, dict) and not row.get("error") and (
+                    missing := [t for t in vocabs if t not in row]):
                 raise ValueError(f"{tag_list}, line {line}: no {', '.join(missing)} column: tag it with this "
                                  f"model (its tasks: {', '.join(vocabs)})")
+            chosen = thresholds if isinstance(row, dict) and row.get("title") else photo_thresholds
             try:
-                item = queue_item(row, vocabs, thresholds if isinstance(row, dict) and row.get("title") else
-                                  photo_thresholds, tag_list.parent, separators)
+                if from_audit:
+                    item = audit_item(row, vocabs, chosen, tag_list.parent)
+                    if not outside(f"{tag_list}, line {line}", Path(item["path"])):
+                        add_to_product(products, item)
+                    continue
+                item = queue_item(row, vocabs, chosen, tag_list.parent, separators)
             except RowRefused as e:
                 skipped += 1
                 problems.warn(f"{tag_list}, line {line}: {e}; skipped")
                 continue
             if not outside(f"{tag_list}, line {line}", Path(item["path"])):
                 items.append(item)
+        items += products.values()
     else:
         # A missing path is reported as missing, not as outside.
         todo = [p for p in iter_image_paths(paths, problems)

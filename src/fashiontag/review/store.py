@@ -9,6 +9,10 @@ has looked), `accepted` (a person kept the label), `corrected` (a person chose a
 audit (`audit`, fill_queue's audit_share) was at or above its threshold but is queued as `needs_review` all the same,
 so that people measure the auto-accepted tags' precision as the queue runs (review/stats.py); it stays marked as an
 audit after review.
+
+A tag queued from a catalog audit (`fashiontag audit`'s audit.csv, queue.audit_item) carries the catalog's label
+(`catalog_label`) beside the model's suggestion (`model_label`, never the catalog's): it always needs review, and
+keeping the catalog's label is `corrected`, as any label other than the model's is: the model was wrong there.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from fashiontag.errors import FashiontagError
 from fashiontag.inference.decode import needs_review
 
-# 2: tags.audit (a version-1 database gains it, false, when opened: _migrate).
+# 2: tags.audit (a version-1 database gains it, false, when opened: _migrate). tags.catalog_label came later without
+# a new version: a nullable column that a fashiontag from before neither reads nor needs to write (_add_catalog_label).
 SCHEMA_VERSION = 2
 REVIEWED = ("accepted", "corrected")
 UNTOUCHED = ("needs_review", "auto")
@@ -67,7 +72,8 @@ tags = Table("tags", metadata,
              Column("version", Integer, nullable=False),
              Column("reviewer", String(128)),
              Column("updated_at", String(32)),
-             Column("audit", Boolean, nullable=False, default=False, server_default=false()))
+             Column("audit", Boolean, nullable=False, default=False, server_default=false()),
+             Column("catalog_label", String(256)))  # a catalog audit's tag: the catalog's label; else NULL
 actions = Table("actions", metadata,
                 Column("id", Integer, primary_key=True, autoincrement=True),
                 Column("reviewer", String(128), nullable=False),
@@ -198,6 +204,8 @@ class ReviewStore:
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
                 elif found is not None and found < SCHEMA_VERSION:
                     found = _migrate(conn, found)
+                if found == SCHEMA_VERSION:  # a newer schema is refused below, untouched
+                    _add_catalog_label(conn)
         except DatabaseError as e:  # no server, no such file or folder, or a file that is not a database
             self.engine.dispose()
             raise StoreError(f"--db {self.shown_url}: cannot open the database ({reason(e)})") from None
@@ -269,9 +277,9 @@ class ReviewStore:
             return set(conn.execute(select(photos.c.path)).scalars())
 
     def add_photos(self, items: list[dict]) -> int:
-        """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold[, audit]}}}; a path
-        already in the queue is skipped (its review goes on). A tag with a true `audit` is queued as needing review
-        whatever its confidence. Returns how many were added."""
+        """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold[, audit][,
+        catalog_label]}}}; a path already in the queue is skipped (its review goes on). A tag with a true `audit` or a
+        catalog_label is queued as needing review whatever its confidence. Returns how many were added."""
         known = self.known_paths()
         new = [i for i in items if i["path"] not in known]
         with self.engine.begin() as conn:
@@ -281,7 +289,8 @@ class ReviewStore:
                 rows = [{"photo_id": pid, "task": t, "model_label": tag["label"], "confidence": tag["confidence"],
                          "runners_up": json.dumps(tag["runners_up"]), "threshold": tag["threshold"],
                          "label": tag["label"], "version": 1, "audit": bool(tag.get("audit")),
-                         "status": "needs_review" if tag.get("audit") or needs_review(
+                         "catalog_label": tag.get("catalog_label"),
+                         "status": "needs_review" if tag.get("audit") or tag.get("catalog_label") or needs_review(
                              tag["label"], tag["confidence"], tag["threshold"]) else "auto"}
                         for t, tag in item["tags"].items()]
                 if rows:
@@ -305,7 +314,8 @@ class ReviewStore:
             out[r.photo_id]["tags"][r.task] = {
                 "label": r.label, "status": r.status, "version": r.version, "reviewer": r.reviewer,
                 "updated_at": r.updated_at, "model_label": r.model_label, "confidence": r.confidence,
-                "threshold": r.threshold, "runners_up": json.loads(r.runners_up), "audit": bool(r.audit)}
+                "threshold": r.threshold, "runners_up": json.loads(r.runners_up), "audit": bool(r.audit),
+                "catalog_label": r.catalog_label}
         return list(out.values())
 
     def photo(self, photo_id: int, conn: Connection | None = None) -> dict:
@@ -335,7 +345,7 @@ class ReviewStore:
     def review(self, photo_id: int, decisions: dict[str, dict], reviewer: str, confirm: bool = False) -> dict:
         """A person's decision on some tags of one photo, as one undoable action. decisions: {task: {label,
         version}}, version being the tag's version the person saw; the label equal to the model's is `accepted`,
-        another is `corrected`. Returns {action, photo}."""
+        another is `corrected` (a catalog audit's tag kept at the catalog's label too). Returns {action, photo}."""
         reviewer = _reviewer(reviewer)
         model = self.model() or {}
         vocabs = model.get("vocabs", {})
@@ -452,13 +462,26 @@ def _migrate(conn: Connection, found: int) -> int:
     return found
 
 
+def _add_catalog_label(conn: Connection) -> None:
+    """Give a database made before catalog audits its tags.catalog_label (NULL: no tag came from an audit)."""
+    if "catalog_label" in {c["name"] for c in inspect(conn).get_columns(tags.name)}:
+        return
+    # Two servers opening one PostgreSQL queue at once: the second finds the column there once the first commits.
+    exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
+    conn.exec_driver_sql(f"ALTER TABLE {tags.name} ADD COLUMN{exists} catalog_label VARCHAR(256)")
+
+
 def unseen_combination(model: dict, labels: dict[str, str]) -> list[str] | None:
-    """The hierarchy labels (finest first) when their combination is not one seen in training, else None."""
+    """The hierarchy labels (finest first) when their combination is not one seen in training, else None. A level
+    the photo holds no tag for (a catalog audit queues only the tasks it flagged) matches any label: the catalog
+    keeps its own there."""
     hierarchy = model.get("hierarchy")
     if not hierarchy:
         return None
     combo = [labels.get(t) for t in hierarchy["tasks"]]
-    return None if combo in hierarchy["combinations"] else combo
+    if any(all(want is None or want == seen for want, seen in zip(combo, c)) for c in hierarchy["combinations"]):
+        return None
+    return [label for label in combo if label is not None]
 
 
 def _reviewer(name: str) -> str:

@@ -132,26 +132,44 @@
 
   // ------------------------------------------------------------------ decisions
   // Labels to write when `task` becomes `label`: a finer level of the hierarchy sets its parents, from the
-  // combination seen in training that keeps the current parents where it can.
-  function withParents(photo, task, label) {
+  // combination seen in training that keeps the parents' `prefer`red labels (default: their current ones) where it
+  // can. A level the photo holds no tag for (a catalog audit queues only the tasks it flagged) is neither matched
+  // nor written: the catalog keeps its own label there.
+  function withParents(photo, task, label, prefer = (tag) => tag.label) {
     const out = { [task]: label };
     const h = state.model.hierarchy;
     const level = h ? h.tasks.indexOf(task) : -1;
     if (level < 0) return out;
     const matches = h.combinations.filter((c) => c[level] === label);
     if (!matches.length) return out;
-    const current = h.tasks.map((t) => photo.tags[t].label);
-    const best = matches.find((c) => c.every((l, i) => i <= level || l === current[i])) || matches[0];
-    for (let i = level + 1; i < h.tasks.length; i++) out[h.tasks[i]] = best[i];
+    const wanted = h.tasks.map((t) => (photo.tags[t] ? prefer(photo.tags[t]) || photo.tags[t].label : null));
+    const best = matches.find((c) => c.every((l, i) => i <= level || wanted[i] === null || l === wanted[i]))
+      || matches[0];
+    for (let i = level + 1; i < h.tasks.length; i++) if (photo.tags[h.tasks[i]]) out[h.tasks[i]] = best[i];
     return out;
   }
 
   function unseen(photo, labels) {
     const h = state.model.hierarchy;
     if (!h) return null;
-    const combo = h.tasks.map((t) => (t in labels ? labels[t] : photo.tags[t].label));
-    return h.combinations.some((c) => c.every((l, i) => l === combo[i])) ? null : combo;
+    const combo = h.tasks.map((t) => (t in labels ? labels[t] : photo.tags[t] ? photo.tags[t].label : null));
+    return h.combinations.some((c) => c.every((l, i) => combo[i] === null || l === combo[i])) ? null
+      : combo.filter((l) => l !== null);
   }
+
+  // A catalog audit's tag (catalog_label set): keep the catalog's label (`c`), or take the model's suggestion
+  // (`s`, the tag's model_label), its parents following the same side where they were flagged too.
+  function keepCatalog(photo, task) {
+    return decide(photo, withParents(photo, task, photo.tags[task].catalog_label, (tag) => tag.catalog_label));
+  }
+
+  function takeSuggestion(photo, task) {
+    return decide(photo, withParents(photo, task, photo.tags[task].model_label, (tag) => tag.model_label));
+  }
+
+  // The model's probability of the catalog's label: the audit queues it among the runners-up.
+  const catalogChance = (tag) => (tag.runners_up.find(([label]) => label === tag.catalog_label) || [null, 0])[1];
+  const pct = (p) => `${(p * 100).toFixed(0)}%`;
 
   async function decide(photo, labels) {
     const name = reviewer();
@@ -216,8 +234,10 @@
   };
   // Who decided a tag: nobody while the tag is untouched (an undone tag is untouched again, whoever undid it).
   const decidedBy = (t) => (UNTOUCHED.includes(t.status) ? null : t.reviewer);
+  // A catalog audit's tag comes the sooner the less likely the model finds the catalog's label: the audit's own
+  // order (its score is 1 - that probability).
   const margin = (p) => Math.min(...Object.values(p.tags).filter((t) => UNTOUCHED.includes(t.status))
-    .map((t) => t.confidence - t.threshold), Infinity);
+    .map((t) => (t.catalog_label ? catalogChance(t) - 1 : t.confidence - t.threshold)), Infinity);
 
   function visible() {
     const task = filters.task.value, cls = filters.cls.value, who = filters.reviewer.value;
@@ -225,14 +245,17 @@
     const list = state.photos.filter((p) => !p.error && (
       show === "all" || (show === "reviewed" ? reviewed(p)
         : Object.values(p.tags).some((t) => t.status === "needs_review" && (!task || t === p.tags[task]))))
-      && (!cls || (task && p.tags[task].label === cls))
+      && (!cls || (task && p.tags[task] && p.tags[task].label === cls))
       && (!who || Object.values(p.tags).some((t) => decidedBy(t) === who)));
     const sort = sortSelect.value;
     const byTask = task || state.model.tasks[0];
+    // A catalog audit's photo holds only the tasks flagged: one without the task sorted by comes last.
+    const by = (a, b, compare) => (byTask in a.tags ? 0 : 1) - (byTask in b.tags ? 0 : 1)
+      || (byTask in a.tags && byTask in b.tags ? compare(a.tags[byTask], b.tags[byTask]) : 0);
     const keys = {
       uncertain: (a, b) => margin(a) - margin(b),
-      confidence: (a, b) => a.tags[byTask].confidence - b.tags[byTask].confidence,
-      class: (a, b) => a.tags[byTask].label.localeCompare(b.tags[byTask].label),
+      confidence: (a, b) => by(a, b, (x, y) => x.confidence - y.confidence),
+      class: (a, b) => by(a, b, (x, y) => x.label.localeCompare(y.label)),
       queue: (a, b) => a.id - b.id,
     };
     return list.sort((a, b) => keys[sort](a, b) || a.id - b.id);
@@ -289,7 +312,7 @@
   function focusedTask(photo) {
     if (!(photo.id in state.focus)) {
       const first = Object.entries(photo.tags).find(([, t]) => t.status === "needs_review");
-      state.focus[photo.id] = first ? first[0] : state.model.tasks[0];
+      state.focus[photo.id] = first ? first[0] : Object.keys(photo.tags)[0];
     }
     return state.focus[photo.id];
   }
@@ -330,7 +353,7 @@
       tr.title = `model: ${tag.model_label}; auto-accept at ${(tag.threshold * 100).toFixed(0)}%` +
         (who ? `; ${tag.status} by ${who}` : "");
       if (who) tr.dataset.reviewer = who;
-      const cells = [task, tag.label, `${(tag.confidence * 100).toFixed(0)}%`, STATUS_TEXT[tag.status] || tag.status];
+      const cells = [task, tag.label, pct(tag.confidence), STATUS_TEXT[tag.status] || tag.status];
       ["task", "label", "conf", "status-pill"].forEach((cls, i) => {
         const td = document.createElement("td");
         td.className = cls;
@@ -345,6 +368,14 @@
         badge.textContent = "audit";
         badge.title = "a sure tag drawn at random for a person to check: how often auto-accepted tags are right";
         tr.querySelector(".status-pill").append(badge);
+      }
+      // A catalog audit's tag: the catalog's label under the model's suggestion (the tag's label until decided).
+      if (tag.catalog_label) {
+        tr.dataset.catalog = tag.catalog_label;
+        const was = document.createElement("div");
+        was.className = "catalog";
+        was.textContent = `catalog: ${tag.catalog_label} ${pct(catalogChance(tag))}`;
+        tr.querySelector(".label").append(was);
       }
       // Two runners-up beside each tag, to keep the cards readable; all nine of the tag in focus (keys 1-9) in a
       // row of their own under it, the card's full width, wrapped: every one the keys can pick is in sight.
@@ -361,6 +392,7 @@
         const td = document.createElement("td");
         td.colSpan = 5;
         td.className = "runners";
+        if (tag.catalog_label) td.append(...auditSpans(photo, task, tag));
         td.append(...runnerSpans(photo, task, tag, 9));
         if (!tag.runners_up.length) td.textContent = "no runner-up: e to type a class";
         row.append(td);
@@ -372,10 +404,23 @@
     return el;
   }
 
+  // The focused audit tag's two answers besides 1-9: c and s, spelt out, and clickable as the runners-up are.
+  function auditSpans(photo, task, tag) {
+    return [["c", `keep the catalog's ${tag.catalog_label}`, () => keepCatalog(photo, task)],
+            ["s", `take the suggestion ${tag.model_label} ${pct(tag.confidence)}`, () => takeSuggestion(photo, task)]]
+      .map(([key, text, act]) => {
+        const s = document.createElement("span");
+        s.className = "audit-choice";
+        s.textContent = `${key} ${text}`;
+        s.addEventListener("click", act);
+        return s;
+      });
+  }
+
   function runnerSpans(photo, task, tag, n) {
     return tag.runners_up.slice(0, n).map(([label, conf], i) => {
       const s = document.createElement("span");
-      s.textContent = `${i + 1} ${label} ${(conf * 100).toFixed(0)}%`;
+      s.textContent = `${i + 1} ${label} ${pct(conf)}`;
       s.addEventListener("click", () => decide(photo, withParents(photo, task, label)));
       return s;
     });
@@ -523,6 +568,8 @@
       const task = focusedTask(photo);
       const runner = photo.tags[task].runners_up[Number(key) - 1];
       if (runner) decide(photo, withParents(photo, task, runner[0]));
+    } else if ((key === "c" || key === "s") && photo.tags[focusedTask(photo)].catalog_label) {
+      (key === "c" ? keepCatalog : takeSuggestion)(photo, focusedTask(photo));
     } else if (key === "Enter") {
       // On to the next photo only if the one accepted is still the current one (a click may have moved meanwhile).
       acceptCard(photo).then((ok) => { if (ok && state.current === photo.id) move(1); });
