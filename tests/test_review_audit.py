@@ -14,6 +14,7 @@ from browser import live_server, open_page
 from fashiontag.data.catalog import read_catalog, with_reviewed
 from fashiontag.review.csv_export import export_reviewed
 from fashiontag.review.queue import fill_queue
+from fashiontag.review.stats import reviewed_tags
 from fashiontag.review.store import ReviewStore, tags
 from fashiontag.serve import create_app
 from fashiontag.training.audit import COLUMNS, audit
@@ -121,6 +122,8 @@ def test_keep_take_other_are_recorded_and_exported_for_train_extra(shop, catalog
     # a kept catalog label is a correction of the model's suggestion: the model was wrong there
     assert done == {"1000": {"subCategory": ("Topwear", "corrected"), "articleType": ("Tshirts", "corrected")},
                     "1001": {"gender": ("Women", "accepted")}, "1002": {"baseColour": ("Green", "corrected")}}
+    # picked because the model disagreed with the catalog: no sample of its precision (calibrate --reviews)
+    assert reviewed_tags(store) == {}
     store.close()
 
     out = tmp_path / "exports" / "reviewed.csv"
@@ -142,6 +145,11 @@ def test_keep_take_other_are_recorded_and_exported_for_train_extra(shop, catalog
     assert merged.photos[row["1002"]] == shop.parent / "images" / "1002.jpg"
     for column in ("masterCategory", "season", "usage"):  # flagged nowhere: untouched
         assert merged.columns[column] == before.columns[column]
+    # flagged for another product only: the export's empty cell keeps the catalog's label
+    assert (merged.columns["gender"][row["1000"]], merged.columns["articleType"][row["1001"]],
+            merged.columns["subCategory"][row["1002"]]) == (
+        before.columns["gender"][row["1000"]], before.columns["articleType"][row["1001"]],
+        before.columns["subCategory"][row["1002"]]) != ("", "", "")
 
 
 def test_an_audit_made_by_fashiontag_audit_queues_as_it_flags(catalog, trained, tmp_path):

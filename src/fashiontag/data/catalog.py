@@ -101,9 +101,10 @@ def with_reviewed(catalog: Catalog, reviewed: str | Path, id_column: str = "") -
     """The catalog with the rows of a reviewed-tags file (`fashiontag review export`) added, and their ids.
 
     A reviewed row whose id the catalog has replaces that row's values for the columns the file holds (a person
-    checked them last); a new id is appended, with its photo from the file's `path` column, else found as
-    images/<id>.<ext> beside the file. Cells are read back as export wrote them before making them safe for
-    spreadsheets (spreadsheet.py)."""
+    checked them last), except its empty cells: an empty cell is an unknown label, and export leaves one where the
+    photo had no tag for the task (an audit queues only the tasks it flags), so the catalog's label stays. A new id
+    is appended, with its photo from the file's `path` column, else found as images/<id>.<ext> beside the file.
+    Cells are read back as export wrote them before making them safe for spreadsheets (spreadsheet.py)."""
     extra = read_catalog(reviewed, id_column=id_column or "id")
     extra.ids = [restored(pid) for pid in extra.ids]
     extra.columns = {c: [restored(v) for v in values] for c, values in extra.columns.items()}
@@ -126,7 +127,8 @@ def with_reviewed(catalog: Catalog, reviewed: str | Path, id_column: str = "") -
         elif photo is not None:
             photos[i] = photo
         for c in shared:
-            columns[c][i] = extra.columns[c][r]
+            if extra.columns[c][r] != "":
+                columns[c][i] = extra.columns[c][r]
     problems = catalog.problems + [f"{extra.source.name}: {p}" for p in extra.problems]
     merged = Catalog(catalog.source, ids, columns, photos, catalog.title_column, catalog.kaggle, problems)
     return merged, set(extra.ids)

@@ -103,8 +103,9 @@ def _throughput(done) -> list[dict]:
 
 def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
     """Per task, the tags a person decided (accepted or corrected in a review action; tags accepted unseen with
-    "Accept all sure photos" are left out, as are undone decisions): confidence, correct (the model's label kept),
-    audit (an audit tag)."""
+    "Accept all sure photos" are left out, as are undone decisions, and a catalog audit's tags, chosen because the
+    model disagreed with the catalog, which would bias any precision fitted on them): confidence, correct (the
+    model's label kept), audit (an audit tag)."""
     with store.engine.connect() as conn:
         last = (select(changes.c.photo_id, changes.c.task, func.max(changes.c.id).label("last"))
                 .group_by(changes.c.photo_id, changes.c.task).subquery())
@@ -112,7 +113,7 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
             select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit)
             .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
             .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
-            .where(tags.c.status.in_(REVIEWED), actions.c.kind == "review")).all()
+            .where(tags.c.status.in_(REVIEWED), actions.c.kind == "review", tags.c.catalog_label.is_(None))).all()
     out: dict[str, dict[str, list]] = {}
     for r in rows:
         d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": []})
