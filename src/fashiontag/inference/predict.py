@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -74,15 +75,17 @@ def tag_results(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], 
     """Stream (photo, PhotoResult) pairs in the photos' order, in constant memory; a photo that cannot be read gets
     a result with `error` set. Decoding threads work on the next batches while the model tags this one and the
     caller uses the results. `tagger` may be a function that loads one: decoding then starts while the model loads
-    (photo_input needed)."""
+    (photo_input needed). workers: decoding threads; None: half the cores (thread_split), and every core once
+    waiting for decoded photos takes longer than tagging them (full-size photos: the decoders release the GIL)."""
     files = iter(photos)
-    workers = workers or thread_split()[1]
+    cores = os.cpu_count() or 1
+    limit = workers or thread_split()[1]
     photo_input = photo_input or tagger.photo_input
-    with ThreadPoolExecutor(workers, thread_name_prefix="fashiontag-decode") as pool:
+    with ThreadPoolExecutor(workers or max(limit, cores), thread_name_prefix="fashiontag-decode") as pool:
         ahead: deque[tuple[list[Photo], Future]] = deque()
 
         def read_ahead() -> None:  # one batch per decoding thread, plus one ready and waiting
-            while len(ahead) <= workers and (batch := list(islice(files, batch_size))):
+            while len(ahead) <= limit and (batch := list(islice(files, batch_size))):
                 ahead.append((batch, pool.submit(load_batch, [p.path for p in batch], photo_input)))
 
         read_ahead()
@@ -91,9 +94,13 @@ def tag_results(tagger: Tagger | Callable[[], Tagger], photos: Iterable[Photo], 
         while ahead:
             batch, job = ahead.popleft()
             read_ahead()
+            started = time.perf_counter()
             pixels, errors = job.result()
+            decoded = time.perf_counter()
             titles = [p.title or "" for p, e in zip(batch, errors) if not e] if batch[0].title is not None else None
             results = iter(tagger.tag_pixels(pixels, top_k, min_confidence, titles, colours))
+            if workers is None and decoded - started > time.perf_counter() - decoded:
+                limit = max(limit, cores)
             for photo, error in zip(batch, errors):
                 yield photo, replace(PhotoResult(error=error) if error else next(results), source=str(photo.path))
 
@@ -230,7 +237,7 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
         check_out(out)
     fmt = output_format(out, fmt)
     folder = ModelFolder.open(model)  # a bad model folder fails now, before any photo is read
-    infer_threads, decode_threads = thread_split()
+    infer_threads = thread_split()[0]
     problems = Problems()
     columns = row_columns(folder.tasks, top_k, review=has_review_columns(folder, min_confidence))
     if colours:
@@ -243,7 +250,7 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
         total = count_images(paths) if progress else None
     # The model loads (torch: seconds) while the decoding threads already read the first photos.
     rows = tag_photos(lambda: Tagger.load(folder, engine=engine, threads=infer_threads, flip=flip), photos,
-                      batch_size, top_k, min_confidence, workers=decode_threads,
+                      batch_size, top_k, min_confidence,
                       photo_input=PhotoInput(folder.input_hw, folder.framing), colours=colours,
                       review=has_review_columns(folder, min_confidence))
     counts = {"rows": 0, "errors": 0}
