@@ -9,6 +9,19 @@ from synthetic import make_catalog
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-small"
 TORCH_THREADS = torch.get_num_threads()
+# `make test-fast` leaves out tests marked slow: those that start a browser, read the real catalog, a PostgreSQL
+# server, a Ray instance or a real uvicorn, or tune, besides those marked one by one.
+SLOW_FIXTURES = {"browser", "real_data", "postgres"}
+SLOW_FILES = {"test_ray_backend.py", "test_tune.py", "test_connections.py", "test_real_catalog.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "real_data" in item.fixturenames:
+            item.add_marker(pytest.mark.real)
+        on_postgres = getattr(item, "callspec", None) and item.callspec.params.get("db_url") == "postgresql"
+        if SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or on_postgres:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

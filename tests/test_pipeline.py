@@ -1,4 +1,4 @@
-"""train -> evaluate -> predict on the synthetic catalog, and DDP with 2 processes (resume: test_hardening_train.py)."""
+"""train -> evaluate -> predict on the synthetic catalog, and DDP with 2 processes (resume: training/test_train.py)."""
 
 import csv
 import json
@@ -116,6 +116,7 @@ def test_model_loads_without_pickle(trained):
     assert meta["arch"] == "rescnn"
 
 
+@pytest.mark.slow
 def test_cli_train_two_processes_with_ddp(catalog, tmp_path):
     out = tmp_path / "ddp"
     cfg = tiny_config(catalog.root, out, epochs=2)

@@ -119,7 +119,7 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
 
 def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
     """decode() through Pillow alone: any format, any mode. The fallback, and the reference the fast decoders are
-    measured against (tests/test_decode.py, benchmarks/decode.py)."""
+    measured against (tests/tests/data/test_photos.py, benchmarks/decode.py)."""
     try:
         if isinstance(data, (bytes, bytearray)):
             src = io.BytesIO(data)

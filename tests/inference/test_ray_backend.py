@@ -33,7 +33,7 @@ from fashiontag.inference.ray_backend import (  # noqa: E402
 from fashiontag.inference.tagger import Tagger, has_review_columns  # noqa: E402
 
 ENGINE = "onnx"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 # Ray binds and dials the node addresses it is given. The nodes get loopback addresses other than 127.0.0.1,
 # which Ray would replace by this machine's network address: traffic stays on loopback.
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"

@@ -31,6 +31,7 @@ def test_pretrained_needs_a_family_that_has_weights(catalog, tmp_path):
         train(tiny_config(catalog.root, tmp_path / "run", pretrained=True, epochs=1))
 
 
+@pytest.mark.slow
 def test_teachers_give_distributions_and_a_student_learns_from_them(trained, catalog, tmp_path):
     data = load_dataset(catalog.root, min_count=2, split_path=trained / "split.json", progress=False)
     rows = data.rows["train"]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fashiontag.inference.engines import torch_input
@@ -51,6 +52,7 @@ def test_photos_outside_the_seller_share_keep_their_studio_background_and_light(
     assert changed[0.25] < 0.3 < 0.6 < changed[1.0]
 
 
+@pytest.mark.slow
 def test_the_seller_recipe_trains_a_model_that_frames_its_photos(catalog, tmp_path):
     from fashiontag.inference.tagger import Tagger
     from fashiontag.training.train import train

@@ -186,7 +186,7 @@ def test_bad_urls_and_schemas_are_named(db_url, tmp_path):
 # ------------------------------------------------------------------------------------ a server killed mid-review
 
 def _start(photos: Path, db: str, model: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "fashiontag", "review", str(photos), "--db", db, "--model",
                              str(model), "--port", str(port), "--engine", "torch"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

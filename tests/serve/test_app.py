@@ -362,6 +362,7 @@ def test_concurrent_http_requests_share_forward_passes(served, photos, direct):
                {t: want[t] for t in direct.tasks}
 
 
+@pytest.mark.slow
 def test_short_load_test_on_loopback_has_no_errors(served, photos):
     """A few concurrent clients against a real uvicorn for ~2.5 s: every request answered correctly."""
     app = create_app(served, max_batch=32)
