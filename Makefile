@@ -26,7 +26,8 @@ run: $(STAMP)
 test: $(TEST_STAMP) test-deps
 	$(PY) -m pytest -q -rs
 
-# The inner loop: the tests that need no browser, database server, Ray instance or training of several epochs.
+# The inner loop: the tests that need no browser, database server, Ray instance, real catalog or end-to-end run
+# (tests/conftest.py marks those slow).
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -rs -m "not slow and not real"
 

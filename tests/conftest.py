@@ -10,9 +10,11 @@ from synthetic import make_catalog
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-small"
 TORCH_THREADS = torch.get_num_threads()
 # `make test-fast` leaves out tests marked slow: those that start a browser, read the real catalog, a PostgreSQL
-# server, a Ray instance or a real uvicorn, or tune, besides those marked one by one.
+# server, a Ray instance or a real uvicorn, tune, train EfficientNet-Lite0, or run end to end (the files at the top
+# of tests/), besides those marked one by one.
 SLOW_FIXTURES = {"browser", "real_data", "postgres"}
-SLOW_FILES = {"test_ray_backend.py", "test_tune.py", "test_connections.py", "test_real_catalog.py"}
+SLOW_FILES = {"test_ray_backend.py", "test_tune.py", "test_connections.py", "test_real_catalog.py",
+              "test_pipeline.py", "test_own_catalog.py", "test_photo_and_title.py"}
 
 
 def pytest_collection_modifyitems(items):
@@ -20,7 +22,8 @@ def pytest_collection_modifyitems(items):
         if "real_data" in item.fixturenames:
             item.add_marker(pytest.mark.real)
         on_postgres = getattr(item, "callspec", None) and item.callspec.params.get("db_url") == "postgresql"
-        if SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or on_postgres:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or on_postgres \
+                or "efficientnet-lite0" in item.name:
             item.add_marker(pytest.mark.slow)
 
 

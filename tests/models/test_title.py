@@ -114,6 +114,7 @@ class _TwoInputs(torch.nn.Module):
         return tuple(self.model(image, tokens).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion, pool", [("late", "mean"), ("gated", "mean"), ("late", "sqrt")])
 def test_onnx_export_takes_pixels_and_tokens(fusion, pool, tmp_path):
     import onnxruntime as ort
