@@ -90,6 +90,9 @@ class TrainConfig:
     # Where training starts without init (train.starting_point): auto (the shipped model for a shop's own catalog,
     # random weights for the Kaggle layout, which the shipped model was trained on), scratch, shipped, imagenet.
     start: str = "auto"
+    # Started from a model whose tasks or classes are not the catalog's: keep its own heads, frozen, and feed their
+    # calibrated outputs to the catalog's heads (train.known_args; a shop's columns are mostly renamings and merges).
+    known_heads: bool = True
     freeze_photo: bool = False         # photo + title: train the title branch only, the photo model's part as init has it
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)

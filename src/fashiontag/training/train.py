@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -36,7 +37,7 @@ from fashiontag.data.text import TitleDropout, Tokenizer, tokenizer_of
 from fashiontag.inference.engines import TorchEngine, bf16_supported, torch_input
 from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import DEFAULT_MODEL_DIR, PHOTO_ONLY, load_meta, write_meta
-from fashiontag.models import TitleFusion, create_model, family_args
+from fashiontag.models import KnownHeads, TitleFusion, create_model, family_args
 from fashiontag.models.checkpoint import (
     flatten_optimizer,
     load_model,
@@ -53,6 +54,10 @@ from fashiontag.training.runlock import run_lock
 from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
 
 COMPILE_MIN_STEPS = 2000
+# The known maps' fit (fit_known_maps): L2 on their weights, so that classes the known heads separate perfectly on
+# a few training photos get finite weights. 1e-2 had the best validation mean of 1e-3, 1e-2 and 1e-1 on the shop of
+# benchmarks/few_shot.py (docs/results.md).
+MAP_L2 = 1e-2
 CENTROID_PHOTOS = 5000  # training photos the colour classes' centroids are taken from (a few seconds)
 
 
@@ -147,7 +152,10 @@ def run_config(cfg: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, 
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         cfg = TrainConfig.load(out / "config.json").override(progress=cfg.progress)
     # The family's default arguments filled in: config.json and model.json record what the model is built with.
-    cfg = cfg.override(model_args=family_args(cfg.model, cfg.model_args))
+    # "known" (known_args) wraps the family rather than being one of its arguments: kept as it is.
+    known = {"known": cfg.model_args["known"]} if "known" in cfg.model_args else {}
+    args = family_args(cfg.model, {k: v for k, v in cfg.model_args.items() if k != "known"})
+    cfg = cfg.override(model_args={**args, **known})
     state = load_state(out / "last") if resume else None
     if resume and state is None:
         raise FileNotFoundError(f"nothing to resume in {out}: no resume state in {out / 'last'} (the run stopped "
@@ -185,6 +193,7 @@ def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[Tra
         data, kept = data.with_start_vocabs(load_meta(cfg.init)["vocabs"])
         fresh_heads = [t for t in data.vocabs if t not in kept]
     cfg = cfg.override(model_args=title_args(cfg, data.catalog.titles, resume))
+    cfg = cfg.override(model_args=known_args(cfg, fresh_heads, resume, main))
     unknown = sorted(set(cfg.task_precision) - set(data.kinds))
     if unknown:
         raise ValueError(f"config field task_precision: {', '.join(unknown)} is not a task of this run "
@@ -282,6 +291,40 @@ def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
                        "is left out")
     if "title" in args:
         args["title"] = {**args["title"], "tokenizer": Tokenizer(**args["title"].get("tokenizer", {})).config()}
+    return args
+
+
+def known_args(cfg: TrainConfig, fresh_heads: list[str], resume: bool, main: bool) -> dict:
+    """cfg.model_args with the known heads settled (models/known_heads.py). Started from a model (init) whose
+    tasks or classes are not the catalog's (fresh_heads), the start model's own heads come along, frozen, and the
+    new heads read their calibrated outputs (cfg.known_heads; a shop's columns are mostly renamings and merges of
+    what it tags). Fine-tuning a model that has known heads keeps them: its weights need the same shape."""
+    args = dict(cfg.model_args)
+    if resume or not cfg.init or "known" in args:
+        return args
+    start = load_meta(cfg.init)
+    if not fresh_heads:
+        if "known" in start["arch_args"]:
+            args["known"] = start["arch_args"]["known"]
+        return args
+    why_not = ("known_heads is off" if not cfg.known_heads else
+               "freeze_photo trains the title branch alone" if cfg.freeze_photo else
+               "the start model has known heads of its own" if "known" in start["arch_args"] else "")
+    if why_not:
+        if main and cfg.known_heads:
+            tqdm.write(f"no known heads: {why_not}")
+        return args
+    start_title, title = start["arch_args"].get("title"), args.get("title")
+    args["known"] = {"tasks": {t: len(v) for t, v in start["vocabs"].items()},
+                     "temperatures": start["temperatures"],
+                     "photo_temperatures": start.get(PHOTO_ONLY, {}).get("temperatures", start["temperatures"]),
+                     # The start model's title heads read this model's title encoder: both late fusion, the
+                     # encoder started from the start model's (title_args).
+                     "title": bool(start_title and title and start_title.get("fusion", "late") == "late"
+                                   and title.get("fusion", "late") == "late")}
+    if main:
+        tqdm.write(f"known heads: {cfg.init}'s own {', '.join(start['vocabs'])}, frozen, feed this catalog's heads "
+                   "(--set known_heads=false: without)")
     return args
 
 
@@ -389,8 +432,8 @@ def build_model(run: Run, data: TrainingData, resume: bool, fresh_heads: list[st
     from its resume state instead), on the run's device."""
     cfg, device = run.cfg, run.device
     raw = create_model(cfg.model, {t: len(v) for t, v in data.vocabs.items()}, data.hw, **cfg.model_args)
-    if cfg.init and not resume:
-        start_from(raw, cfg.init, fresh_heads)
+    if cfg.init and not resume and start_from(raw, cfg.init, fresh_heads):
+        fit_known_maps(raw, data, cfg)  # on the CPU: the model is not on the run's device yet
     frozen = photo_part(raw) if cfg.freeze_photo else []
     title_expert = bool(frozen) and raw.fusion == "late"
     for part in frozen:
@@ -416,27 +459,81 @@ def photo_part(model: nn.Module) -> list[nn.Module]:
     return model.photo_part()
 
 
-def start_from(model: nn.Module, folder: str, fresh_heads: list[str] = ()) -> None:
+def start_from(model: nn.Module, folder: str, fresh_heads: list[str] = ()) -> bool:
     """Copy a model folder's weights into `model` wherever name and shape agree (fine-tuning, or a larger model
     grown from a smaller one), except the heads of `fresh_heads` (tasks whose classes are not the start model's:
     a head of the same size would still mean other classes); an architecture that shares almost nothing with it is
-    an error."""
+    an error. Returns whether the start model's heads became `model`'s known heads (their maps still to fit)."""
     from safetensors.torch import load_file
 
     from fashiontag.model_folder import WEIGHTS, model_folder
     source = load_file(str(model_folder(folder) / WEIGHTS))
-    own = model.state_dict()
+    # A plain start model into a model with known heads: the wrapped model takes its weights by name, then its heads
+    # become the known heads (once the trunk is known to fit: they read its features).
+    takes_known = isinstance(model, KnownHeads) and not any(k.startswith("inner.") for k in source)
+    target = model.inner if takes_known else model
+    own = target.state_dict()
     own_classes = tuple(f"heads.{t}." for t in fresh_heads)
     taken = {k: v for k, v in source.items()
              if k in own and own[k].shape == v.shape and not any(h in k for h in own_classes)}
     if len(taken) < len(own) / 2:
         raise ValueError(f"{folder}: only {len(taken)} of this model's {len(own)} tensors match its weights; "
                          "start from a model of the same family and size")
-    model.load_state_dict(taken, strict=False)
+    target.load_state_dict(taken, strict=False)
+    known = model.load_known(source) if takes_known else 0
     fresh = len(own) - len(taken)
     tqdm.write(f"started from {folder}: {len(taken)} of {len(source)} tensors of the start model"
-               + (f"; {fresh} of this model's {len(own)} start afresh" if fresh else ""))
+               + (f"; {fresh} of this model's {len(own)} start afresh" if fresh else "")
+               + (f"; its {known} head tensors as frozen known heads" if known else ""))
+    return bool(known)
 
+
+def fit_known_maps(model: KnownHeads, data: TrainingData, cfg: TrainConfig, steps: int = 100, batch: int = 256
+                   ) -> None:
+    """Each task's map from the known log-probabilities fitted before training, on the training photos as the start
+    model sees them (a logistic regression, L-BFGS): started at zero, the map moves a few hundredths per optimizer
+    step and a shop's few hundred steps leave it short of what the known heads say."""
+    rows = data.rows["train"]
+    tokenizer = tokenizer_of({"arch_args": cfg.model_args})
+    parts = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(rows), batch):
+            part = rows[s:s + batch]
+            x = torch_input(torch.from_numpy(np.ascontiguousarray(data.cache.pixels[part])), torch.device("cpu"),
+                            False)
+            tokens = (torch.from_numpy(tokenizer([data.catalog.titles[i] for i in part])) if tokenizer else None)
+            parts.append(torch.cat(list(model.known_log_probabilities(model.inner.trunk(x), tokens).values()), 1))
+    known = torch.cat(parts)
+    for t, layer in model.maps.items():
+        weight = fitted_map(known, torch.from_numpy(data.targets[t][rows]), data.kinds[t], layer.weight.shape[0],
+                            steps)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+    tqdm.write(f"known heads' maps fitted on {len(rows):,} training photos")
+
+
+def fitted_map(known: torch.Tensor, y: torch.Tensor, kind: str, classes: int, steps: int) -> torch.Tensor:
+    """The (classes, known) weights of a logistic regression from the known log-probabilities to the labels y
+    (-1: unknown), softmax or per class sigmoid as the task's kind says."""
+    weight = torch.zeros(classes, known.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([weight], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        logits = known @ weight.T
+        if kind == MULTI:
+            keep = (y[:, 0] >= 0).float()
+            fit = (F.binary_cross_entropy_with_logits(logits, y.clamp(min=0).float(), reduction="none").sum(1)
+                   * keep).sum() / keep.sum().clamp(min=1)
+        else:
+            fit = F.cross_entropy(logits, y, ignore_index=-1)
+        value = fit + MAP_L2 * weight.square().sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    return weight.detach()
 
 def ema_update(decay: float):
     """AveragedModel's multi_avg_fn: an EMA whose decay warms up as (1+n)/(10+n), so early averages are not dragged
@@ -908,6 +1005,9 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
                         for t in logits if data.kinds[t] == MULTI}
     meta.update(history=history, train_seconds=round(seconds, 1), class_thresholds=class_thresholds,
                 colour_centroids=colour_class_centroids(data))
+    if isinstance(model, KnownHeads):
+        meta["taxonomy_map"] = taxonomy_map(meta["config"]["init"], data, device)
+        say_taxonomy_map(meta["taxonomy_map"])
     save_model(folder, model, meta, data.split)
     meta.update(fit_calibration(Tagger.load(folder), pixels, titles, targets, meta["config"]))
     write_meta(folder, meta)
@@ -919,6 +1019,49 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
         if record:
             tqdm.write(f"auto-accept{condition}: " + ", ".join(
                 f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}" for t, c in record["thresholds_val"].items()))
+
+
+def taxonomy_map(start: str, data: TrainingData, device: torch.device, share: float = 0.2) -> dict:
+    """Per single-label task, the task of the start model (the known heads' source) that explains it best on the
+    training side: the normalized mutual information between the start model's predicted class (from the photo,
+    and the title where both have one) and the catalog's label, and per class of the catalog the known classes
+    predicted for at least `share` of its products (a merge lists several): what a catalog team reads as
+    "sneakers = Casual Shoes + Sports Shoes". The start model as it was, not the known heads on the trained trunk:
+    the map says what the shop's words mean in the start model's."""
+    rows = data.rows["train"]
+    tagger = Tagger.load(start, device=str(device))
+    titles = [data.catalog.titles[i] for i in rows]
+    probabilities = tagger.probabilities(np.ascontiguousarray(data.cache.pixels[rows]), titles if any(titles) else None)
+    known_vocabs = {t: v for t, v in tagger.vocabs.items() if tagger.kinds[t] == SINGLE}
+    known = {t: np.nan_to_num(probabilities[t]).argmax(1) for t in known_vocabs}
+    out = {}
+    for task, classes in data.vocabs.items():
+        if data.kinds[task] != SINGLE:
+            continue
+        y = data.targets[task][rows]
+        labelled = y >= 0
+        if not labelled.any():
+            continue
+        scores = {k: float(normalized_mutual_info_score(y[labelled], p[labelled])) for k, p in known.items()}
+        best = max(scores, key=scores.get)
+        mapped = {}
+        for c, name in enumerate(classes):
+            hits = known[best][y == c]
+            if len(hits):
+                counts = np.bincount(hits, minlength=len(known_vocabs[best])) / len(hits)
+                mapped[name] = [known_vocabs[best][k] for k in np.argsort(-counts) if counts[k] >= share]
+        out[task] = {"known_task": best, "score": round(scores[best], 3), "classes": mapped}
+    return out
+
+
+def say_taxonomy_map(tmap: dict) -> None:
+    """The taxonomy map in a line per task, its merges (a class that several known classes make) first."""
+    for task, m in tmap.items():
+        merges = [f"{c} = {' + '.join(k)}" for c, k in m["classes"].items() if len(k) > 1]
+        renames = [f"{c} = {k[0]}" for c, k in m["classes"].items() if len(k) == 1]
+        shown = (merges + renames)[:6]
+        tqdm.write(f"taxonomy map: {task} ~ {m['known_task']} (NMI {m['score']:.2f}): " + "; ".join(shown)
+                   + (" ..." if len(merges + renames) > len(shown) else ""))
 
 
 def colour_class_centroids(data: TrainingData, photos: int = CENTROID_PHOTOS) -> dict[str, dict[str, list[float]]]:
