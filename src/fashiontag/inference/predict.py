@@ -198,19 +198,17 @@ class OutputError(FashiontagError, OSError):
 
 
 @contextmanager
-def _sigterm_as_exit():
-    """Inside: SIGTERM (`kill`, a scheduler stopping the job) raises SystemExit, so that `finally` blocks run and
-    remove the .partial file; by default it ends the process on the spot. Only where SIGTERM still has Python's
+def _sigterm_as_exit(received: list[int]):
+    """Inside: SIGTERM (`kill`, a scheduler stopping the job) is recorded in `received`, and the row loop raises
+    SystemExit at the next row, so that `finally` blocks run and remove the .partial file; by default it ends the
+    process on the spot. Raised from the handler itself, SystemExit could land anywhere in the main thread, inside
+    the decoding pool's locks too, and its shutdown then waited for ever. Only where SIGTERM still has Python's
     default action (an application's own handler stays) and in the main thread, the only one that may set it."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)  # the exit status of a process that SIGTERM ended
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
@@ -256,8 +254,12 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
     counts = {"rows": 0, "errors": 0}
     bar = tqdm(total=total, desc="tagging", unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
+    stop: list[int] = []  # SIGTERM received (_sigterm_as_exit)
+
     def counted(rs):
         for r in rs:
+            if stop:
+                raise SystemExit(128 + stop[0])  # the exit status of a process that SIGTERM ended
             if r["error"]:
                 counts["errors"] += 1
                 if Path(r["path"]).exists():  # missing paths were reported already
@@ -269,7 +271,7 @@ def predict(paths: list[str], *, out: str | None = None, model: str | None = Non
         if out:
             tmp = None
             try:
-                with _sigterm_as_exit(), replacing(out) as tmp, open(tmp, "w", newline="") as f:
+                with _sigterm_as_exit(stop), replacing(out) as tmp, open(tmp, "w", newline="") as f:
                     counts["rows"] = write_rows(counted(rows), columns, f, fmt)
             except OSError as e:
                 # Writing's errors name no file (write, flush) or tmp (open, rename); the model's files' errors,
