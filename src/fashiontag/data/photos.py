@@ -4,9 +4,11 @@ re-listed photos. Every path into a model (predict, the service, review, Ray, tr
 
 A shop's photos are 600-2,000 px and the model looks at 80x60, so plain JPEG, WebP and PNG files are decoded by
 faster decoders than Pillow's (benchmarks/decode.py): JPEG by libjpeg-turbo at a reduced DCT scale (simplejpeg),
-WebP and PNG by imagecodecs (libwebp, libpng). Both release the GIL, so predict's decoding threads run
-beside inference. Anything else (CMYK JPEG, 16-bit, palette or transparent-colour PNG, animated WebP, GIF, ...) and
-any file a fast decoder rejects goes through Pillow, as every photo did before: same pixels, same error messages."""
+WebP by libwebp shrinking while it decodes (pywebp), PNG by libpng (imagecodecs). All three release the GIL, so
+predict's decoding threads run beside inference, and training's photo cache reads through here too, so a model
+sees the same pixels in training and in use. JPEG and PNG give Pillow's pixels exactly, WebP within about 0.1
+levels. Anything else (CMYK JPEG, 16-bit, palette or transparent-colour PNG, animated WebP, GIF, ...) and any file
+a fast decoder rejects goes through Pillow, as every photo did before: same pixels, same error messages."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Iterable, Iterator
 import imagecodecs
 import numpy as np
 import simplejpeg
+import webp
 from PIL import ExifTags, Image
 from tqdm import tqdm
 
@@ -221,32 +224,45 @@ def _png_chunks(raw: bytes) -> set[bytes]:
 
 
 WEBP_ANIMATED, WEBP_EXIF = 0x02, 0x08  # VP8X flags
+# pywebp declares only use_threads of libwebp's WebPDecoderOptions (decode.h); the ten ints before it are
+# bypass_filtering, no_fancy_upsampling, use_cropping, crop_left, crop_top, crop_width, crop_height, use_scaling,
+# scaled_width, scaled_height, libwebp's ABI. Checked here: with another layout WebP is decoded at full size.
+WEBP_SCALING = webp.ffi.offsetof("struct WebPDecoderOptions", "use_threads") == 10 * webp.ffi.sizeof("int")
+USE_SCALING, SCALED_WIDTH, SCALED_HEIGHT = 7, 8, 9
 
 
 def _read_webp(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
-    """A still WebP, lossy or lossless, with or without alpha; None for animations (Pillow takes the first frame)
-    and files with EXIF (orientation)."""
-    if len(raw) < 30:
+    """A still WebP, lossy or lossless, with or without alpha, decoded by libwebp straight to the size Pillow's
+    resize reduces it to before its bilinear step (a box filter by int(shrink / reducing_gap)): the decoder skips
+    the full-size colour conversion and the copies. libwebp averages in YUV, then converts, so pixels differ from
+    Pillow's path by about 0.1 levels (benchmarks/decode.py). None for animations (Pillow takes the first frame),
+    files with EXIF (orientation) and damaged data."""
+    if len(raw) < 30 or (raw[12:16] == b"VP8X" and raw[20] & (WEBP_ANIMATED | WEBP_EXIF)):
         return None
-    chunk = raw[12:16]
-    if chunk == b"VP8X":
-        if raw[20] & (WEBP_ANIMATED | WEBP_EXIF):
-            return None
-        width, height = 1 + int.from_bytes(raw[24:27], "little"), 1 + int.from_bytes(raw[27:30], "little")
-    elif chunk == b"VP8 ":
-        width, height = (int.from_bytes(raw[26:28], "little") & 0x3FFF, int.from_bytes(raw[28:30], "little") & 0x3FFF)
-    elif chunk == b"VP8L":
-        bits = int.from_bytes(raw[21:25], "little")
-        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    else:
+    ffi, lib = webp.ffi, webp.lib
+    config = ffi.new("WebPDecoderConfig *")
+    if not lib.WebPInitDecoderConfig(config) or \
+            lib.WebPGetFeatures(raw, len(raw), ffi.addressof(config, "input")) != lib.VP8_STATUS_OK:
         return None
+    width, height = config.input.width, config.input.height
     if width < 1 or height < 1:
         return None
     _check_pixels(width, height)
-    try:
-        return Image.fromarray(imagecodecs.webp_decode(raw))
-    except Exception:  # noqa: BLE001 - Pillow decides and words it
-        return None
+    shrink = int(max(width / hw[1], height / hw[0]) / 2) if WEBP_SCALING else 1
+    if shrink >= 2:
+        width, height = -(-width // shrink), -(-height // shrink)
+        options = ffi.cast("int *", ffi.addressof(config, "options"))
+        options[USE_SCALING], options[SCALED_WIDTH], options[SCALED_HEIGHT] = 1, width, height
+    alpha = bool(config.input.has_alpha)
+    pixels = np.empty((height, width, 4 if alpha else 3), np.uint8)
+    out = config.output
+    out.colorspace = lib.MODE_RGBA if alpha else lib.MODE_RGB
+    out.is_external_memory = 1
+    out.u.RGBA.rgba = ffi.cast("uint8_t *", ffi.from_buffer(pixels))
+    out.u.RGBA.stride, out.u.RGBA.size = pixels.strides[0], pixels.size
+    if lib.WebPDecode(raw, len(raw), config) != lib.VP8_STATUS_OK:
+        return None  # Pillow decides and words it
+    return Image.fromarray(pixels)
 
 
 # The fast decoder of each format; benchmarks/decode.py empties it to measure Pillow alone.
