@@ -403,18 +403,25 @@ def explore(
     image_column: str = typer.Option("", metavar="NAME", help=IMAGE_HELP),
     title_column: str = typer.Option("", metavar="NAME", help=TITLE_HELP),
     out: str = typer.Option("reports/explore", metavar="DIR", help="report folder", show_default=True),
+    map_to: str = typer.Option("shipped", metavar="MODEL|none", help="the taxonomy map: which of this model's tasks "
+                               "explains each column (the shipped model; a model folder; none: no map)"),
 ):
     """Columns and their kinds, class counts, hierarchies, photo sizes, malformed rows, unusable photos, repeated
-    ids and duplicate photos of a catalog."""
+    ids and duplicate photos of a catalog, and the taxonomy map of its columns onto what a model already tags."""
     from fashiontag.data.catalog import CatalogSpec
+    from fashiontag.model_folder import DEFAULT_MODEL_DIR
     from fashiontag.training.explore import explore as run_explore
-    s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out=out)
+    from fashiontag.training.taxonomy_map import map_lines
+    known = {"shipped": DEFAULT_MODEL_DIR, "none": None}.get(map_to, map_to)
+    s = run_explore(CatalogSpec(_data(data), id_column, image_column, title_column), out=out, map_to=known)
     kinds = ", ".join(f"{c} ({k})" for c, k in s["columns"].items())
     typer.echo(f"{s['rows']:,} rows, {len(s['malformed_rows'])} problems in the file, "
                f"{len(s['unusable_photos'])} unusable photos, {s['duplicate_groups']:,} duplicate groups\n"
                f"columns: {kinds}\ntasks by default: {', '.join(s['tasks'])}\n"
-               f"hierarchies: {', '.join(h['child'] + ' > ' + h['parent'] for h in s['hierarchies']) or 'none'}\n"
-               f"report: {Path(out) / 'explore.md'}")
+               f"hierarchies: {', '.join(h['child'] + ' > ' + h['parent'] for h in s['hierarchies']) or 'none'}")
+    for line in map_lines(s.get("taxonomy_map", {}).get("columns", {})):
+        typer.echo(f"taxonomy map: {line}")
+    typer.echo(f"report: {Path(out) / 'explore.md'}")
     if s["photo_trouble"]:  # training would refuse this catalog: say so now
         typer.secho(f"error: {s['photo_trouble']}", fg="red", err=True)
         raise typer.Exit(1)

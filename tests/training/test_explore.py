@@ -35,3 +35,12 @@ def test_a_forgotten_image_column_is_an_error_naming_the_path_tried_and_the_phot
     fixed = CliRunner().invoke(app, ["explore", "--data", str(shop.file), "--id-column", "sku", "--image-column",
                                      "photo", "--out", str(tmp_path / "report")])
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_the_taxonomy_map_reads_each_column_as_the_known_models_task(catalog, trained, tmp_path):
+    s = explore(catalog.root, out=tmp_path, progress=False, map_to=trained)
+    columns = s["taxonomy_map"]["columns"]
+    assert columns["baseColour"]["known_task"] == "baseColour" and columns["baseColour"]["score"] > 0.5
+    assert columns["masterCategory"]["classes"]["Footwear"] in (["Footwear"], ["Shoes"])
+    assert "## Taxonomy map" in (tmp_path / "explore.md").read_text()
+    assert "taxonomy_map" not in explore(catalog.root, out=tmp_path, progress=False, map_to=None)

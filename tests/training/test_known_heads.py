@@ -16,6 +16,7 @@ from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import load_meta
 from fashiontag.models import KnownHeads
 from fashiontag.models.checkpoint import load_model
+from fashiontag.training.evaluate import evaluate
 from fashiontag.training.train import known_args
 from helpers import tiny_config
 
@@ -76,6 +77,13 @@ def test_the_taxonomy_map_names_the_known_task_each_column_came_from(with_known)
     assert tmap["department"]["classes"]["footwear"] in (["Footwear"], ["Shoes"])
     assert set(tmap["colour"]["classes"]["warm"]) == {"Red", "Green"}  # a merge lists both
     assert 0 < tmap["colour"]["score"] <= 1
+
+
+def test_the_model_card_shows_the_taxonomy_map(with_known, shop, tmp_path):
+    evaluate(shop, model=with_known, out=tmp_path, progress=False, plot=False)
+    card = (tmp_path / "report.md").read_text()
+    assert "## Taxonomy map" in card and "| colour | baseColour |" in card
+    assert "warm = Red + Green" in card or "warm = Green + Red" in card
 
 
 def test_the_folder_reloads_and_exports_to_onnx_with_the_same_outputs(with_known, tmp_path):

@@ -24,6 +24,7 @@ from fashiontag.inference.thresholds import at_threshold, coverage_table, decode
 from fashiontag.model_folder import MULTI
 from fashiontag.training import plots
 from fashiontag.training.dataset import load_dataset
+from fashiontag.training.taxonomy_map import map_markdown
 from fashiontag.training.temperatures import expected_calibration_error
 
 # unseen: every photo the model did not train on; all: every photo; or one side of the model's split.
@@ -71,12 +72,18 @@ def multi_label_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, clas
     }
 
 
-def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
-    """Catalog rows to score for `side` (see SIDES), and a description of them for the report."""
+def is_own_catalog(ds) -> bool:
+    """Whether ds (model_dataset) is the catalog the model was trained on: its split names nearly all its photos."""
     usable = np.flatnonzero(ds.cache.ok)
     split_ids = set().union(*(ds.split[s] for s in ("train", "val", "test")))
-    if sum(ds.catalog.ids[i] in split_ids for i in usable) < OWN_CATALOG_SHARE * len(usable):
-        return usable, "whole catalog (not the catalog the model was trained on, so none of it was seen)"
+    return sum(ds.catalog.ids[i] in split_ids for i in usable) >= OWN_CATALOG_SHARE * len(usable)
+
+
+def rows_to_score(ds, side: str) -> tuple[np.ndarray, str]:
+    """Catalog rows to score for `side` (see SIDES), and a description of them for the report."""
+    if not is_own_catalog(ds):
+        return (np.flatnonzero(ds.cache.ok),
+                "whole catalog (not the catalog the model was trained on, so none of it was seen)")
     if side == "unseen":
         return np.union1d(ds.rows["val"], ds.rows["test"]), "unseen (the validation and test sides of its split)"
     if side == "all":
@@ -178,6 +185,8 @@ def render_report(summary: dict, meta: dict, figures: dict[str, str]) -> str:
     for key in ("distributions", "curves", "risk_coverage"):
         if key in figures:
             lines += ["", f"![{key}]({figures[key]})"]
+    if meta.get("taxonomy_map"):
+        lines += [""] + map_markdown(meta["taxonomy_map"], meta.get("config", {}).get("init") or "the start model")
     for t, v in m.items():
         lines += ["", f"## {t}", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for c, r in v["per_class"].items():

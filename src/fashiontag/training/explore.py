@@ -1,5 +1,6 @@
 """Exploration of a catalog before training: its columns and their kinds, class counts, hierarchies, photo sizes,
-broken rows and photos, repeated ids and duplicate photos."""
+broken rows and photos, repeated ids and duplicate photos, and the taxonomy map of its columns onto what a known
+model (the shipped one by default) already tags."""
 
 from __future__ import annotations
 
@@ -23,11 +24,19 @@ from fashiontag.data.taxonomy import (
     resolve_taxonomy,
 )
 from fashiontag.data.vocab import split_values
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import DEFAULT_MODEL_DIR
 from fashiontag.training import plots
+from fashiontag.training.taxonomy_map import map_markdown, taxonomy_map
+
+# Photos the taxonomy map reads: a few seconds of the known model's time, and enough products per common class.
+MAP_PHOTOS = 3000
 
 
 def explore(data: str | Path | CatalogSpec, *, out: str | Path = "reports/explore", cache_dir: str | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, map_to: str | Path | None = DEFAULT_MODEL_DIR) -> dict:
+    """Explore the catalog `data` into explore.md, explore.json and class_distributions.png in `out`; returns the
+    summary. map_to: the model whose tasks the taxonomy map reads the catalog's columns as (None: no map)."""
     spec = data if isinstance(data, CatalogSpec) else CatalogSpec(str(data))
     catalog = spec.read()
     kinds = column_kinds(catalog, spec.separator)
@@ -59,6 +68,9 @@ def explore(data: str | Path | CatalogSpec, *, out: str | Path = "reports/explor
                "photo_trouble": photo_trouble(catalog, cache.errors, spec.image_column, spec.separator),
                "duplicate_groups": len(dup_groups),
                "photos_in_duplicate_groups": sum(map(len, dup_groups)), "duplicate_group_ids": dup_groups}
+    if map_to is not None:
+        summary["taxonomy_map"] = {"model": str(map_to), "columns": columns_map(
+            catalog, [t for t in tasks if kinds.get(t) == SINGLE], map_to, cache_dir, progress)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "explore.json").write_text(json.dumps(summary, indent=1))
@@ -66,6 +78,26 @@ def explore(data: str | Path | CatalogSpec, *, out: str | Path = "reports/explor
                               "catalog rows per class")
     (out / "explore.md").write_text(render(summary, cache.report()))
     return summary
+
+
+def columns_map(catalog, columns: list[str], model: str | Path, cache_dir: str | None, progress: bool) -> dict:
+    """The taxonomy map of the catalog's single-label columns onto `model`'s tasks, on up to MAP_PHOTOS usable
+    photos drawn at random (with their titles where the catalog has them)."""
+    tagger = Tagger.load(model)
+    cache = build_cache(catalog, cache_dir, hw=tuple(tagger.input_hw), progress=progress,
+                        framing=tagger.photo_input.framing)
+    usable = np.flatnonzero(cache.ok)
+    if len(usable) == 0:
+        return {}
+    rows = np.sort(np.random.default_rng(0).permutation(usable)[:MAP_PHOTOS])
+    labels = {}
+    for c in columns:
+        values = [catalog.columns[c][i] for i in rows]
+        classes = sorted(set(values) - {""})
+        index = {v: i for i, v in enumerate(classes)}
+        labels[c] = (np.array([index.get(v, -1) for v in values]), classes)
+    titles = [catalog.titles[i] for i in rows] if catalog.title_column else None
+    return taxonomy_map(tagger, np.ascontiguousarray(cache.pixels[rows]), titles, labels)
 
 
 def _size_summary(sizes: list[tuple[int, int]]) -> dict:
@@ -98,6 +130,8 @@ def render(summary: dict, cache_report: str) -> str:
         lines.append(f"| {c} | {kind} | {len(summary['class_counts'][c]) if c in summary['class_counts'] else ''} |")
     lines += ["", "Hierarchies found (each value of the child determines the parent in this share of rows):", ""]
     lines += [f"- {h['child']} > {h['parent']}: {h['share']:.2%}" for h in summary["hierarchies"]] or ["- none"]
+    if summary.get("taxonomy_map"):
+        lines += [""] + map_markdown(summary["taxonomy_map"]["columns"], summary["taxonomy_map"]["model"])
     lines += ["", "![class distributions](class_distributions.png)", ""]
     lines += [f"- {p}" for p in summary["malformed_rows"][:20]]
     for t, c in summary["class_counts"].items():

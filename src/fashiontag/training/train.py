@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -51,6 +50,7 @@ from fashiontag.training.calibrate import fit_calibration
 from fashiontag.training.config import TrainConfig
 from fashiontag.training.dataset import TrainingData, load_dataset
 from fashiontag.training.runlock import run_lock
+from fashiontag.training.taxonomy_map import map_lines, taxonomy_map
 from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
 
 COMPILE_MIN_STEPS = 2000
@@ -1006,8 +1006,9 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     meta.update(history=history, train_seconds=round(seconds, 1), class_thresholds=class_thresholds,
                 colour_centroids=colour_class_centroids(data))
     if isinstance(model, KnownHeads):
-        meta["taxonomy_map"] = taxonomy_map(meta["config"]["init"], data, device)
-        say_taxonomy_map(meta["taxonomy_map"])
+        meta["taxonomy_map"] = start_model_map(meta["config"]["init"], data, device)
+        for line in map_lines(meta["taxonomy_map"]):
+            tqdm.write(f"taxonomy map: {line}")
     save_model(folder, model, meta, data.split)
     meta.update(fit_calibration(Tagger.load(folder), pixels, titles, targets, meta["config"]))
     write_meta(folder, meta)
@@ -1021,47 +1022,13 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
                 f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}" for t, c in record["thresholds_val"].items()))
 
 
-def taxonomy_map(start: str, data: TrainingData, device: torch.device, share: float = 0.2) -> dict:
-    """Per single-label task, the task of the start model (the known heads' source) that explains it best on the
-    training side: the normalized mutual information between the start model's predicted class (from the photo,
-    and the title where both have one) and the catalog's label, and per class of the catalog the known classes
-    predicted for at least `share` of its products (a merge lists several): what a catalog team reads as
-    "sneakers = Casual Shoes + Sports Shoes". The start model as it was, not the known heads on the trained trunk:
-    the map says what the shop's words mean in the start model's."""
+def start_model_map(start: str, data: TrainingData, device: torch.device) -> dict:
+    """The taxonomy map of the catalog's single-label tasks on the training side, from the start model as it was
+    (not the known heads on the trained trunk): it says what the shop's words mean in the start model's."""
     rows = data.rows["train"]
-    tagger = Tagger.load(start, device=str(device))
-    titles = [data.catalog.titles[i] for i in rows]
-    probabilities = tagger.probabilities(np.ascontiguousarray(data.cache.pixels[rows]), titles if any(titles) else None)
-    known_vocabs = {t: v for t, v in tagger.vocabs.items() if tagger.kinds[t] == SINGLE}
-    known = {t: np.nan_to_num(probabilities[t]).argmax(1) for t in known_vocabs}
-    out = {}
-    for task, classes in data.vocabs.items():
-        if data.kinds[task] != SINGLE:
-            continue
-        y = data.targets[task][rows]
-        labelled = y >= 0
-        if not labelled.any():
-            continue
-        scores = {k: float(normalized_mutual_info_score(y[labelled], p[labelled])) for k, p in known.items()}
-        best = max(scores, key=scores.get)
-        mapped = {}
-        for c, name in enumerate(classes):
-            hits = known[best][y == c]
-            if len(hits):
-                counts = np.bincount(hits, minlength=len(known_vocabs[best])) / len(hits)
-                mapped[name] = [known_vocabs[best][k] for k in np.argsort(-counts) if counts[k] >= share]
-        out[task] = {"known_task": best, "score": round(scores[best], 3), "classes": mapped}
-    return out
-
-
-def say_taxonomy_map(tmap: dict) -> None:
-    """The taxonomy map in a line per task, its merges (a class that several known classes make) first."""
-    for task, m in tmap.items():
-        merges = [f"{c} = {' + '.join(k)}" for c, k in m["classes"].items() if len(k) > 1]
-        renames = [f"{c} = {k[0]}" for c, k in m["classes"].items() if len(k) == 1]
-        shown = (merges + renames)[:6]
-        tqdm.write(f"taxonomy map: {task} ~ {m['known_task']} (NMI {m['score']:.2f}): " + "; ".join(shown)
-                   + (" ..." if len(merges + renames) > len(shown) else ""))
+    labels = {t: (data.targets[t][rows], classes) for t, classes in data.vocabs.items() if data.kinds[t] == SINGLE}
+    return taxonomy_map(Tagger.load(start, device=str(device)), np.ascontiguousarray(data.cache.pixels[rows]),
+                        [data.catalog.titles[i] for i in rows], labels)
 
 
 def colour_class_centroids(data: TrainingData, photos: int = CENTROID_PHOTOS) -> dict[str, dict[str, list[float]]]:
