@@ -8,6 +8,7 @@ import csv
 import shutil
 
 import pytest
+from reviewpage import choose
 from sqlalchemy import select
 
 from browser import live_server, open_page
@@ -15,7 +16,7 @@ from fashiontag.data.catalog import read_catalog, with_reviewed
 from fashiontag.review.csv_export import export_reviewed
 from fashiontag.review.queue import fill_queue
 from fashiontag.review.stats import reviewed_tags
-from fashiontag.review.store import ReviewStore, tags
+from fashiontag.review.store import ReviewStore, schema_info, tags
 from fashiontag.serve import create_app
 from fashiontag.training.audit import COLUMNS, audit
 
@@ -172,8 +173,9 @@ def test_an_audit_made_by_fashiontag_audit_queues_as_it_flags(catalog, trained, 
 
 def test_a_queue_made_before_catalog_audits_opens_and_takes_one(db_url, shop):
     store = ReviewStore(db_url)
-    with store.engine.begin() as conn:  # as fashiontag made its tables before catalog audits
+    with store.engine.begin() as conn:  # as fashiontag made its tables before catalog audits (schema version 2)
         conn.exec_driver_sql("ALTER TABLE tags DROP COLUMN catalog_label")
+        conn.execute(schema_info.update().values(version=2))
     store.close()
     reopened = ReviewStore(db_url, create=False)
     fill_queue(reopened, [str(shop)], engine="onnx")
@@ -194,7 +196,7 @@ def test_keep_take_other_from_the_keyboard(browser, shop, tmp_path):
 
     with live_server(app) as url, open_page(browser, url) as page:
         page.fill("#reviewer", "ann")
-        page.select_option("#sort", "queue")  # the audit's order
+        choose(page, "#sort", "queue")  # the audit's order
         page.locator("body").click(position={"x": 5, "y": 5})
         assert page.evaluate("window.fashiontag.current().item_id") == "1000"
         # the catalog's label beside the suggestion, and the focused tag's c / s answers spelt out

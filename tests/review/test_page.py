@@ -4,6 +4,7 @@ when a correction changes the sort; keys never land in the name box; what the re
 
 
 from PIL import Image
+from reviewpage import choose, listed
 
 from browser import live_server, open_page
 from fashiontag.review.queue import fill_queue
@@ -32,7 +33,7 @@ def test_keyboard_review_flow_survives_a_reload(browser, trained, catalog, tmp_p
     app = create_app(trained, engine="torch", review=store, threads=1)
     with live_server(app) as url, open_page(browser, url) as page:
         page.fill("#reviewer", "ann")
-        page.select_option("#f-status", "all")
+        choose(page, "#f-status", "all")
         page.locator("body").click(position={"x": 5, "y": 5})
         progress = page.locator("#progress").text_content()
         assert progress.startswith("0 / 24 photos reviewed")
@@ -85,12 +86,13 @@ def test_keyboard_review_flow_survives_a_reload(browser, trained, catalog, tmp_p
         assert all(t["status"] == "accepted" for pid in sure for t in store.photo(pid)["tags"].values())
 
         # a reload shows the queue exactly as the database holds it
-        shown_before = page.evaluate("window.fashiontag.state.photos")
+        by_id = "window.fashiontag.state.photos.slice().sort((a, b) => a.id - b.id)"
+        shown_before = page.evaluate(by_id)
         page.reload()
         page.wait_for_selector("body[data-ready=true]")
-        assert page.evaluate("window.fashiontag.state.photos") == shown_before == store.photos()
         assert page.locator("#reviewer").input_value() == "ann"
-        page.select_option("#f-status", "all")
+        choose(page, "#f-status", "all")
+        assert page.evaluate(by_id) == shown_before == store.photos()
         statuses = {int(c.get_attribute("data-id")): {r.get_attribute("data-task"): r.get_attribute("data-status")
                                                        for r in c.locator("tr[data-task]").all()}
                     for c in page.locator(".card").all()}
@@ -168,7 +170,7 @@ def test_a_correction_keeps_the_product_under_the_cursor(browser, trained, catal
         _wait_saved(page, store, pid, task, runner)
 
         # The sort would now put another product where this one was; the cursor and the list stay put.
-        fresh = page.evaluate("window.fashiontag.visible().map((p) => p.id)")
+        fresh = page.evaluate("window.fashiontag.fresh()")  # the list as the server sorts it now
         assert fresh.index(pid) > i
         other = fresh[i]
         assert other != pid
@@ -190,6 +192,7 @@ def test_a_correction_keeps_the_product_under_the_cursor(browser, trained, catal
         assert page.evaluate("window.fashiontag.shown().map((p) => p.id)") == shown
         assert page.locator(f'.card[data-id="{pid}"]').get_attribute("data-done") == "true"
         page.click("#refresh")
+        listed(page)
         assert pid not in page.evaluate("window.fashiontag.shown().map((p) => p.id)")
         assert _current(page) == shown[i + 1] and page.locator("#refresh").is_hidden()
     store.close()
@@ -271,7 +274,7 @@ def test_every_runner_up_and_task_name_is_in_sight(browser, trained, catalog, tm
     tasks = store.model()["tasks"]
     with live_server(create_app(trained, engine="torch", review=store, threads=1)) as url, \
             open_page(browser, url) as page:
-        page.select_option("#f-status", "all")
+        choose(page, "#f-status", "all")
         for width in (1280, 1024):
             page.set_viewport_size({"width": width, "height": 900})
             assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
@@ -304,7 +307,7 @@ def test_the_enlarged_photo_is_the_original_file_fitted_to_the_window(browser, t
            "return [i.naturalWidth, i.naturalHeight, r.left, r.top, r.right, r.bottom]; })()"
     with live_server(create_app(trained, engine="torch", review=store, threads=1)) as url, \
             open_page(browser, url) as page:
-        page.select_option("#f-status", "all")
+        choose(page, "#f-status", "all")
         # a large original: its own pixels, made smaller to fit the window
         page.locator(f'.card[data-id="{ids["big"]}"] .thumb img').click()
         page.wait_for_function(loaded)

@@ -168,7 +168,7 @@ def test_an_old_schema_database_gains_the_audit_column(db_url):
     store.close()
     reopened = ReviewStore(db_url, create=False)
     with reopened.engine.connect() as conn:
-        assert conn.execute(select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 2
+        assert conn.execute(select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 3
         assert conn.execute(select(tags.c.audit)).scalars().all() == [False, False]
     photo = reopened.photos()[0]
     assert {t: (x["status"], x["audit"]) for t, x in photo["tags"].items()} == {
@@ -219,8 +219,11 @@ def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
 def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_promise(browser, tmp_path):
     """Audit tags need review with an "audit" badge and "Accept all sure photos" leaves them; a task measured below
     its promise gets a banner; "reviewed" (filter and data-done) follows the server's rule."""
+    from reviewpage import choose
+
     from browser import live_server, open_page
     from fashiontag.inference.tagger import Tagger
+    from fashiontag.review.store import _refresh_photos
     from fashiontag.serve import create_app
     from synthetic import draw
     photos = tmp_path / "photos"
@@ -233,6 +236,7 @@ def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_prom
     with store.engine.begin() as conn:  # gender of a and b drawn for audit
         conn.execute(tags.update().where(tags.c.photo_id.in_([a, b]), tags.c.task == "gender")
                      .values(audit=True, status="needs_review"))
+        _refresh_photos(conn, [a, b])  # their place in the page's lists, as queued
     _decide(store, store.photo(b), "gender", right=False)  # an audit found wrong: 0 of 1, below 98%
     _decide(store, store.photo(d), "usage", right=True)  # d: a person decided a tag, the rest stay the model's
     app = create_app(tagger=Tagger.load(None, engine="onnx", threads=1), review=store)
@@ -240,19 +244,19 @@ def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_prom
         assert page.locator("#promise-warning").is_visible()
         assert "gender" in page.locator("#promise-warning").text_content()
         page.fill("#reviewer", "ann")
-        page.select_option("#f-status", "all")
+        choose(page, "#f-status", "all")
         done = {int(el.get_attribute("data-id")): el.get_attribute("data-done") for el in page.locator(".card").all()}
         assert done == {a: "false", b: "true", c: "false", d: "true"}
         audit_row = page.locator(f".card[data-id='{a}'] tr[data-task='gender']")
         assert audit_row.get_attribute("data-audit") == "true" and audit_row.locator(".badge.audit").is_visible()
         assert audit_row.get_attribute("data-status") == "needs_review"
-        page.select_option("#f-status", "reviewed")
+        choose(page, "#f-status", "reviewed")
         assert {int(el.get_attribute("data-id")) for el in page.locator(".card").all()} == {b, d}
-        page.select_option("#f-status", "needs")
+        choose(page, "#f-status", "needs")
         assert {int(el.get_attribute("data-id")) for el in page.locator(".card").all()} == {a}
         page.click("#bulk")
-        page.wait_for_function(f"window.fashiontag.state.photos.find((p) => p.id === {c})"
-                               ".tags.gender.status === 'accepted'", timeout=15000)
+        page.wait_for_function("window.fashiontag.state.progress.reviewed === 3", timeout=15000)  # b, c, d
+        assert store.photo(c)["tags"]["gender"]["status"] == "accepted"
         assert store.photo(a)["tags"]["gender"]["status"] == "needs_review"
         assert store.photo(a)["tags"]["usage"]["status"] == "auto"
     store.close()

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from PIL import Image
@@ -22,9 +22,11 @@ from pydantic import BaseModel, Field
 from fashiontag.review import auth
 from fashiontag.review.queue import within
 from fashiontag.review.store import (
+    MAX_PAGE,
     UNAVAILABLE,
     Conflict,
     InvalidChange,
+    InvalidQuery,
     NotFound,
     ReviewStore,
     UnseenCombination,
@@ -61,6 +63,12 @@ class BulkBody(BaseModel):
 class UndoBody(BaseModel):
     reviewer: str = ""
     action_id: int | None = None
+
+
+class LeaseBody(BaseModel):
+    reviewer: str = ""
+    photo_ids: list[int] = Field(max_length=MAX_PAGE, description="the photos now in front of the reviewer; [] "
+                                 "gives every lease of theirs back")
 
 
 class SignIn(BaseModel):
@@ -222,10 +230,37 @@ def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIR
 
     router = APIRouter(prefix="/review/api", tags=["review"], route_class=StoreRoute, dependencies=[Depends(guard)])
 
-    @router.get("/queue", summary="The model, every photo with its tags, the progress and the reviewers")
+    @router.get("/queue", summary="The model, every photo with its tags, the progress and the reviewers (the whole "
+                                  "queue at once: for scripts on small queues; the page reads /summary and /page)")
     def queue():
         return {"model": store.model(), "photos": store.photos(), "progress": store.progress(),
                 "reviewers": store.reviewers()}
+
+    @router.get("/summary", summary="The model, the progress and the reviewers: what the page needs besides its "
+                                    "pages of photos")
+    def summary():
+        return {"model": store.model(), "progress": store.progress(), "reviewers": store.reviewers()}
+
+    @router.get("/page", summary="One page of the queue, filtered and sorted in the database (keyset pagination: "
+                                 "pass `next` as `after` for the following page)",
+                responses={422: {"description": "an unknown status, task, class or sort, or an `after` this list "
+                                                "did not give"}})
+    def page(request: Request, status: str = "needs", task: str | None = None, cls: str | None = None,
+             decided_by: str | None = None, sort: str = "uncertain", after: str | None = None,
+             limit: int = Query(50, ge=1, le=MAX_PAGE), viewer: str = Query("", alias="as", max_length=128)):
+        try:
+            return store.page(status=status, task=task or None, cls=cls or None, decided_by=decided_by or None,
+                              sort=sort, after=after, limit=limit, viewer=who(request, viewer.strip()) or None)
+        except InvalidQuery as e:
+            return JSONResponse(error_body("invalid_query", str(e)), 422)
+
+    @router.post("/lease", summary="Hold the photos in front of the reviewer for two minutes: the pages served to "
+                                   "other reviewers skip them (renew before it ends; an action gives its photo back)")
+    def lease(body: LeaseBody, request: Request):
+        try:
+            return store.lease(who(request, body.reviewer), body.photo_ids)
+        except InvalidChange as e:
+            return _refusal(e)
 
     @router.get("/stats", summary="Per task the live precision of auto-accept from reviewed audits, whether it is "
                                   "below its promise, the share auto-accepted, and reviewers' throughput")

@@ -6,6 +6,8 @@ tags: accepted ones were right, corrected ones wrong, and their share is the liv
 95% Wilson interval. A task whose interval lies wholly below the precision its threshold promises
 (model.json's threshold_precision) is "below its promise". Beside it: the share of the queue's tags at or above
 their thresholds against the share of validation photos the thresholds accepted, and each reviewer's throughput.
+Agreement: on the overlap photos (store.OVERLAP_SHARE of them, served blind to a second reviewer once a first had
+decided them), per task the share of the second answers equal to the first, with their count.
 
 `reviewed_tags` gives the tags people decided (not bulk-accepted unseen), with their confidence and whether the
 model was right: what `fashiontag calibrate --reviews` fits thresholds on (refit.calibrate_from_reviews).
@@ -20,7 +22,7 @@ from sqlalchemy import func, select
 
 from fashiontag.inference.thresholds import precision_lower_bound, precision_upper_bound
 from fashiontag.model_folder import PHOTO_ONLY
-from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, photos, tags
+from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, opinions, photos, tags
 
 # A two-sided 95% interval: each bound holds with 97.5% confidence.
 INTERVAL_Z = 1.96
@@ -47,17 +49,23 @@ def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
     (audits not decided yet), tags (the queue's tags), auto_share (share at or above their threshold),
     val_share (validation's coverage at the threshold, None where the queue did not record it), condition
     ("with titles"/"photo alone" for a photo + title model, else None). Reviewers: name, tags (decided one by one),
-    bulk (accepted with "Accept all sure photos"), hours (clock hours with any action), per_hour."""
+    bulk (accepted with "Accept all sure photos"), hours (clock hours with any action), per_hour. Agreement: per
+    task answered twice, n, equal, share (_agreement)."""
     model = store.model() or {}
     task_list = list(model.get("tasks") or [])
     with store.engine.connect() as conn:
         rows = conn.execute(select(tags.c.task, tags.c.status, tags.c.audit, tags.c.confidence, tags.c.threshold)
                             .join(photos, photos.c.id == tags.c.photo_id)).all()
-        done = conn.execute(select(actions.c.reviewer, actions.c.kind, actions.c.at,
-                                   func.count(changes.c.id).label("n"))
-                            .join(changes, changes.c.action_id == actions.c.id, isouter=True)
-                            .where(actions.c.undone_by.is_(None), actions.c.kind != "undo")
-                            .group_by(actions.c.id, actions.c.reviewer, actions.c.kind, actions.c.at)).all()
+        done = []
+        for record in (changes, opinions):  # a second look's answers are its opinions, any other action's its changes
+            done += conn.execute(select(actions.c.reviewer, actions.c.kind, actions.c.at,
+                                        func.count(record.c.action_id).label("n"))
+                                 .join(record, record.c.action_id == actions.c.id)
+                                 .where(actions.c.undone_by.is_(None), actions.c.kind != "undo")
+                                 .group_by(actions.c.id, actions.c.reviewer, actions.c.kind, actions.c.at)).all()
+        pairs = conn.execute(select(opinions.c.task, opinions.c.label, tags.c.label.label("first"))
+                             .join(tags, (tags.c.photo_id == opinions.c.photo_id) & (tags.c.task == opinions.c.task))
+                             .where(tags.c.status.in_(REVIEWED), tags.c.reviewer != opinions.c.reviewer)).all()
     by_task: dict[str, list] = {}
     for r in rows:
         by_task.setdefault(r.task, []).append(r)
@@ -83,12 +91,23 @@ def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
                   "condition": CONDITIONS[key] if PHOTO_ONLY in model else None}
     return {"tasks": out, "reviewers": _throughput(done), "below_promise": [t for t, s in out.items()
                                                                             if s["below_promise"]],
-            "audits_pending": sum(s["pending"] for s in out.values()), "z": z}
+            "audits_pending": sum(s["pending"] for s in out.values()), "z": z,
+            "agreement": _agreement(pairs, task_list)}
+
+
+def _agreement(pairs, task_list: list[str]) -> dict:
+    """Per task with any second answer: n (tags answered twice), equal (the second answer the first's), share."""
+    out = {}
+    for t in task_list:
+        answers = [r.label == r.first for r in pairs if r.task == t]
+        if answers:
+            out[t] = {"n": len(answers), "equal": sum(answers), "share": sum(answers) / len(answers)}
+    return out
 
 
 def _throughput(done) -> list[dict]:
-    """Per reviewer: tags decided one by one, tags bulk-accepted, clock hours (UTC) with any action, tags decided
-    per such hour."""
+    """Per reviewer: tags decided one by one (second looks included), tags bulk-accepted, clock hours (UTC) with any
+    action, tags decided per such hour."""
     people: dict[str, dict] = {}
     for r in done:
         p = people.setdefault(r.reviewer, {"reviewer": r.reviewer, "tags": 0, "bulk": 0, "hours": set()})
@@ -149,6 +168,13 @@ def print_stats(stats: dict, file=None) -> None:
     console = Console(file=file, width=160)
     console.print(tasks)
     console.print(people if stats["reviewers"] else "no reviewer actions yet")
+    if stats.get("agreement"):
+        agree = Table(title="Agreement on photos two reviewers answered (the second blind)")
+        for name in ("task", "equal answers", "of"):
+            agree.add_column(name, justify="left" if name == "task" else "right")
+        for t, a in stats["agreement"].items():
+            agree.add_row(t, pct(a["share"]), str(a["n"]))
+        console.print(agree)
     if stats["below_promise"]:
         console.print(f"[bold red]below its promise:[/] {', '.join(stats['below_promise'])}: the audited "
                       "precision's upper bound is under the target; recalibrate (`fashiontag calibrate --reviews`)")

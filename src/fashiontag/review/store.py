@@ -13,11 +13,23 @@ audit after review.
 A tag queued from a catalog audit (`fashiontag audit`'s audit.csv, queue.audit_item) carries the catalog's label
 (`catalog_label`) beside the model's suggestion (`model_label`, never the catalog's): it always needs review, and
 keeping the catalog's label is `corrected`, as any label other than the model's is: the model was wrong there.
+
+A queue of a million tags is served a page at a time (`page`), filtered and sorted in the database by keyset
+pagination: each photo keeps what its place in the list depends on (`needs`, `reviewed`, `margin`: the "least
+certain first" key), written with its tags in the same transaction, and indexed with the photo id as tie-breaker.
+
+Several reviewers: a reviewer holds a short lease on the photo in front of them (`lease`), and the pages served to
+the others skip it. A small share of photos (`overlap`, drawn by path) is served to a second reviewer once a first
+has decided it, blind (the model's proposal, not the first answer); the second answer is kept apart (`opinions`)
+and the two are compared in `review stats` (agreement).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,20 +39,35 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    and_,
+    case,
     create_engine,
+    delete,
     event,
+    exists,
     false,
+    func,
     inspect,
+    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fashiontag.errors import FashiontagError
@@ -48,9 +75,21 @@ from fashiontag.inference.decode import needs_review
 
 # 2: tags.audit (a version-1 database gains it, false, when opened: _migrate). tags.catalog_label came later without
 # a new version: a nullable column that a fashiontag from before neither reads nor needs to write (_add_catalog_label).
-SCHEMA_VERSION = 2
+# 3: photos.needs/reviewed/margin (the page's keys, kept with the tags), overlap/second_due/first_reviewer (second
+# looks), tags.margin, the leases and opinions tables and the keyset indexes (_migrate fills them in). A fashiontag
+# of version 2 would write tags without these keys, so it is refused a version-3 queue.
+SCHEMA_VERSION = 3
 REVIEWED = ("accepted", "corrected")
 UNTOUCHED = ("needs_review", "auto")
+# A photo with no tag left to look at sorts after every margin a tag can have (margins lie within [-1, 1]).
+NONE_LEFT = 2.0
+# How long a photo in front of a reviewer stays theirs without a renewal (the page renews it every 30 s).
+LEASE_SECONDS = 120
+# The share of photos served to a second reviewer, blind, to measure agreement (review stats).
+OVERLAP_SHARE = 0.05
+STATUSES = ("needs", "all", "reviewed")
+SORTS = ("uncertain", "confidence", "class", "queue")
+MAX_PAGE = 500
 
 metadata = MetaData()
 schema_info = Table("schema_info", metadata, Column("version", Integer, nullable=False))
@@ -59,7 +98,14 @@ photos = Table("photos", metadata,
                Column("id", Integer, primary_key=True, autoincrement=True),
                Column("path", String(2048), nullable=False, unique=True),
                Column("item_id", String(512), nullable=False),
-               Column("error", Text, nullable=False, default=""))
+               Column("error", Text, nullable=False, default=""),
+               # What the photo's place in the page's lists depends on, rewritten with its tags (_refresh_photos).
+               Column("needs", Boolean, nullable=False, default=False, server_default=false()),
+               Column("reviewed", Boolean, nullable=False, default=False, server_default=false()),
+               Column("margin", Float, nullable=False, default=NONE_LEFT, server_default=str(NONE_LEFT)),
+               Column("overlap", Boolean, nullable=False, default=False, server_default=false()),
+               Column("second_due", Boolean, nullable=False, default=False, server_default=false()),
+               Column("first_reviewer", String(128)))
 tags = Table("tags", metadata,
              Column("photo_id", Integer, ForeignKey("photos.id"), primary_key=True),
              Column("task", String(64), primary_key=True),
@@ -73,7 +119,8 @@ tags = Table("tags", metadata,
              Column("reviewer", String(128)),
              Column("updated_at", String(32)),
              Column("audit", Boolean, nullable=False, default=False, server_default=false()),
-             Column("catalog_label", String(256)))  # a catalog audit's tag: the catalog's label; else NULL
+             Column("catalog_label", String(256)),  # a catalog audit's tag: the catalog's label; else NULL
+             Column("margin", Float, nullable=False, server_default="0"))  # tag_margin, fixed when queued
 actions = Table("actions", metadata,
                 Column("id", Integer, primary_key=True, autoincrement=True),
                 Column("reviewer", String(128), nullable=False),
@@ -90,6 +137,24 @@ changes = Table("changes", metadata,
                 Column("after_label", String(256), nullable=False),
                 Column("after_status", String(16), nullable=False),
                 Column("after_version", Integer, nullable=False))
+# The photo in front of a reviewer (one row per photo): the pages served to the other reviewers skip it until `until`.
+leases = Table("leases", metadata,
+               Column("photo_id", Integer, primary_key=True),
+               Column("reviewer", String(128), nullable=False),
+               Column("until", Float, nullable=False))  # seconds since the epoch
+# A second reviewer's answers on an overlap photo, beside the first's (which the tags hold).
+opinions = Table("opinions", metadata,
+                 Column("photo_id", Integer, ForeignKey("photos.id"), primary_key=True),
+                 Column("task", String(64), primary_key=True),
+                 Column("reviewer", String(128), primary_key=True),
+                 Column("label", String(256), nullable=False),
+                 Column("action_id", Integer, nullable=False, index=True),
+                 Column("at", String(32), nullable=False))
+# The keyset orders of `page`, each ending in the photo id so that no two rows tie.
+KEYSET_INDEXES = (Index("photos_margin", photos.c.margin, photos.c.id),
+                  Index("tags_task_margin", tags.c.task, tags.c.margin, tags.c.photo_id),
+                  Index("tags_task_confidence", tags.c.task, tags.c.confidence, tags.c.photo_id),
+                  Index("tags_task_label", tags.c.task, tags.c.label, tags.c.photo_id))
 # Reviewer accounts (review/auth.py): added to older databases when they are opened; none means no sign-in.
 users = Table("users", metadata,
               Column("name", String(128), primary_key=True),
@@ -117,6 +182,10 @@ class NotFound(LookupError):
 
 class InvalidChange(ValueError):
     """A change that names an unknown task or class, or no reviewer."""
+
+
+class InvalidQuery(ValueError):
+    """A page of the queue asked for with an unknown filter, sort or position."""
 
 
 class UnseenCombination(InvalidChange):
@@ -204,8 +273,6 @@ class ReviewStore:
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
                 elif found is not None and found < SCHEMA_VERSION:
                     found = _migrate(conn, found)
-                if found == SCHEMA_VERSION:  # a newer schema is refused below, untouched
-                    _add_catalog_label(conn)
         except DatabaseError as e:  # no server, no such file or folder, or a file that is not a database
             self.engine.dispose()
             raise StoreError(f"--db {self.shown_url}: cannot open the database ({reason(e)})") from None
@@ -276,47 +343,137 @@ class ReviewStore:
         with self.engine.connect() as conn:
             return set(conn.execute(select(photos.c.path)).scalars())
 
-    def add_photos(self, items: list[dict]) -> int:
+    def add_photos(self, items: list[dict], overlap_share: float = OVERLAP_SHARE) -> int:
         """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold[, audit][,
         catalog_label]}}}; a path already in the queue is skipped (its review goes on). A tag with a true `audit` or a
-        catalog_label is queued as needing review whatever its confidence. Returns how many were added."""
+        catalog_label is queued as needing review whatever its confidence. overlap_share: the share of photos drawn
+        (by path, so the same photos draw the same) for a second reviewer's blind look. Returns how many were
+        added."""
         known = self.known_paths()
         new = [i for i in items if i["path"] not in known]
         with self.engine.begin() as conn:
             for item in new:
-                pid = conn.execute(photos.insert().values(path=item["path"], item_id=item["item_id"],
-                                                          error=item["error"])).inserted_primary_key[0]
-                rows = [{"photo_id": pid, "task": t, "model_label": tag["label"], "confidence": tag["confidence"],
+                rows = [{"task": t, "model_label": tag["label"], "confidence": tag["confidence"],
                          "runners_up": json.dumps(tag["runners_up"]), "threshold": tag["threshold"],
                          "label": tag["label"], "version": 1, "audit": bool(tag.get("audit")),
-                         "catalog_label": tag.get("catalog_label"),
+                         "catalog_label": tag.get("catalog_label"), "margin": tag_margin(tag),
                          "status": "needs_review" if tag.get("audit") or tag.get("catalog_label") or needs_review(
                              tag["label"], tag["confidence"], tag["threshold"]) else "auto"}
                         for t, tag in item["tags"].items()]
+                keys = photo_keys({r["status"] for r in rows}, [r["margin"] for r in rows if r["status"] in
+                                                                 UNTOUCHED])
+                pid = conn.execute(photos.insert().values(
+                    path=item["path"], item_id=item["item_id"], error=item["error"], **keys,
+                    overlap=bool(rows) and _draw(item["path"], "overlap") < overlap_share)).inserted_primary_key[0]
                 if rows:
-                    conn.execute(tags.insert(), rows)
+                    conn.execute(tags.insert(), [r | {"photo_id": pid} for r in rows])
         return len(new)
 
     # --------------------------------------------------------------------------------------------- reading
 
     def photos(self, photo_id: int | None = None, conn: Connection | None = None) -> list[dict]:
         """Every photo (or one) with its tags: {id, path, item_id, error, tags: {task: {...}}}, in queue order."""
+        return self.photos_by_id(None if photo_id is None else [photo_id], conn)
+
+    def photos_by_id(self, ids: list[int] | None, conn: Connection | None = None, viewer: str | None = None
+                     ) -> list[dict]:
+        """The photos of ids (None: every photo) with their tags, in queue order. A photo due for a second look,
+        asked for by a viewer other than its first reviewer, comes as the model proposed it (`second_look`): the
+        second answer must not lean on the first."""
         if conn is None:
             with self.engine.connect() as own:
-                return self.photos(photo_id, own)
+                return self.photos_by_id(ids, own, viewer)
         q_photos, q_tags = select(photos).order_by(photos.c.id), select(tags)
-        if photo_id is not None:
-            q_photos, q_tags = q_photos.where(photos.c.id == photo_id), q_tags.where(tags.c.photo_id == photo_id)
-        out = {r.id: {"id": r.id, "path": r.path, "item_id": r.item_id, "error": r.error, "tags": {}}
-               for r in conn.execute(q_photos)}
+        if ids is not None:
+            q_photos, q_tags = q_photos.where(photos.c.id.in_(ids)), q_tags.where(tags.c.photo_id.in_(ids))
+        out, blind = {}, set()
+        for r in conn.execute(q_photos):
+            out[r.id] = {"id": r.id, "path": r.path, "item_id": r.item_id, "error": r.error, "tags": {}}
+            if viewer and r.second_due and r.first_reviewer != viewer:
+                out[r.id]["second_look"] = True
+                blind.add(r.id)
         order = {t: i for i, t in enumerate((self.model(conn) or {}).get("tasks", []))}
         for r in sorted(conn.execute(q_tags), key=lambda r: order.get(r.task, len(order))):
-            out[r.photo_id]["tags"][r.task] = {
-                "label": r.label, "status": r.status, "version": r.version, "reviewer": r.reviewer,
-                "updated_at": r.updated_at, "model_label": r.model_label, "confidence": r.confidence,
-                "threshold": r.threshold, "runners_up": json.loads(r.runners_up), "audit": bool(r.audit),
-                "catalog_label": r.catalog_label}
+            tag = {"label": r.label, "status": r.status, "version": r.version, "reviewer": r.reviewer,
+                   "updated_at": r.updated_at, "model_label": r.model_label, "confidence": r.confidence,
+                   "threshold": r.threshold, "runners_up": json.loads(r.runners_up), "audit": bool(r.audit),
+                   "catalog_label": r.catalog_label}
+            if r.photo_id in blind:
+                tag |= {"label": r.model_label, "status": "needs_review", "reviewer": None, "updated_at": None}
+            out[r.photo_id]["tags"][r.task] = tag
         return list(out.values())
+
+    def page(self, *, status: str = "needs", task: str | None = None, cls: str | None = None,
+             decided_by: str | None = None, sort: str = "uncertain", after: str | None = None, limit: int = 50,
+             viewer: str | None = None) -> dict:
+        """One page of the queue, filtered and sorted in the database: {photos, next}; `next` (None at the end)
+        is the `after` of the following page. Keyset pagination: a page starts after the sort key of the previous
+        one's last photo, (key, photo id), so each page costs the same however deep, and pages cover every photo
+        once even while others review (a photo whose key changed meanwhile may move past the reader or back).
+
+        status: needs (a tag of `task`, or of any task, needs review), all, reviewed (see progress); task: sort
+        and filter by that task's tag (photos without one are left out); cls: only photos whose `task` tag reads
+        cls; decided_by: only photos where that reviewer decided a tag; sort: uncertain (the least certain first:
+        the lowest margin of the photo's tags still to look at, or of `task`'s tag), confidence or class (of
+        `task`, else the first task), queue (the order photos were queued). viewer: who asks; the photos another
+        reviewer holds a live lease on are left out, the second looks due from this viewer are among those
+        needing review, and come blind (photos_by_id)."""
+        model = self.model() or {}
+        key_task = self._check_page(model, status, task, cls, sort, limit)
+        by_tag = key_task is not None
+        key = {"uncertain": tags.c.margin if by_tag else photos.c.margin, "confidence": tags.c.confidence,
+               "class": tags.c.label, "queue": None}[sort]
+        pid = tags.c.photo_id if by_tag else photos.c.id
+        q = select(pid.label("pid"), *([key.label("key")] if key is not None else []))
+        q = (q.select_from(tags.join(photos, photos.c.id == tags.c.photo_id)).where(tags.c.task == key_task)
+             if by_tag else q.select_from(photos).where(photos.c.error == ""))
+        second = and_(photos.c.second_due, or_(photos.c.first_reviewer.is_(None), photos.c.first_reviewer != viewer)
+                      ) if viewer else false()
+        if status == "needs":
+            q = q.where(or_(tags.c.status == "needs_review" if task else photos.c.needs, second))
+        elif status == "reviewed":
+            q = q.where(photos.c.reviewed)
+        if cls is not None:
+            q = q.where(tags.c.label == cls)
+        if decided_by:
+            decided = tags.alias("decided")
+            q = q.where(exists().where(decided.c.photo_id == photos.c.id, decided.c.reviewer == decided_by,
+                                       decided.c.status.in_(REVIEWED)))
+        if viewer:
+            q = q.where(~exists().where(leases.c.photo_id == photos.c.id, leases.c.reviewer != viewer,
+                                        leases.c.until > time.time()))
+        if after is not None:
+            last = _cursor(after, key is not None)
+            q = q.where(tuple_(key, pid) > tuple_(*last) if key is not None else pid > last[0])
+        q = q.order_by(*([key] if key is not None else []), pid).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+            shown = rows[:limit]
+            by_id = {p["id"]: p for p in self.photos_by_id([r.pid for r in shown], conn, viewer)}
+        end = shown[-1] if shown and len(rows) > limit else None
+        return {"photos": [by_id[r.pid] for r in shown],
+                "next": None if end is None else json.dumps([end.key, end.pid] if key is not None else [end.pid])}
+
+    @staticmethod
+    def _check_page(model: dict, status: str, task: str | None, cls: str | None, sort: str, limit: int
+                    ) -> str | None:
+        """Refuse (InvalidQuery) what page cannot list; returns the task whose tags the page sorts or filters by
+        (None: the photos' own keys)."""
+        tasks = list(model.get("tasks") or [])
+        if status not in STATUSES:
+            raise InvalidQuery(f"status {status!r}: one of {', '.join(STATUSES)}")
+        if sort not in SORTS:
+            raise InvalidQuery(f"sort {sort!r}: one of {', '.join(SORTS)}")
+        if task is not None and task not in tasks:
+            raise InvalidQuery(f"unknown task {task!r}: one of {', '.join(tasks)}")
+        if cls is not None and (task is None or cls not in model["vocabs"][task]):
+            raise InvalidQuery(f"class {cls!r}: " + ("a class filter needs a task" if task is None else
+                                                     f"not a class of {task}"))
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidQuery(f"limit {limit}: from 1 to {MAX_PAGE}")
+        if task is None and sort in ("confidence", "class"):
+            return tasks[0] if tasks else None
+        return task
 
     def photo(self, photo_id: int, conn: Connection | None = None) -> dict:
         found = self.photos(photo_id, conn)
@@ -328,13 +485,13 @@ class ReviewStore:
         """Photos reviewed, still needing review, and in all (tagged ones). A photo is reviewed once a person
         decided on any of its tags and none still needs review: a reviewer sets the unsure tags and leaves the
         sure ones (`auto`) as the model said, which is also how export takes them."""
-        state: dict[int, set] = {}
+        def count(flag):
+            return func.coalesce(func.sum(case((flag, 1), else_=0)), 0)
+        # From the photos' own keys (_refresh_photos): one pass over the photos, not their tags.
         with self.engine.connect() as conn:
-            for pid, status in conn.execute(select(tags.c.photo_id, tags.c.status)):
-                state.setdefault(pid, set()).add(status)
-        return {"total": len(state),
-                "reviewed": sum("needs_review" not in s and not s.isdisjoint(REVIEWED) for s in state.values()),
-                "needs_review": sum("needs_review" in s for s in state.values())}
+            total, reviewed, needs = conn.execute(select(func.count(), count(photos.c.reviewed),
+                                                         count(photos.c.needs)).where(photos.c.error == "")).one()
+        return {"total": total, "reviewed": int(reviewed), "needs_review": int(needs)}
 
     def reviewers(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -355,27 +512,47 @@ class ReviewStore:
             if d.get("label") not in vocabs[task]:
                 raise InvalidChange(f"{d.get('label')!r} is not a class of {task}")
         with self._writing() as conn:
-            current = self.photo(photo_id, conn)
+            current = self.photos_by_id([photo_id], conn, viewer=reviewer)
+            if not current:
+                raise NotFound(f"no photo {photo_id} in this review")
+            current = current[0]
             labels = {t: tag["label"] for t, tag in current["tags"].items()} | {
                 t: d["label"] for t, d in decisions.items()}
             if not confirm and (combo := unseen_combination(model, labels)):
                 raise UnseenCombination(f"{' + '.join(combo)} never occurs in the training catalog; confirm to "
                                         "keep it")
-            todo = {t: (d["label"], "accepted" if d["label"] == current["tags"][t]["model_label"] else "corrected",
-                        d.get("version")) for t, d in decisions.items()}
-            action = self._apply(conn, reviewer, "review", photo_id, todo)
-            return {"action": action, "photo": self.photo(photo_id, conn)}
+            conn.execute(delete(leases).where(leases.c.photo_id == photo_id, leases.c.reviewer == reviewer))
+            if current.get("second_look"):
+                action = self._second_look(conn, reviewer, photo_id, {t: d["label"] for t, d in decisions.items()})
+            else:
+                todo = {t: (d["label"], "accepted" if d["label"] == current["tags"][t]["model_label"]
+                            else "corrected", d.get("version")) for t, d in decisions.items()}
+                action = self._apply(conn, reviewer, "review", photo_id, todo)
+            return {"action": action, "photo": self.photos_by_id([photo_id], conn, viewer=reviewer)[0]}
+
+    def _second_look(self, conn: Connection, reviewer: str, photo_id: int, labels: dict[str, str]) -> int:
+        """A second reviewer's answers on an overlap photo: kept beside the first's, the tags left as they are."""
+        now = _now()
+        action_id = conn.execute(actions.insert().values(reviewer=reviewer, kind="second_look", at=now)
+                                 ).inserted_primary_key[0]
+        conn.execute(opinions.insert(), [{"photo_id": photo_id, "task": t, "reviewer": reviewer, "label": label,
+                                          "action_id": action_id, "at": now} for t, label in labels.items()])
+        _refresh_photos(conn, [photo_id])
+        return action_id
 
     def bulk_accept(self, reviewer: str, photo_ids: list[int] | None = None) -> dict:
         """Accept, as one action, every photo (of photo_ids, else all) whose tags are all at or above their
         thresholds and untouched. Returns {action, accepted: [photo ids]}."""
         reviewer = _reviewer(reviewer)
         with self._writing() as conn:
+            # Neither needing review nor reviewed: every tag is still `auto` (see photo_keys).
+            sure = select(photos.c.id).where(~photos.c.needs, ~photos.c.reviewed, photos.c.error == "")
+            if photo_ids is not None:
+                sure = sure.where(photos.c.id.in_(photo_ids))
             state: dict[int, list] = {}
             for r in conn.execute(select(tags.c.photo_id, tags.c.task, tags.c.label, tags.c.status,
-                                         tags.c.version)):
-                if photo_ids is None or r.photo_id in photo_ids:
-                    state.setdefault(r.photo_id, []).append(r)
+                                         tags.c.version).where(tags.c.photo_id.in_(sure.scalar_subquery()))):
+                state.setdefault(r.photo_id, []).append(r)
             ready = sorted(pid for pid, rs in state.items() if all(r.status == "auto" for r in rs))
             action = None
             for pid in ready:
@@ -394,6 +571,8 @@ class ReviewStore:
             target = conn.execute(q).first()
             if target is None:
                 raise NotFound("nothing to undo" if action_id is None else f"no action {action_id} to undo")
+            if target.kind == "second_look":
+                return self._undo_second_look(conn, reviewer, target.id)
             undo_id = None
             by_photo: dict[int, dict] = {}
             # A tag may be taken back while it still reads as the action left it: undoing a later action of the
@@ -410,6 +589,44 @@ class ReviewStore:
             conn.execute(update(actions).where(actions.c.id == target.id).values(undone_by=undo_id))
             return {"action": undo_id, "undone": target.id,
                     "photos": [self.photo(pid, conn) for pid in by_photo]}
+
+    def _undo_second_look(self, conn: Connection, reviewer: str, target: int) -> dict:
+        """Take a second look's answers back: the photo is due for a second look again."""
+        undo_id = conn.execute(actions.insert().values(reviewer=reviewer, kind="undo", at=_now())
+                               ).inserted_primary_key[0]
+        pids = sorted(set(conn.execute(select(opinions.c.photo_id).where(opinions.c.action_id == target)).scalars()))
+        conn.execute(delete(opinions).where(opinions.c.action_id == target))
+        conn.execute(update(actions).where(actions.c.id == target).values(undone_by=undo_id))
+        _refresh_photos(conn, pids)
+        return {"action": undo_id, "undone": target, "photos": self.photos_by_id(pids, conn, viewer=reviewer)}
+
+    # ------------------------------------------------------------------------------------- several reviewers
+
+    def lease(self, reviewer: str, photo_ids: list[int], seconds: float = LEASE_SECONDS) -> dict:
+        """Make photo_ids the ones in front of `reviewer` for `seconds` (renewing them; the reviewer's other leases
+        end): the pages served to other reviewers skip them meanwhile. A photo another reviewer holds stays
+        theirs. Returns {leased: [ids], held: {id: reviewer}, seconds}."""
+        reviewer = _reviewer(reviewer)
+        if not 0 < seconds <= 3600:
+            raise InvalidChange(f"a lease of {seconds} s: from 1 s to an hour")
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    now = time.time()
+                    conn.execute(delete(leases).where(or_(leases.c.reviewer == reviewer, leases.c.until <= now)))
+                    held = dict(conn.execute(select(leases.c.photo_id, leases.c.reviewer)
+                                             .where(leases.c.photo_id.in_(photo_ids))).all()) if photo_ids else {}
+                    free = sorted(set(photo_ids) - set(held))
+                    if free:
+                        conn.execute(leases.insert(), [{"photo_id": i, "reviewer": reviewer, "until": now + seconds}
+                                                       for i in free])
+                return {"leased": free, "held": held, "seconds": seconds}
+            except IntegrityError:  # PostgreSQL: another reviewer leased one of them since we looked; look again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------------------------------- internals
 
     @contextmanager
     def _writing(self):
@@ -448,18 +665,108 @@ class ReviewStore:
             conn.execute(changes.insert().values(action_id=action_id, photo_id=photo_id, task=task,
                                                  before_label=before.label, before_status=before.status,
                                                  after_label=label, after_status=status, after_version=version + 1))
+        _refresh_photos(conn, [photo_id])
         return action_id
+
+
+def tag_margin(tag: dict) -> float:
+    """How far a tag lies above its threshold (below: negative), the "least certain first" key. A catalog audit's
+    tag: the model's probability of the catalog's label, less one, so that the product whose catalog label the
+    model finds least likely comes first, as the audit ranks them."""
+    if tag.get("catalog_label"):
+        chance = next((p for label, p in tag["runners_up"] if label == tag["catalog_label"]), 0.0)
+        return float(chance) - 1.0
+    return float(tag["confidence"]) - float(tag["threshold"])
+
+
+def photo_keys(statuses: set[str], open_margins: list[float]) -> dict:
+    """A photo's place in the page's lists from its tags: needs (a tag needs review), reviewed (a person decided
+    a tag and none needs review: see progress), margin (the lowest of the tags still to look at)."""
+    needs = "needs_review" in statuses
+    return {"needs": needs, "reviewed": not needs and not statuses.isdisjoint(REVIEWED),
+            "margin": min(open_margins, default=NONE_LEFT)}
+
+
+def _refresh_photos(conn: Connection, photo_ids: list[int]) -> None:
+    """Rewrite the page keys of photos from their tags, in the transaction that changed the tags. An overlap photo
+    is due for a second look once reviewed until someone other than its first reviewer answered; meanwhile its
+    margin is that of all its tags, its place in the list as it was."""
+    if not photo_ids:
+        return
+    rows: dict[int, list] = {}
+    for r in conn.execute(select(tags.c.photo_id, tags.c.status, tags.c.margin, tags.c.reviewer)
+                          .where(tags.c.photo_id.in_(photo_ids))):
+        rows.setdefault(r.photo_id, []).append(r)
+    overlap = set(conn.execute(select(photos.c.id).where(photos.c.id.in_(photo_ids), photos.c.overlap)).scalars())
+    answered = set(conn.execute(select(opinions.c.photo_id).where(opinions.c.photo_id.in_(photo_ids))).scalars())
+    for pid in photo_ids:
+        rs = rows.get(pid, [])
+        keys = photo_keys({r.status for r in rs}, [r.margin for r in rs if r.status in UNTOUCHED])
+        deciders = sorted(r.reviewer for r in rs if r.status in REVIEWED and r.reviewer)
+        first = max(deciders, key=deciders.count) if keys["reviewed"] and deciders else None
+        due = pid in overlap and keys["reviewed"] and pid not in answered
+        if due:
+            keys["margin"] = min((r.margin for r in rs), default=NONE_LEFT)
+        conn.execute(update(photos).where(photos.c.id == pid).values(**keys, second_due=due, first_reviewer=first))
+
+
+def _draw(path: str, purpose: str) -> float:
+    """A number in [0, 1) fixed by a photo's path: the same photos draw the same, whatever the order."""
+    digest = hashlib.sha256(f"{purpose}:{path}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def _cursor(after: str, keyed: bool) -> list:
+    """A page's `after` back from text: [key, photo id], or [photo id] for the queue order."""
+    try:
+        last = json.loads(after)
+    except (json.JSONDecodeError, TypeError):
+        last = None
+    ok = isinstance(last, list) and len(last) == (2 if keyed else 1) and isinstance(last[-1], int) and (
+        not keyed or isinstance(last[0], (str, int, float)) and not isinstance(last[0], bool))
+    if not ok or (keyed and isinstance(last[0], float) and not math.isfinite(last[0])):
+        raise InvalidQuery(f"after {after[:80]!r}: not a page position this list gave")
+    return last
 
 
 def _migrate(conn: Connection, found: int) -> int:
     """Bring an older schema up to SCHEMA_VERSION in the opening transaction; returns the version now."""
     if found == 1:  # 1 -> 2: tags.audit, false for every tag queued before audits
-        if "audit" not in {c["name"] for c in inspect(conn).get_columns(tags.name)}:
-            conn.exec_driver_sql(f"ALTER TABLE {tags.name} ADD COLUMN audit BOOLEAN NOT NULL DEFAULT "
-                                 f"{'0' if conn.dialect.name == 'sqlite' else 'false'}")
+        _add_columns(conn, tags, ["audit"])
         found = 2
+    if found == 2:  # 2 -> 3: the page keys, second looks, leases, and the keyset indexes
+        _add_catalog_label(conn)
+        _add_columns(conn, photos, ["needs", "reviewed", "margin", "overlap", "second_due", "first_reviewer"])
+        _add_columns(conn, tags, ["margin"])
+        for table in (leases, opinions):
+            table.create(conn, checkfirst=True)
+        for index in KEYSET_INDEXES:
+            index.create(conn, checkfirst=True)
+        # Queues from before paging are small: their margins are worked out here once, in Python, as when queued.
+        for r in conn.execute(select(tags.c.photo_id, tags.c.task, tags.c.confidence, tags.c.threshold,
+                                     tags.c.runners_up, tags.c.catalog_label)).all():
+            conn.execute(update(tags).where(tags.c.photo_id == r.photo_id, tags.c.task == r.task).values(
+                margin=tag_margin({"confidence": r.confidence, "threshold": r.threshold, "catalog_label":
+                                   r.catalog_label, "runners_up": json.loads(r.runners_up)})))
+        _refresh_photos(conn, list(conn.execute(select(photos.c.id)).scalars()))
+        found = 3
     conn.execute(update(schema_info).values(version=found))
     return found
+
+
+def _add_columns(conn: Connection, table: Table, names: list[str]) -> None:
+    """Add columns of `table` (as declared above, with their server defaults) that an older database lacks."""
+    have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name in have:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        default = column.server_default
+        text = "" if default is None else " DEFAULT " + (
+            str(default.arg) if isinstance(default.arg, str) else str(default.arg.compile(dialect=conn.dialect)))
+        null = " NOT NULL" if not column.nullable and default is not None else ""
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{null}{text}")
 
 
 def _add_catalog_label(conn: Connection) -> None:

@@ -1,5 +1,7 @@
 // fashiontag review page: the queue of tagged photos, least certain first, reviewed from the keyboard.
 // Every action goes to the server at once (it is the record); the page only shows what the server answered.
+// The server filters, sorts and pages the queue (GET /page, keyset pagination): the page holds the photos it was
+// given so far, and asks for the next page when the reviewer reaches the end of them.
 // Plain JavaScript, no dependencies, nothing loaded from outside this server.
 "use strict";
 
@@ -7,10 +9,12 @@
   const API = "/review/api";
   const UNTOUCHED = ["needs_review", "auto"];
   const STATUS_TEXT = { needs_review: "to review", auto: "auto", accepted: "accepted", corrected: "corrected" };
-  // order: the photo ids shown, in the order they were sorted (see `refresh`); current: the id of the photo under
-  // the cursor. The cursor follows a photo, never a position in the list.
-  const state = { model: null, photos: [], progress: null, reviewers: [], order: [], current: null, focus: {},
-                  conflicts: {} };
+  // photos: those the server listed since the last refresh, in its order; order: their ids; next: where the next
+  // page starts (null at the end); current: the id of the photo under the cursor. The cursor follows a photo, never
+  // a position in the list. stale: a decision was taken since the list was fetched (see `refresh`).
+  const PAGE = 50;
+  const state = { model: null, photos: [], progress: null, reviewers: [], order: [], next: null, current: null,
+                  focus: {}, conflicts: {}, stale: false, held: {} };
   const $ = (sel) => document.querySelector(sel);
   const queue = $("#queue");
   const filters = { status: $("#f-status"), task: $("#f-task"), cls: $("#f-class"), reviewer: $("#f-reviewer") };
@@ -61,6 +65,7 @@
   function settle(answer, photoId) {
     if (answer.status === 200) {
       merge(answer.body.photos || (answer.body.photo ? [answer.body.photo] : []));
+      state.stale = true;
       if (photoId !== undefined) delete state.conflicts[photoId];
       state.progress = answer.body.progress;
       notice("");
@@ -105,14 +110,16 @@
 
   async function load() {
     if (!(await signedIn())) return;
-    const { status, body } = await call("/queue");
+    const { status, body } = await call("/summary");
     if (status !== 200) { notice(body.message || `HTTP ${status}`); return; }
-    Object.assign(state, { model: body.model, photos: body.photos, progress: body.progress, reviewers: body.reviewers });
+    Object.assign(state, { model: body.model, progress: body.progress, reviewers: body.reviewers });
+    if (!state.model) { notice("This queue is empty: nothing was tagged into it yet."); return; }
     fillFilters();
     state.current = Number(localStorage.getItem("fashiontag.cursor"));
-    refresh(true);
+    await refresh(true);
     if (!reviewerInput.value.trim()) reviewerBox.classList.add("missing");
     await promiseWarning();
+    setInterval(() => lease(true), LEASE_RENEW_MS);
     document.body.dataset.ready = "true";
   }
 
@@ -234,31 +241,40 @@
   };
   // Who decided a tag: nobody while the tag is untouched (an undone tag is untouched again, whoever undid it).
   const decidedBy = (t) => (UNTOUCHED.includes(t.status) ? null : t.reviewer);
-  // A catalog audit's tag comes the sooner the less likely the model finds the catalog's label: the audit's own
-  // order (its score is 1 - that probability).
-  const margin = (p) => Math.min(...Object.values(p.tags).filter((t) => UNTOUCHED.includes(t.status))
-    .map((t) => (t.catalog_label ? catalogChance(t) - 1 : t.confidence - t.threshold)), Infinity);
+  // The reviewer the server serves this page to: it leaves out the photos other reviewers hold (leases), and
+  // serves the second looks due from this one. Quietly "" until the name is set: moving around needs no name.
+  const viewer = () => state.user || reviewerInput.value.trim();
 
-  function visible() {
-    const task = filters.task.value, cls = filters.cls.value, who = filters.reviewer.value;
-    const show = filters.status.value;
-    const list = state.photos.filter((p) => !p.error && (
-      show === "all" || (show === "reviewed" ? reviewed(p)
-        : Object.values(p.tags).some((t) => t.status === "needs_review" && (!task || t === p.tags[task]))))
-      && (!cls || (task && p.tags[task] && p.tags[task].label === cls))
-      && (!who || Object.values(p.tags).some((t) => decidedBy(t) === who)));
-    const sort = sortSelect.value;
-    const byTask = task || state.model.tasks[0];
-    // A catalog audit's photo holds only the tasks flagged: one without the task sorted by comes last.
-    const by = (a, b, compare) => (byTask in a.tags ? 0 : 1) - (byTask in b.tags ? 0 : 1)
-      || (byTask in a.tags && byTask in b.tags ? compare(a.tags[byTask], b.tags[byTask]) : 0);
-    const keys = {
-      uncertain: (a, b) => margin(a) - margin(b),
-      confidence: (a, b) => by(a, b, (x, y) => x.confidence - y.confidence),
-      class: (a, b) => by(a, b, (x, y) => x.label.localeCompare(y.label)),
-      queue: (a, b) => a.id - b.id,
-    };
-    return list.sort((a, b) => keys[sort](a, b) || a.id - b.id);
+  // What the server lists, as the filters and the sort say; after: where the page starts (null: the first).
+  function query(after) {
+    const q = new URLSearchParams({ status: filters.status.value, sort: sortSelect.value, limit: String(PAGE) });
+    for (const [key, value] of [["task", filters.task.value], ["cls", filters.cls.value],
+                                ["decided_by", filters.reviewer.value], ["as", viewer()], ["after", after]]) {
+      if (value) q.set(key, value);
+    }
+    return `/page?${q}`;
+  }
+
+  async function fetchPage(after) {
+    const { status, body } = await call(query(after));
+    if (status !== 200) { notice(body.message || `HTTP ${status}`); return null; }
+    return body;
+  }
+
+  // The page is busy while a list is on its way, until it is drawn (tests wait for data-busy=false).
+  async function busy(work) {
+    document.body.dataset.busy = "true";
+    try {
+      return await work();
+    } finally {
+      document.body.dataset.busy = "false";
+    }
+  }
+
+  // The ids of the list as a refresh would show it now (its first page), the shown one left as it is.
+  async function fresh() {
+    const body = await fetchPage(null);
+    return body ? body.photos.map((p) => p.id) : null;
   }
 
   function fillFilters() {
@@ -280,21 +296,61 @@
     select.replaceChildren(new Option(none, ""), ...values.map((v) => new Option(v, v)));
   }
 
-  // The list is filtered and sorted here, and only here: on loading, when the reviewer changes a filter or the sort,
-  // and when they ask for it (the "refresh list" button). Not after a decision: a correction changes the photo's
-  // "least certain first" key, and a decision can take it out of "needs review", so sorting live would slide
-  // another product under the cursor, where the next "1"-"9" or Enter would decide it unseen, and would make j/k skip
-  // or revisit photos. A reviewer works down the list they were shown; photos they have done stay in place
-  // (marked done) until they refresh it. keep: stay on the current photo if it is still listed, else the first.
-  function refresh(keep) {
-    state.order = visible().map((p) => p.id);
+  // The list is fetched (filtered and sorted by the server) here, and only here: on loading, when the reviewer
+  // changes a filter or the sort, and when they ask for it (the "refresh list" button); further pages are appended as
+  // the reviewer reaches the end (more). Not after a decision: a correction changes the photo's "least certain
+  // first" key, and a decision can take it out of "needs review", so sorting live would slide another product under
+  // the cursor, where the next "1"-"9" or Enter would decide it unseen, and would make j/k skip or revisit photos.
+  // A reviewer works down the list they were shown; photos they have done stay in place (marked done) until they
+  // refresh it. keep: stay on the current photo if it is still listed, else the first.
+  const refresh = (keep) => busy(async () => {
+    const body = await fetchPage(null);
+    if (!body) return;
+    Object.assign(state, { photos: body.photos, order: body.photos.map((p) => p.id), next: body.next, stale: false });
     if (!keep || !state.order.includes(state.current)) state.current = state.order.length ? state.order[0] : null;
     render();
+    lease();
+  });
+
+  // The next page of the list, appended; false at its end. A photo listed already (its key changed since, and
+  // moved past the page's start) is not listed twice. One request at a time: keys pressed meanwhile wait for it.
+  let coming = null;
+  function more() {
+    if (!state.next) return Promise.resolve(false);
+    coming = coming || busy(async () => {
+      const body = await fetchPage(state.next);
+      if (!body) return false;
+      const fresh = body.photos.filter((p) => !state.order.includes(p.id));
+      state.photos.push(...fresh);
+      state.order.push(...fresh.map((p) => p.id));
+      state.next = body.next;
+      render();
+      return true;
+    }).finally(() => { coming = null; });
+    return coming;
   }
 
   // The photos shown, in the order of the last refresh.
   const shown = () => state.order.map(byId).filter((p) => p && !p.error);
   const current = () => shown().find((p) => p.id === state.current);
+
+  // ------------------------------------------------------------------ several reviewers
+  // The photo in front of the reviewer is theirs for two minutes, renewed while they stay on it, given back when
+  // they move (the lease names only the current photo) or act on it (the server gives it back): the lists served
+  // to the others meanwhile leave it out. One another reviewer got first is marked, and the cursor moves on.
+  const LEASE_RENEW_MS = 30000;
+  let leased = null;
+  async function lease(renew) {
+    const name = viewer();
+    const id = state.current;
+    if (!name || (renew && id === null) || (!renew && id === leased)) return;
+    leased = id;
+    const { status, body } = await call("/lease", { reviewer: name, photo_ids: id === null ? [] : [id] });
+    if (status !== 200 || !(id in body.held) || state.current !== id) return;
+    state.held[id] = body.held[id];
+    toast(`${byId(id) ? byId(id).item_id : id}: ${body.held[id]} is on it; on to the next photo`);
+    move(1);
+  }
 
   function render() {
     const list = shown();
@@ -303,8 +359,7 @@
     const pr = state.progress;
     $("#progress").textContent = `${pr.reviewed} / ${pr.total} photos reviewed · ${pr.needs_review} need review`;
     if (state.current !== null) localStorage.setItem("fashiontag.cursor", String(state.current));
-    const fresh = visible().map((p) => p.id);
-    $("#refresh").hidden = fresh.length === state.order.length && fresh.every((id, i) => id === state.order[i]);
+    $("#refresh").hidden = !state.stale;
     const el = queue.querySelector(".card.current");
     if (el) el.scrollIntoView({ block: "nearest" });
   }
@@ -322,6 +377,8 @@
     el.className = "card" + (current ? " current" : "");
     el.dataset.id = photo.id;
     el.dataset.done = String(reviewed(photo));
+    if (photo.second_look) el.dataset.secondLook = "true";
+    if (state.held[photo.id]) el.dataset.heldBy = state.held[photo.id];
     const thumb = document.createElement("div");
     thumb.className = "thumb";
     const img = document.createElement("img");
@@ -334,6 +391,14 @@
     const head = document.createElement("div");
     head.className = "card-head";
     head.textContent = photo.item_id;
+    // A second look: another reviewer decided this photo; the model's proposal is shown, not their answer.
+    if (photo.second_look) {
+      const badge = document.createElement("span");
+      badge.className = "badge second";
+      badge.textContent = "second look";
+      badge.title = "a photo drawn for two reviewers: your answer is kept beside the first one, to measure agreement";
+      head.append(badge);
+    }
     body.append(head);
     if (state.conflicts[photo.id]) {
       const c = document.createElement("div");
@@ -429,6 +494,7 @@
   function select(photo) {
     state.current = photo.id;
     render();
+    lease();
   }
 
   // The enlarged photo: the original file (the image route serves it as it is), at its own size, made smaller to fit
@@ -540,13 +606,20 @@
   editor.input.addEventListener("blur", () => { editor.el.hidden = true; });
 
   // ------------------------------------------------------------------ the keyboard
-  // To the next (previous) photo of the list as shown: its order does not change under the reviewer (see refresh).
-  function move(step) {
-    const ids = shown().map((p) => p.id);
+  // To the next (previous) photo of the list as shown: its order does not change under the reviewer (see refresh);
+  // past its last photo, the next page comes first. Photos another reviewer got first are passed over.
+  async function move(step) {
+    let ids = shown().map((p) => p.id).filter((id) => !state.held[id] || id === state.current);
     if (!ids.length) return;
-    const i = Math.max(0, ids.indexOf(state.current));
+    const from = state.current;
+    if (step > 0 && ids.indexOf(from) + step >= ids.length && (await more())) {
+      ids = shown().map((p) => p.id).filter((id) => !state.held[id] || id === from);
+    }
+    if (state.current !== from) return;  // the reviewer moved meanwhile
+    const i = Math.max(0, ids.indexOf(from));
     state.current = ids[Math.max(0, Math.min(ids.length - 1, i + step))];
     render();
+    lease();
   }
 
   document.addEventListener("keydown", (e) => {
@@ -599,13 +672,13 @@
   });
   reviewerInput.addEventListener("focus", () => reviewerBox.classList.add("editing"));
   reviewerInput.addEventListener("blur", () => reviewerBox.classList.remove("editing"));
-  filters.task.addEventListener("change", () => { fillClasses(); refresh(false); });
+  filters.task.addEventListener("change", () => { fillClasses(); refresh(false); filters.task.blur(); });
   for (const s of [filters.status, filters.cls, filters.reviewer, sortSelect]) {
     s.addEventListener("change", () => { refresh(false); s.blur(); });
   }
   $("#refresh").addEventListener("click", (e) => { refresh(true); e.currentTarget.blur(); });
   $("#bulk").addEventListener("click", (e) => { e.currentTarget.blur(); bulkAccept(); });
 
-  window.fashiontag = { state, visible, shown, current }; // for tests and the curious
+  window.fashiontag = { state, fresh, shown, current }; // for tests and the curious
   load();
 })();
