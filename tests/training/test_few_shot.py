@@ -92,3 +92,16 @@ def test_the_review_queue_holds_other_for_a_person_too(tmp_path):
                        "tags": {"category": {**tag, "label": "Other"}, "colour": {**tag, "label": "navy"}}}])
     statuses = {task: t["status"] for task, t in store.photos()[0]["tags"].items()}
     assert statuses == {"category": "needs_review", "colour": "auto"}
+
+
+def test_min_count_follows_where_the_run_starts(shop, catalog, trained, tmp_path):
+    from fashiontag.training.train import MIN_COUNT, MIN_COUNT_TRANSFER, min_count_for
+    plain = TrainConfig(data=str(shop.file), out=str(tmp_path), min_count=None)
+    assert min_count_for(plain)[0].min_count == MIN_COUNT
+    # a shop started from the shipped model keeps a class with a handful of photos, and says so
+    cfg, note = min_count_for(plain.override(init=str(trained), start="shipped"))
+    assert cfg.min_count == MIN_COUNT_TRANSFER and "min_count 3" in note
+    # fine-tuning keeps the start model's classes: its min_count
+    tuned = TrainConfig(data=str(catalog.root), out=str(tmp_path), min_count=None, init=str(trained))
+    assert min_count_for(tuned)[0].min_count == load_meta(trained)["config"]["min_count"] == 2
+    assert TrainConfig(data="x", min_count=7).min_count == 7  # given, it is kept

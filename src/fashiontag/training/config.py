@@ -30,7 +30,7 @@ RANGES = {
     "ema": (lambda v: 0 <= v < 1, "0 (off) or more and below 1"),
     "distill": (lambda v: 0 <= v <= 1, "from 0 to 1"),
     "seller_share": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
-    "min_count": (lambda v: v >= 0, "0 or more"),
+    "min_count": (lambda v: v is None or v >= 0, "0 or more"),
     "max_train": (lambda v: v >= 0, "0 (all) or more"),
     "threads": (lambda v: v >= 0, "0 (torch's default) or more"),
     "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),  # 0: resume state after every batch
@@ -103,7 +103,7 @@ class TrainConfig:
     task_precision: dict = field(default_factory=dict)
     ema: float = 0.999                 # weight EMA decay; 0 turns it off
     patience: int = 8                  # early stopping: epochs without a better validation score
-    min_count: int = 10                # classes with fewer training examples go to "Other"
+    min_count: int | None = None       # classes with fewer training photos go to "Other"; None: train.min_count_for
     max_train: int = 0                 # use at most this many training photos (0: all); for quick runs
     seed: int = 0
     split: str = ""                    # reuse this split file instead of making one

@@ -54,6 +54,7 @@ from fashiontag.training.taxonomy_map import map_lines, taxonomy_map
 from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
 
 COMPILE_MIN_STEPS = 2000
+MIN_COUNT, MIN_COUNT_TRANSFER = 10, 3
 # The known maps' fit (fit_known_maps): L2 on their weights, so that classes the known heads separate perfectly on
 # a few training photos get finite weights. 1e-2 had the best validation mean of 1e-3, 1e-2 and 1e-1 on the shop of
 # benchmarks/few_shot.py (docs/results.md).
@@ -185,6 +186,9 @@ def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[Tra
     (title_args) settled, and the tasks whose heads start afresh (a start model that knows other classes). Rank 0
     writes config.json and split.json and says what it trains on."""
     cfg, start_note = starting_point(cfg) if not resume else (cfg, "")
+    if cfg.min_count is None:
+        cfg, count_note = min_count_for(cfg)
+        start_note = "\n".join(filter(None, [start_note, count_note]))
     data = training_data(cfg, cfg.split or out / "split.json", progress=cfg.progress and main)
     if start_note and main:
         tqdm.write(start_note)
@@ -275,6 +279,21 @@ def starting_point(cfg: TrainConfig) -> tuple[TrainConfig, str]:
         f"starting from the shipped model ({DEFAULT_MODEL_DIR}) at its input size, "
         f"{'x'.join(map(str, shipped['input_hw']))}: its trunk (and title encoder, for a catalog with titles), with "
         "this catalog's own heads where its tasks or classes differ (--from scratch: random weights)")
+
+
+def min_count_for(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+    """cfg with min_count settled from where the run starts, and a line saying why. From random weights a class
+    needs MIN_COUNT training photos to be learnt. A shop started from the shipped model keeps a class with
+    MIN_COUNT_TRANSFER: the known heads and the trunk already tell most of its classes apart (a renaming is learnt
+    from a few products), and the pooled Other names no real class (benchmarks/few_shot.py). Fine-tuning a model
+    takes that model's min_count, so the catalog's classes stay the ones its heads know."""
+    if not cfg.init:
+        return cfg.override(min_count=MIN_COUNT), ""
+    if cfg.start != "shipped" or (Path(cfg.data) / "styles.csv").is_file():
+        return cfg.override(min_count=load_meta(cfg.init).get("config", {}).get("min_count") or MIN_COUNT), ""
+    return cfg.override(min_count=MIN_COUNT_TRANSFER), (
+        f"min_count {MIN_COUNT_TRANSFER}: from the shipped model a shop's class with {MIN_COUNT_TRANSFER} training "
+        f"photos is kept, not pooled into Other (from random weights {MIN_COUNT}; --set min_count=N)")
 
 
 def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
