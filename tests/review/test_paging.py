@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fashiontag.review.routes import review_router
-from fashiontag.review.store import REVIEWED, UNTOUCHED, InvalidQuery, ReviewStore, schema_info
+from fashiontag.review.store import KEYSET_INDEXES, REVIEWED, UNTOUCHED, InvalidQuery, ReviewStore, schema_info
 
 TASKS = ["articleType", "baseColour", "season", "gender", "usage"]
 # Few labels, confidences and thresholds: many photos share a sort key, and only the photo id tells them apart.
@@ -169,8 +169,8 @@ def test_a_queue_from_before_paging_opens_with_its_keys(db_url):
     store = _queue(db_url)
     photos = store.photos()
     with store.engine.begin() as conn:
-        for index in ("photos_margin", "tags_task_margin", "tags_task_confidence", "tags_task_label"):
-            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for index in KEYSET_INDEXES:
+            conn.exec_driver_sql(f"DROP INDEX {index.name}")
         conn.exec_driver_sql("DROP TABLE leases")
         conn.exec_driver_sql("DROP TABLE opinions")
         for table, column in (("photos", "needs"), ("photos", "reviewed"), ("photos", "margin"),

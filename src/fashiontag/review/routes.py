@@ -250,7 +250,7 @@ def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIR
              limit: int = Query(50, ge=1, le=MAX_PAGE), viewer: str = Query("", alias="as", max_length=128)):
         try:
             return store.page(status=status, task=task or None, cls=cls or None, decided_by=decided_by or None,
-                              sort=sort, after=after, limit=limit, viewer=who(request, viewer.strip()) or None)
+                              sort=sort, after=after or None, limit=limit, viewer=who(request, viewer.strip()) or None)
         except InvalidQuery as e:
             return JSONResponse(error_body("invalid_query", str(e)), 422)
 

@@ -152,6 +152,10 @@ opinions = Table("opinions", metadata,
                  Column("at", String(32), nullable=False))
 # The keyset orders of `page`, each ending in the photo id so that no two rows tie.
 KEYSET_INDEXES = (Index("photos_margin", photos.c.margin, photos.c.id),
+                  # reviewed photos have no tag left to look at, so they all sort last by margin: their own index
+                  Index("photos_reviewed_margin", photos.c.reviewed, photos.c.margin, photos.c.id),
+                  # "decided by": the photos a reviewer decided, found from their tags
+                  Index("tags_reviewer", tags.c.reviewer, tags.c.photo_id),
                   Index("tags_task_margin", tags.c.task, tags.c.margin, tags.c.photo_id),
                   Index("tags_task_confidence", tags.c.task, tags.c.confidence, tags.c.photo_id),
                   Index("tags_task_label", tags.c.task, tags.c.label, tags.c.photo_id))
@@ -436,9 +440,11 @@ class ReviewStore:
         if cls is not None:
             q = q.where(tags.c.label == cls)
         if decided_by:
-            decided = tags.alias("decided")
-            q = q.where(exists().where(decided.c.photo_id == photos.c.id, decided.c.reviewer == decided_by,
-                                       decided.c.status.in_(REVIEWED)))
+            # The reviewer's photos first (tags_reviewer), then sorted: tested photo by photo down the sort order
+            # instead, a reviewer's photos, done and so last by margin, would come after every other one.
+            decided = (select(tags.c.photo_id).where(tags.c.reviewer == decided_by, tags.c.status.in_(REVIEWED))
+                       .distinct().cte("decided").prefix_with("MATERIALIZED", dialect="postgresql"))
+            q = q.join(decided, decided.c.photo_id == photos.c.id)
         if viewer:
             q = q.where(~exists().where(leases.c.photo_id == photos.c.id, leases.c.reviewer != viewer,
                                         leases.c.until > time.time()))
