@@ -224,10 +224,11 @@ def audit(
     data: Optional[str] = typer.Option(None, metavar="CATALOG", help=DATA_HELP + "; read with the model's columns"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),
     tasks: Optional[str] = typer.Option(None, metavar="A,B,...", help="tasks to audit (default: all the model's "
-                                        "single-label tasks)"),
+                                        "tasks)"),
     side: str = typer.Option("unseen", metavar="SIDE", help="on the model's own catalog: unseen (validation and "
-                             "test sides), val or test; its training side's labels were learnt, so never audited. "
-                             "Another catalog is audited whole"),
+                             "test sides), val or test, scored by the model; train, cross-fitted (its labels were "
+                             "learnt: heads refit in 5 folds on the model's features); all, both. Another catalog "
+                             "is audited whole"),
     out: str = typer.Option("audit.csv", metavar="FILE", help="the flagged labels, most likely wrong first; "
                             "audit.md, a report, is written beside it"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),

@@ -1,4 +1,5 @@
-"""Catalog audit (issue 24): labels planted wrong in the synthetic catalog come out on top."""
+"""Catalog audit (issue 24): labels planted wrong in the synthetic catalog come out on top, on the sides the model
+never trained on and, cross-fitted, on its training side."""
 
 import csv
 import json
@@ -8,23 +9,25 @@ import numpy as np
 import pytest
 
 from fashiontag.data.catalog import CatalogError
+from fashiontag.inference.tagger import Tagger
+from fashiontag.model_folder import SINGLE
 from fashiontag.training.audit import COLUMNS, audit
+from fashiontag.training.crossfit import FOLDS, cross_fit
+from fashiontag.training.evaluate import model_dataset
 from synthetic import ARTICLES, COLOURS
 
 N_FLIPS = 6
 
 
-@pytest.fixture(scope="module")
-def flipped(catalog, trained, tmp_path_factory):
-    """A copy of the training catalog with N_FLIPS articleType and N_FLIPS baseColour labels changed on the sides the
-    model never trained on (only those are audited on its own catalog), and one re-listed photo's copy relabelled;
-    returns (root, {task: flipped ids}, the relabelled re-listing's ids)."""
-    root = tmp_path_factory.mktemp("flipped")
+def flipped_copy(catalog, trained, root, sides: tuple[str, ...]):
+    """A copy of the training catalog in `root` with N_FLIPS articleType and N_FLIPS baseColour labels changed on
+    `sides` of the model's split, and one re-listed photo's copy relabelled; returns (root, {task: flipped ids}, the
+    relabelled re-listing's ids)."""
     shutil.copytree(catalog.root / "images", root / "images")
     split = json.loads((trained / "split.json").read_text())
-    unseen = {int(i) for side in ("val", "test") for i in split[side]}
+    chosen = {int(i) for side in sides for i in split[side]}
     dup_related = set(catalog.relisted) | set(catalog.relisted.values())
-    candidates = sorted(i for i in catalog.good_ids if i in unseen and i not in dup_related
+    candidates = sorted(i for i in catalog.good_ids if i in chosen and i not in dup_related
                         and i not in catalog.comma_name_ids)
     rng = np.random.default_rng(0)
     picked = rng.choice(candidates, 2 * N_FLIPS, replace=False).tolist()
@@ -46,24 +49,87 @@ def flipped(catalog, trained, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def flipped(catalog, trained, tmp_path_factory):
+    """Flips on the sides the model never trained on (the default audit scores only those on its own catalog)."""
+    return flipped_copy(catalog, trained, tmp_path_factory.mktemp("flipped"), ("val", "test"))
+
+
+@pytest.fixture(scope="module")
+def flipped_in_training(catalog, trained, tmp_path_factory):
+    """Flips on the model's training side, which only cross-fitting can audit."""
+    return flipped_copy(catalog, trained, tmp_path_factory.mktemp("flipped_train"), ("train",))
+
+
+@pytest.fixture(scope="module")
 def audited(flipped, trained):
     root, _, _ = flipped
     return audit(root, model=trained, progress=False)
 
 
-def test_flipped_labels_rank_first_with_another_label_suggested(flipped, audited, trained):
-    _, flips, _ = flipped
-    assert "validation and test" in audited.scope  # its own catalog: only what the model never trained on
-    train_ids = set(json.loads((trained / "split.json").read_text())["train"])
+@pytest.fixture(scope="module")
+def audited_training_side(flipped_in_training, trained):
+    return audit(flipped_in_training[0], model=trained, side="train", progress=False)
+
+
+def assert_flips_rank_first(result, flips: dict[str, set[str]]) -> None:
     for task, ids in flips.items():
-        s = audited.scores[task]
-        ranked = [audited.ids[r] for r in s.rows[np.argsort(-s.score, kind="stable")]]
-        assert not set(ranked) & train_ids
+        s = result.scores[task]
+        ranked = [result.ids[r] for r in s.rows[np.argsort(-s.score, kind="stable")]]
         assert len(set(ranked[:N_FLIPS]) & ids) >= N_FLIPS - 1, (task, ranked[:2 * N_FLIPS], ids)
         assert ids <= set(ranked[:2 * N_FLIPS]), (task, ranked[:2 * N_FLIPS], ids)
-        flagged = {f.id: f for f in audited.flags if f.task == task}
+        flagged = {f.id: f for f in result.flags if f.task == task}
         assert ids <= set(flagged)
         assert all(flagged[i].suggested_label != flagged[i].catalog_label for i in ids)
+
+
+def test_flipped_labels_rank_first_with_another_label_suggested(flipped, audited, trained):
+    assert "validation and test" in audited.scope  # its own catalog: only what the model never trained on
+    assert audited.crossfit is None
+    train_ids = set(json.loads((trained / "split.json").read_text())["train"])
+    assert not {audited.ids[r] for s in audited.scores.values() for r in s.rows} & train_ids
+    assert_flips_rank_first(audited, flipped[1])
+
+
+def test_cross_fitted_flips_on_the_training_side_rank_first(flipped_in_training, audited_training_side, trained):
+    result = audited_training_side
+    train_ids = set(json.loads((trained / "split.json").read_text())["train"])
+    scored = {result.ids[r] for s in result.scores.values() for r in s.rows}
+    assert scored <= train_ids and len(scored) > 0.9 * len(train_ids) and "cross-fitted" in result.scope
+    assert_flips_rank_first(result, flipped_in_training[1])
+
+
+def test_cross_fitting_never_scores_a_row_with_heads_that_saw_it(flipped_in_training, audited_training_side, trained):
+    cf = audited_training_side.crossfit
+    assert len(cf.fitted_on) == FOLDS and set(np.unique(cf.fold)) == set(range(FOLDS))
+    hashes = model_dataset(Tagger.load(trained), flipped_in_training[0], progress=False).cache.hashes
+    for k, learnt in enumerate(cf.fitted_on):
+        scored = cf.rows[cf.fold == k]
+        assert len(scored) and not set(scored.tolist()) & set(learnt.tolist())
+        # nor the same photo re-listed under another id
+        assert not {hashes[r] for r in scored} & {hashes[r] for r in learnt}
+    for s in audited_training_side.scores.values():
+        assert set(s.rows.tolist()) <= set(cf.rows.tolist())
+
+
+def test_a_rows_out_of_fold_probabilities_do_not_depend_on_its_own_label():
+    """Changing every label of fold 0 leaves fold 0's probabilities exactly as they were, and moves the others'."""
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 3, n)
+    features = rng.normal(size=(n, 4)).astype(np.float32) + np.eye(3, 4, dtype=np.float32)[y] * 2
+    hashes = np.arange(n, dtype=np.uint64)
+    hashes[1] = hashes[0]  # one photo listed twice: both in one fold
+    rows = np.arange(n) + 1000
+    first = cross_fit(features, {"t": y}, {"t": 3}, {"t": SINGLE}, rows, hashes)
+    assert first.fold[0] == first.fold[1]
+    fold0 = first.fold == 0
+    changed = np.where(fold0, (y + 1) % 3, y)
+    second = cross_fit(features, {"t": changed}, {"t": 3}, {"t": SINGLE}, rows, hashes)
+    assert np.array_equal(first.fold, second.fold)
+    np.testing.assert_array_equal(first.probs["t"][fold0], second.probs["t"][fold0])
+    assert np.abs(first.probs["t"][~fold0] - second.probs["t"][~fold0]).max() > 0.05
+    right = (first.probs["t"].argmax(1) == y).mean()
+    assert right > 0.8, right  # and the heads learnt something
 
 
 def test_flags_grouped_by_product_most_likely_wrong_first(audited):
@@ -85,8 +151,8 @@ def test_identical_photos_with_different_labels_are_grouped(flipped, audited):
 def test_tasks_the_model_lacks_are_one_clear_error(flipped, trained):
     with pytest.raises(ValueError, match="no task 'pattern'; its tasks: gender"):
         audit(flipped[0], model=trained, tasks=("gender", "pattern"), progress=False)
-    with pytest.raises(ValueError, match="side 'train': use unseen, val or test"):
-        audit(flipped[0], model=trained, side="train", progress=False)
+    with pytest.raises(ValueError, match="side 'training': use unseen, val, test, train, all"):
+        audit(flipped[0], model=trained, side="training", progress=False)
 
 
 def test_a_catalog_without_the_models_columns_or_classes_is_one_clear_error(flipped, trained, tmp_path):

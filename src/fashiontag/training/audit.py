@@ -1,12 +1,13 @@
 """Catalog audit: which of the labels already in a catalog are likely wrong (issue 24).
 
 A label is judged by a model that did not learn it: on a catalog the model was not trained on, its predictions for
-every row; on the model's own catalog only the sides of its split it never trained on (validation and test),
-since on its training photos it has learnt the catalog's labels, wrong ones included (scoring the training side
-needs cross-fitted predictions: future work). cleanlab ranks the labels from those calibrated probabilities.
+every row; on the model's own catalog, its predictions for the sides of its split it never trained on (validation
+and test), and cross-fitted ones for its training side (training/crossfit.py: heads refit per fold on the network's
+features), since on its training photos it has learnt the catalog's labels, wrong ones included. cleanlab ranks the
+labels from those probabilities; a multi-label task's classes are each a label of their own (has it or not).
 
     from fashiontag.training.audit import audit
-    result = audit("path/to/catalog")
+    result = audit("path/to/catalog", side="all")
     result.to_csv("audit.csv")
 """
 
@@ -23,10 +24,11 @@ import numpy as np
 
 from fashiontag.atomic import replacing
 from fashiontag.data.spreadsheet import inert_row
-from fashiontag.data.vocab import OTHER
+from fashiontag.data.vocab import OTHER, split_values
 from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import MULTI
-from fashiontag.training.evaluate import model_dataset, rows_to_score
+from fashiontag.training.crossfit import FOLDS, CrossFit, cross_fit, model_outputs
+from fashiontag.training.evaluate import is_own_catalog, model_dataset, rows_to_score
 
 COLUMNS = ["id", "task", "catalog_label", "suggested_label", "score", "path", "title", "runners_up", "cleanlab_issue"]
 LEVELS = (0.5, 0.8, 0.95)
@@ -36,6 +38,8 @@ LEVELS = (0.5, 0.8, 0.95)
 # is merely unsure between, which the catalog has many of (colours).
 METHOD = "self_confidence"
 RUNNERS_UP = 3
+# Which rows each side scores on the model's own catalog, and how: by the model, or cross-fitted.
+SIDES = ("unseen", "val", "test", "train", "all")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TaskScores:
     suggested: np.ndarray     # the model's class indices (never the catalog's own: its best other class then)
     score: np.ndarray
     issue: np.ndarray         # bool
+    classes: np.ndarray | None = None  # multi-label: the class each label is about (labels then 0/1: has it or not)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Audit:
     scope: str                                     # which rows were scored and why
     ids: list[str]                                 # the catalog's ids by row: TaskScores.rows index them
     notes: list[str] = field(default_factory=list)
+    crossfit: CrossFit | None = None               # the rows cross-fitted, and which fold's heads scored each
 
     def to_csv(self, path: str | Path) -> None:
         """The flags, most likely wrong first, as spreadsheet-safe CSV, written atomically."""
@@ -84,8 +90,8 @@ class Audit:
         _atomically(Path(path), write)
 
     def to_markdown(self, top: int = 20) -> str:
-        lines = ["# Catalog audit", "", f"Scored: {self.scope}. Score = 1 - cleanlab's label quality "
-                 f"({METHOD}: 1 - the model's probability of the catalog's label); 0.5 and more: under even odds.", "",
+        lines = ["# Catalog audit", "", (f"Scored: {self.scope}. Score = 1 - cleanlab's label quality "
+                 f"({METHOD}: 1 - the model's probability of the catalog's label); 0.5 and more: under even odds."), "",
                  "| task | labels scored | not the model's classes | score >= 0.5 | >= 0.8 | >= 0.95 | cleanlab issues |",
                  "|---|---|---|---|---|---|---|"]
         for t, s in self.summary.items():
@@ -119,41 +125,74 @@ class Audit:
 
 def audit(catalog: str | Path, *, model: str | Path | Tagger | None = None, tasks: tuple[str, ...] | None = None,
           side: str = "unseen", cache_dir: str | None = None, progress: bool = True, titles: bool = True,
-          min_score: float = 0.5) -> Audit:
-    """Score every label of `catalog` the model did not learn, for each single-label task (default: all the
+          min_score: float = 0.5, folds: int = FOLDS) -> Audit:
+    """Score every label of `catalog` from predictions that did not see it, for each task (default: all the
     model's), and flag those scoring min_score or more or that cleanlab finds; see the module's docstring.
 
-    side: "unseen" (default), "val", "test": which side of the model's own split to score; another catalog is
-    scored whole. A flag's product also lists its other flagged tasks (a wrong articleType drags subCategory)."""
-    if side not in ("unseen", "val", "test"):
-        raise ValueError(f"side {side!r}: use unseen, val or test (the training side's labels were learnt)")
+    side, on the model's own catalog (another catalog is scored whole by the model): "unseen" (default: validation
+    and test), "val", "test", scored by the model; "train", cross-fitted in `folds` folds; "all", both. A flag's
+    product also lists its other flagged tasks (a wrong articleType drags subCategory)."""
+    if side not in SIDES:
+        raise ValueError(f"side {side!r}: use {', '.join(SIDES)}")
     tagger = model if isinstance(model, Tagger) else Tagger.load(model)
     chosen_tasks = _check_tasks(tasks, tagger)
     ds = model_dataset(tagger, catalog, cache_dir, progress)
-    rows, scope = rows_to_score(ds, side)
+    by_model, fitted, scope = _rows_to_audit(ds, side)
+    rows = np.concatenate([by_model, fitted])
     if len(rows) == 0:
         raise ValueError(f"{catalog}: no usable photos to audit")
-    pixels = np.asarray(ds.cache.pixels[rows])
     with_titles = titles and tagger.tokenizer is not None
-    probs = tagger.probabilities(pixels, [ds.catalog.titles[i] for i in rows] if with_titles else None)
+    outputs = model_outputs(tagger, ds.cache.pixels, ds.catalog.titles if with_titles else None, rows)
+    probs = {t: p[:len(by_model)] for t, p in outputs.probs.items()}
     suggested = tagger.choose(probs)
-    notes = [f"{t}: multi-label, not audited" for t in chosen_tasks if tagger.kinds[t] == MULTI]
+    crossfit = None
+    if len(fitted):
+        crossfit = _cross_fitted(tagger, ds, chosen_tasks, fitted, outputs.features[len(by_model):], folds)
+        chosen = tagger.choose(crossfit.probs)
+        probs = {t: np.concatenate([probs[t], crossfit.probs[t]]) for t in crossfit.probs}
+        suggested = {t: np.concatenate([suggested[t], chosen[t]]) for t in chosen}
     scores, summary = {}, {}
-    for t in (t for t in chosen_tasks if tagger.kinds[t] != MULTI):
+    for t in chosen_tasks:
         labels = ds.targets[t][rows]
-        known = (labels >= 0) & np.isfinite(probs[t]).all(1)
+        known = (labels.min(1) if labels.ndim == 2 else labels) >= 0
+        known &= np.isfinite(probs[t]).all(1)
         if not known.any():
             seen = sorted({ds.catalog.columns[t][i] for i in rows} - {""})[:5]
             raise ValueError(f"{ds.catalog.source}: none of its {t} labels are classes of the model "
                              f"(e.g. {', '.join(map(repr, seen))}; the model's: {', '.join(tagger.vocabs[t][:5])}, ...); "
                              "leave the task out with --tasks")
-        scores[t] = score_labels(labels[known], probs[t][known], suggested[t][known], tagger.vocabs[t], rows[known])
+        scores[t] = (score_classes(labels[known], probs[t][known], rows[known]) if tagger.kinds[t] == MULTI else
+                     score_labels(labels[known], probs[t][known], suggested[t][known], tagger.vocabs[t], rows[known]))
         summary[t] = summarise(scores[t], unknown=int((~known).sum()))
     by_row = {t: dict(zip(rows.tolist(), probs[t])) for t in scores}
     flags = _flags(ds, scores, by_row, tagger.vocabs, min_score)
     return Audit(flags, scores, summary, duplicate_disagreements(ds, tuple(scores)),
-                 f"{len(rows):,} products, {scope}" + ("; with their titles" if with_titles else ""),
-                 ds.catalog.ids, notes)
+                 scope + ("; with their titles" if with_titles else ""), ds.catalog.ids,
+                 [f"{t}: multi-label, one label per product and class (has it or not)"
+                  for t in chosen_tasks if tagger.kinds[t] == MULTI], crossfit)
+
+
+def _rows_to_audit(ds, side: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows the model scores itself, the rows to cross-fit, and what they are."""
+    if not is_own_catalog(ds) or side in ("unseen", "val", "test"):
+        rows, scope = rows_to_score(ds, side if side in ("unseen", "val", "test") else "unseen")
+        return rows, np.zeros(0, int), f"{len(rows):,} products, {scope}"
+    by_model = np.union1d(ds.rows["val"], ds.rows["test"]) if side == "all" else np.zeros(0, int)
+    fitted = ds.rows["train"]
+    scope = f"{len(fitted):,} cross-fitted (the training side: heads refit per fold on the model's features)"
+    if len(by_model):
+        scope = f"{len(by_model):,} products by the model (the validation and test sides of its split) and {scope}"
+    return by_model, fitted, scope
+
+
+def _cross_fitted(tagger: Tagger, ds, tasks: list[str], rows: np.ndarray, features: np.ndarray, folds: int
+                  ) -> CrossFit:
+    """Cross-fitted probabilities for rows, for the tasks audited and the hierarchy's (the suggestion is chosen
+    jointly over the hierarchy, as the model chooses)."""
+    hierarchy = set(tagger.model.hierarchy[0]) if tagger.model.hierarchy else set()
+    fit = [t for t in tagger.tasks if t in tasks or t in hierarchy]
+    return cross_fit(features, {t: ds.targets[t][rows] for t in fit}, {t: len(tagger.vocabs[t]) for t in fit},
+                     tagger.kinds, rows, ds.cache.hashes[rows], folds)
 
 
 def score_labels(labels: np.ndarray, pred_probs: np.ndarray, suggested: np.ndarray | None = None,
@@ -182,8 +221,18 @@ def score_labels(labels: np.ndarray, pred_probs: np.ndarray, suggested: np.ndarr
     return TaskScores(np.arange(len(labels)) if rows is None else rows, labels, suggested, 1.0 - quality, np.asarray(issue, bool))
 
 
+def score_classes(labels: np.ndarray, pred_probs: np.ndarray, rows: np.ndarray) -> TaskScores:
+    """A multi-label task's labels scored class by class: each class a binary label (the catalog has it or not)
+    scored by score_labels from the class's own probability; one TaskScores over every (row, class)."""
+    parts = [score_labels(labels[:, c].astype(np.int64), np.stack([1 - pred_probs[:, c], pred_probs[:, c]], 1),
+                          rows=rows) for c in range(labels.shape[1])]
+    return TaskScores(*(np.concatenate([getattr(s, f) for s in parts]) for f in ("rows", "labels", "suggested",
+                                                                                "score", "issue")),
+                      classes=np.repeat(np.arange(labels.shape[1]), len(rows)))
+
+
 def summarise(s: TaskScores, unknown: int = 0) -> dict:
-    return {"scored": int(len(s.score)), "unknown": unknown, "cleanlab": int(s.issue.sum()),
+    return {"scored": len(s.score), "unknown": unknown, "cleanlab": int(s.issue.sum()),
             **{f"at_{x}": int((s.score >= x).sum()) for x in LEVELS}}
 
 
@@ -207,14 +256,33 @@ def duplicate_disagreements(ds, tasks: tuple[str, ...]) -> list[dict]:
 def _flags(ds, scores: dict[str, TaskScores], probs: dict[str, dict], vocabs: dict, min_score: float) -> list[Flag]:
     flags = []
     for t, s in scores.items():
-        for k in np.flatnonzero((s.score >= min_score) | s.issue):
-            i = int(s.rows[k])
+        flagged = np.flatnonzero((s.score >= min_score) | s.issue)
+        if s.classes is None:
+            picks = [(int(s.rows[k]), vocabs[t][s.suggested[k]], [k]) for k in flagged]
+        else:  # a multi-label task: one flag per product, the suggestion its cell with every flagged class toggled
+            by_row: dict[int, list[int]] = defaultdict(list)
+            for k in flagged:
+                by_row[int(s.rows[k])].append(k)
+            picks = [(i, _toggled(ds.catalog.columns[t][i], [vocabs[t][s.classes[k]] for k in ks], ds.spec.separator),
+                      ks) for i, ks in by_row.items()]
+        for i, suggestion, ks in picks:
             p = probs[t][i]
             top = np.argsort(-p)[:RUNNERS_UP]
-            flags.append(Flag(ds.catalog.ids[i], t, ds.catalog.columns[t][i], vocabs[t][s.suggested[k]],
-                              float(s.score[k]), str(ds.catalog.photos[i]), ds.catalog.titles[i],
-                              "; ".join(f"{vocabs[t][c]} {p[c]:.3f}" for c in top), bool(s.issue[k])))
+            flags.append(Flag(ds.catalog.ids[i], t, ds.catalog.columns[t][i], suggestion, float(s.score[ks].max()),
+                              str(ds.catalog.photos[i]), ds.catalog.titles[i],
+                              "; ".join(f"{vocabs[t][c]} {p[c]:.3f}" for c in top), bool(s.issue[ks].any())))
     return [f for product in _products(flags) for f in product]
+
+
+def _toggled(cell: str, classes: list[str], separator: str) -> str:
+    """A multi-label cell with each of `classes` taken out if it has it, else added."""
+    values = split_values(cell, separator)
+    for c in classes:
+        if c in values:
+            values.remove(c)
+        else:
+            values.append(c)
+    return separator.join(values)
 
 
 def _products(flags: list[Flag]) -> list[list[Flag]]:
