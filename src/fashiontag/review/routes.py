@@ -60,6 +60,13 @@ class BulkBody(BaseModel):
     photo_ids: list[int] | None = None
 
 
+class TaskBody(BaseModel):
+    reviewer: str = ""
+    task: str
+    versions: dict[int, int] = Field(max_length=MAX_PAGE, description="photo id -> the version of its tag of the "
+                                     "task the reviewer saw")
+
+
 class UndoBody(BaseModel):
     reviewer: str = ""
     action_id: int | None = None
@@ -302,6 +309,14 @@ def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIR
         done = _answer(store, store.bulk_accept, who(request, body.reviewer), body.photo_ids)
         return done if isinstance(done, JSONResponse) else done | {
             "photos": [store.photo(pid) for pid in done["accepted"]]}
+
+    @router.post("/accept-task", summary="Review by task: accept one task's tag of the photos shown (one undoable "
+                                         "action; their other tasks untouched)",
+                 responses={409: {"description": "a tag was written by someone else since the version given"}})
+    def accept_task(body: TaskBody, request: Request):
+        done = _answer(store, store.accept_task, who(request, body.reviewer), body.task, body.versions)
+        return done if isinstance(done, JSONResponse) else done | {
+            "photos": store.photos_by_id(done["accepted"])}
 
     @router.post("/undo", summary="Undo an action (default: the reviewer's latest)")
     def undo(body: UndoBody, request: Request):

@@ -24,6 +24,8 @@ from fashiontag.inference.thresholds import precision_lower_bound, precision_upp
 from fashiontag.model_folder import PHOTO_ONLY
 from fashiontag.review.store import REVIEWED, ReviewStore, actions, changes, opinions, photos, tags
 
+# The actions whose tags a person looked at one by one: a photo's review, or a page of one task's tiles.
+SEEN = ("review", "task_accept")
 # A two-sided 95% interval: each bound holds with 97.5% confidence.
 INTERVAL_Z = 1.96
 CONDITIONS = {"": "with titles", PHOTO_ONLY: "photo alone"}
@@ -132,7 +134,7 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
             select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit)
             .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
             .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
-            .where(tags.c.status.in_(REVIEWED), actions.c.kind == "review", tags.c.catalog_label.is_(None))).all()
+            .where(tags.c.status.in_(REVIEWED), actions.c.kind.in_(SEEN), tags.c.catalog_label.is_(None))).all()
     out: dict[str, dict[str, list]] = {}
     for r in rows:
         d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": []})

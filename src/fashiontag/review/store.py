@@ -566,6 +566,32 @@ class ReviewStore:
                 action = self._apply(conn, reviewer, "bulk_accept", pid, todo, action)
             return {"action": action, "accepted": ready}
 
+    def accept_task(self, reviewer: str, task: str, versions: dict[int, int]) -> dict:
+        """Review by task: accept, as one action, one task's tag of many photos as it reads now (versions: photo id
+        -> the version of that tag the reviewer saw), leaving the photos' other tasks alone. A tag a person decided
+        already (a tile fixed before) is left as it is; one written by someone else since the version seen refuses
+        the whole action (Conflict). Returns {action, accepted: [photo ids]}."""
+        reviewer = _reviewer(reviewer)
+        if task not in ((self.model() or {}).get("vocabs") or {}):
+            raise InvalidChange(f"unknown task {task!r}")
+        with self._writing() as conn:
+            found = {r.photo_id: r for r in conn.execute(
+                select(tags.c.photo_id, tags.c.label, tags.c.model_label, tags.c.status, tags.c.version)
+                .where(tags.c.task == task, tags.c.photo_id.in_(list(versions))))}
+            if missing := sorted(set(versions) - set(found)):
+                raise NotFound(f"no {task} tag on photo {missing[0]}")
+            action = None
+            accepted = []
+            for pid in sorted(versions):
+                r = found[pid]
+                if r.status in REVIEWED and r.version == versions[pid]:
+                    continue
+                status = "accepted" if r.label == r.model_label else "corrected"
+                action = self._apply(conn, reviewer, "task_accept", pid, {task: (r.label, status, versions[pid])},
+                                     action)
+                accepted.append(pid)
+            return {"action": action, "accepted": accepted}
+
     def undo(self, reviewer: str, action_id: int | None = None) -> dict:
         """Undo one action (default: the reviewer's latest one not undone yet), as a new action. Refused
         (Conflict) when a tag it changed has been written since. Returns {action, undone, photos}."""

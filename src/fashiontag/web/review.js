@@ -13,12 +13,18 @@
   // page starts (null at the end); current: the id of the photo under the cursor. The cursor follows a photo, never
   // a position in the list. stale: a decision was taken since the list was fetched (see `refresh`).
   const PAGE = 50;
+  // Review by task: one task's tag of many photos at once, as a grid of tiles.
+  const GRID_PAGE = 60;
   const state = { model: null, photos: [], progress: null, reviewers: [], order: [], next: null, current: null,
                   focus: {}, conflicts: {}, stale: false, held: {} };
   const $ = (sel) => document.querySelector(sel);
   const queue = $("#queue");
   const filters = { status: $("#f-status"), task: $("#f-task"), cls: $("#f-class"), reviewer: $("#f-reviewer") };
   const sortSelect = $("#sort");
+  const viewSelect = $("#view");
+  const grid = () => viewSelect.value === "task";
+  // The task a grid shows: the task filter's, else the first task.
+  const gridTask = () => filters.task.value || state.model.tasks[0];
   const reviewerInput = $("#reviewer");
   const reviewerBox = $("#reviewer-box");
   reviewerInput.value = localStorage.getItem("fashiontag.reviewer") || "";
@@ -206,6 +212,7 @@
     const answer = await call("/undo", { reviewer: name });
     const before = new Map((answer.body.photos || []).map((p) => [p.id, byId(p.id)]));
     if (!settle(answer)) return;
+    if (grid()) await refresh(true);  // the tiles taken back need review again: in the list once more
     const photos = answer.body.photos || [];
     if (photos.length === 1) {
       const p = photos[0], old = before.get(p.id);
@@ -247,8 +254,9 @@
 
   // What the server lists, as the filters and the sort say; after: where the page starts (null: the first).
   function query(after) {
-    const q = new URLSearchParams({ status: filters.status.value, sort: sortSelect.value, limit: String(PAGE) });
-    for (const [key, value] of [["task", filters.task.value], ["cls", filters.cls.value],
+    const q = new URLSearchParams({ status: filters.status.value, sort: sortSelect.value,
+                                    limit: String(grid() ? GRID_PAGE : PAGE) });
+    for (const [key, value] of [["task", grid() ? gridTask() : filters.task.value], ["cls", filters.cls.value],
                                 ["decided_by", filters.reviewer.value], ["as", viewer()], ["after", after]]) {
       if (value) q.set(key, value);
     }
@@ -335,41 +343,114 @@
   const current = () => shown().find((p) => p.id === state.current);
 
   // ------------------------------------------------------------------ several reviewers
-  // The photo in front of the reviewer is theirs for two minutes, renewed while they stay on it, given back when
-  // they move (the lease names only the current photo) or act on it (the server gives it back): the lists served
-  // to the others meanwhile leave it out. One another reviewer got first is marked, and the cursor moves on.
+  // The photo in front of the reviewer (a grid: every tile of it) is theirs for two minutes, renewed while they
+  // stay on it, given back when they move (the lease names only what is in front of them) or act on it (the server
+  // gives it back): the lists served to the others meanwhile leave it out. One another reviewer got first is
+  // marked, and the cursor moves on (a grid's tile is marked and left out of "accept the page").
   const LEASE_RENEW_MS = 30000;
   let leased = null;
   async function lease(renew) {
     const name = viewer();
-    const id = state.current;
-    if (!name || (renew && id === null) || (!renew && id === leased)) return;
-    leased = id;
-    const { status, body } = await call("/lease", { reviewer: name, photo_ids: id === null ? [] : [id] });
-    if (status !== 200 || !(id in body.held) || state.current !== id) return;
-    state.held[id] = body.held[id];
-    toast(`${byId(id) ? byId(id).item_id : id}: ${body.held[id]} is on it; on to the next photo`);
-    move(1);
+    const ids = grid() ? state.order.slice() : state.current === null ? [] : [state.current];
+    if (!name || (!renew && ids.join() === leased)) return;
+    leased = ids.join();
+    const { status, body } = await call("/lease", { reviewer: name, photo_ids: ids });
+    if (status !== 200 || !Object.keys(body.held).length) return;
+    Object.assign(state.held, body.held);
+    const id = ids[0];
+    if (grid()) render();
+    else if (id in body.held && state.current === id) {
+      toast(`${byId(id) ? byId(id).item_id : id}: ${body.held[id]} is on it; on to the next photo`);
+      move(1);
+    }
   }
 
   function render() {
     const list = shown();
     if (!list.some((p) => p.id === state.current)) state.current = list.length ? list[0].id : null;
-    queue.replaceChildren(...list.map((p) => card(p, p.id === state.current)));
+    queue.classList.toggle("grid", grid());
+    queue.replaceChildren(...(grid() ? tiles(list) : list.map((p) => card(p, p.id === state.current))));
+    $("#tile-detail").hidden = !grid();
+    if (grid()) detail(current());
     const pr = state.progress;
     $("#progress").textContent = `${pr.reviewed} / ${pr.total} photos reviewed · ${pr.needs_review} need review`;
     if (state.current !== null) localStorage.setItem("fashiontag.cursor", String(state.current));
     $("#refresh").hidden = !state.stale;
-    const el = queue.querySelector(".card.current");
+    const el = queue.querySelector(".card.current, .tile.current");
     if (el) el.scrollIntoView({ block: "nearest" });
   }
 
   function focusedTask(photo) {
+    if (grid()) return gridTask();
     if (!(photo.id in state.focus)) {
       const first = Object.entries(photo.tags).find(([, t]) => t.status === "needs_review");
       state.focus[photo.id] = first ? first[0] : Object.keys(photo.tags)[0];
     }
     return state.focus[photo.id];
+  }
+
+  // Review by task: the page's photos as tiles of one task's tag, grouped under their label as listed (sorted by
+  // class: "all these are Navy Blue?"); a fixed tile shows its new label, and the current one its choices above.
+  function tiles(list) {
+    const task = gridTask();
+    const out = [];
+    let group = null;
+    for (const photo of list) {
+      const tag = photo.tags[task];
+      if (!tag) continue;
+      if (sortSelect.value === "class" && tag.label !== group) {
+        group = tag.label;
+        const h = document.createElement("h3");
+        h.className = "group";
+        h.textContent = `${group} · ${list.filter((p) => p.tags[task] && p.tags[task].label === group).length}`;
+        out.push(h);
+      }
+      const el = document.createElement("article");
+      el.className = "tile" + (photo.id === state.current ? " current" : "");
+      el.dataset.id = photo.id;
+      el.dataset.status = tag.status;
+      if (state.held[photo.id]) el.dataset.heldBy = state.held[photo.id];
+      const img = document.createElement("img");
+      img.src = `${API}/photos/${photo.id}/image`;
+      img.alt = photo.item_id;
+      img.loading = "lazy";
+      const caption = document.createElement("div");
+      caption.className = "tile-label";
+      caption.textContent = `${tag.label} ${pct(tag.confidence)}`;
+      el.append(img, caption);
+      el.addEventListener("click", () => select(photo));
+      el.addEventListener("dblclick", () => zoom(photo));
+      out.push(el);
+    }
+    return out;
+  }
+
+  // Above the grid: the current tile's photo, its tag, and the choices 1-9 (clickable), with what the keys do.
+  function detail(photo) {
+    const box = $("#tile-detail");
+    if (!photo) { box.textContent = "nothing to review in this list"; return; }
+    const task = gridTask(), tag = photo.tags[task];
+    const head = document.createElement("div");
+    head.className = "card-head";
+    head.textContent = `${photo.item_id} · ${task}: ${tag.label} ${pct(tag.confidence)} · ${STATUS_TEXT[tag.status]}`;
+    const choices = document.createElement("div");
+    choices.className = "runners";
+    if (tag.catalog_label) choices.append(...auditSpans(photo, task, tag));
+    choices.append(...runnerSpans(photo, task, tag, 9));
+    box.replaceChildren(head, choices);
+  }
+
+  // The page's tiles of the task, accepted as one action (their photos' other tasks untouched), then the next page.
+  async function acceptPage() {
+    const name = reviewer();
+    if (!name) return;
+    const task = gridTask();
+    const versions = {};
+    for (const p of shown()) if (p.tags[task] && !state.held[p.id]) versions[p.id] = p.tags[task].version;
+    const answer = await call("/accept-task", { reviewer: name, task, versions });
+    if (!settle(answer)) return;
+    toast(`accepted ${answer.body.accepted.length} ${task} tags (u takes them back)`);
+    await refresh(false);
   }
 
   function card(photo, current) {
@@ -612,14 +693,20 @@
     let ids = shown().map((p) => p.id).filter((id) => !state.held[id] || id === state.current);
     if (!ids.length) return;
     const from = state.current;
-    if (step > 0 && ids.indexOf(from) + step >= ids.length && (await more())) {
+    if (!grid() && step > 0 && ids.indexOf(from) + step >= ids.length && (await more())) {
       ids = shown().map((p) => p.id).filter((id) => !state.held[id] || id === from);
     }
     if (state.current !== from) return;  // the reviewer moved meanwhile
     const i = Math.max(0, ids.indexOf(from));
     state.current = ids[Math.max(0, Math.min(ids.length - 1, i + step))];
     render();
-    lease();
+    if (!grid()) lease();
+  }
+
+  // Tiles in a row of the grid as laid out now: up and down move by a row.
+  function perRow() {
+    const tops = [...queue.querySelectorAll(".tile")].map((t) => t.offsetTop);
+    return Math.max(1, tops.filter((top) => top === tops[0]).length);
   }
 
   document.addEventListener("keydown", (e) => {
@@ -628,11 +715,13 @@
     if (!$("#zoom").hidden) { if (e.key === "Escape" || e.key === " ") { $("#zoom").hidden = true; e.preventDefault(); } return; }
     const photo = current();
     const key = e.key;
-    if (key === "j" || key === "ArrowDown" || key === "ArrowRight") move(1);
+    if (grid() && (key === "ArrowDown" || key === "ArrowUp")) move(key === "ArrowDown" ? perRow() : -perRow());
+    else if (key === "j" || key === "ArrowDown" || key === "ArrowRight") move(1);
     else if (key === "k" || key === "ArrowUp" || key === "ArrowLeft") move(-1);
     else if (key === "u") undo();
+    else if (key === "a" && grid()) acceptPage();
     else if (!photo) return;
-    else if (key === "Tab") {
+    else if (key === "Tab" && !grid()) {
       const tasks = Object.keys(photo.tags);
       const i = tasks.indexOf(focusedTask(photo));
       state.focus[photo.id] = tasks[(i + (e.shiftKey ? tasks.length - 1 : 1)) % tasks.length];
@@ -644,8 +733,10 @@
     } else if ((key === "c" || key === "s") && photo.tags[focusedTask(photo)].catalog_label) {
       (key === "c" ? keepCatalog : takeSuggestion)(photo, focusedTask(photo));
     } else if (key === "Enter") {
-      // On to the next photo only if the one accepted is still the current one (a click may have moved meanwhile).
-      acceptCard(photo).then((ok) => { if (ok && state.current === photo.id) move(1); });
+      // On to the next photo only if the one accepted is still the current one (a click may have moved meanwhile);
+      // in a grid, Enter accepts the tile's tag alone.
+      const accept = grid() ? decide(photo, { [gridTask()]: photo.tags[gridTask()].label }) : acceptCard(photo);
+      accept.then((ok) => { if (ok && state.current === photo.id) move(1); });
     } else if (key === "e") openEditor(photo, focusedTask(photo));
     else if (key === " ") zoom(photo);
     else return;
@@ -673,6 +764,12 @@
   reviewerInput.addEventListener("focus", () => reviewerBox.classList.add("editing"));
   reviewerInput.addEventListener("blur", () => reviewerBox.classList.remove("editing"));
   filters.task.addEventListener("change", () => { fillClasses(); refresh(false); filters.task.blur(); });
+  // By task: grouped by the proposed label unless the reviewer sorts otherwise; photo by photo: least certain first.
+  viewSelect.addEventListener("change", () => {
+    sortSelect.value = grid() ? "class" : "uncertain";
+    refresh(false);
+    viewSelect.blur();
+  });
   for (const s of [filters.status, filters.cls, filters.reviewer, sortSelect]) {
     s.addEventListener("change", () => { refresh(false); s.blur(); });
   }
