@@ -176,8 +176,9 @@ def test_cli_writes_the_flags_with_their_columns_in_order(flipped, trained, tmp_
     from fashiontag.cli import app
     out = tmp_path / "audit.csv"
     result = CliRunner().invoke(app, ["audit", "--data", str(flipped[0]), "--model", str(trained), "--tasks",
-                                      "baseColour,articleType", "--out", str(out), "--no-progress"])
+                                      "baseColour,articleType", "--side", "all", "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "cross-fitted (the training side" in result.output
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == COLUMNS == ["id", "task", "catalog_label", "suggested_label", "score", "path", "title",
