@@ -5,10 +5,13 @@ come back, blind, to a second reviewer, and `review stats` compares the two answ
 import time
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from fashiontag.cli import app
+from fashiontag.review.routes import review_router
 from fashiontag.review.stats import review_stats
 from fashiontag.review.store import InvalidChange, ReviewStore, photos
 
@@ -81,10 +84,16 @@ def test_overlap_photos_come_back_blind_to_a_second_reviewer_and_stats_measure_a
         assert looked["2"]["second_look"] is True
         assert {t: (x["label"], x["status"], x["reviewer"]) for t, x in looked["2"]["tags"].items()} == {
             "baseColour": ("Navy Blue", "needs_review", None), "season": ("Summer", "needs_review", None)}
+        # bob answers photo 1's season first: it stays due (baseColour unanswered), his answer shown to him
+        store.review(looked["1"]["id"], {"season": {"label": "Winter", "version": 0}}, "bob")
+        again = {p["item_id"]: p for p in store.page(viewer="bob")["photos"]}["1"]
+        assert {t: (x["label"], x["status"]) for t, x in again["tags"].items()} == {
+            "baseColour": ("Navy Blue", "needs_review"), "season": ("Winter", "corrected")}
         # bob: photo 0 agrees on both tasks, 1 differs on season, 2 agrees with ann's Blue, 3 differs (Black)
         answers = {"0": {}, "1": {"season": "Winter"}, "2": {"baseColour": "Blue"}, "3": {"baseColour": "Black"}}
         for item, labels in answers.items():
             _accept(store, looked[item], "bob", **labels)
+        assert store.photos_by_id([looked["3"]["id"]], viewer="bob")[0]["tags"]["baseColour"]["label"] == "Black"
         # his answers are kept beside ann's, which stay the photos' tags
         assert {p["item_id"]: p["tags"]["baseColour"]["label"] for p in store.photos()} == {
             "0": "Navy Blue", "1": "Navy Blue", "2": "Blue", "3": "Blue"}
@@ -93,7 +102,7 @@ def test_overlap_photos_come_back_blind_to_a_second_reviewer_and_stats_measure_a
         assert stats["agreement"] == {"baseColour": {"n": 4, "equal": 3, "share": 0.75},
                                       "season": {"n": 4, "equal": 3, "share": 0.75}}
         people = {p["reviewer"]: p for p in stats["reviewers"]}
-        assert people["ann"]["tags"] == people["bob"]["tags"] == 8
+        assert people["ann"]["tags"] == people["bob"]["tags"] == 8  # an answer given again counts once
         # undoing a second look takes bob's answers back: the photo is due for a second look again
         store.undo("bob")
         assert [p["item_id"] for p in store.page(viewer="bob")["photos"]] == ["3"]
@@ -120,3 +129,23 @@ def test_about_the_overlap_share_of_photos_is_drawn_and_the_same_again(tmp_path)
 def _overlap(store, photo_id) -> bool:
     with store.engine.connect() as conn:
         return conn.execute(select(photos.c.overlap).where(photos.c.id == photo_id)).scalar()
+
+
+def test_the_routes_lease_and_serve_around_leases(tmp_path):
+    store = _store(f"sqlite:///{tmp_path / 'q.db'}", 3, overlap_share=0.0)
+    app = FastAPI()
+    app.include_router(review_router(store))
+    client = TestClient(app)
+    try:
+        first = client.get("/review/api/page", params={"as": "ann"}).json()["photos"][0]["id"]
+        assert client.post("/review/api/lease", json={"reviewer": "ann", "photo_ids": [first]}).json()["leased"] == [
+            first]
+        assert first not in [p["id"] for p in client.get("/review/api/page", params={"as": "bob"}).json()["photos"]]
+        assert client.post("/review/api/lease", json={"reviewer": "bob", "photo_ids": [first]}).json()["held"] == {
+            str(first): "ann"}
+        assert client.post("/review/api/lease", json={"reviewer": "", "photo_ids": [first]}).status_code == 422
+        # the page gives every lease back when it leaves the photo (an empty list)
+        client.post("/review/api/lease", json={"reviewer": "ann", "photo_ids": []})
+        assert first in [p["id"] for p in client.get("/review/api/page", params={"as": "bob"}).json()["photos"]]
+    finally:
+        store.close()

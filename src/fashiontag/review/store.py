@@ -382,18 +382,22 @@ class ReviewStore:
     def photos_by_id(self, ids: list[int] | None, conn: Connection | None = None, viewer: str | None = None
                      ) -> list[dict]:
         """The photos of ids (None: every photo) with their tags, in queue order. A photo due for a second look,
-        asked for by a viewer other than its first reviewer, comes as the model proposed it (`second_look`): the
-        second answer must not lean on the first."""
+        asked for by a viewer other than its first reviewer, comes as the model proposed it (`second_look`), with
+        the viewer's own answers so far, and so does one the viewer gave a second look: the second answer must not
+        lean on the first, and the second reviewer keeps seeing theirs."""
         if conn is None:
             with self.engine.connect() as own:
                 return self.photos_by_id(ids, own, viewer)
         q_photos, q_tags = select(photos).order_by(photos.c.id), select(tags)
         if ids is not None:
             q_photos, q_tags = q_photos.where(photos.c.id.in_(ids)), q_tags.where(tags.c.photo_id.in_(ids))
+        mine = select(opinions).where(opinions.c.reviewer == viewer)
+        mine = conn.execute(mine.where(opinions.c.photo_id.in_(ids)) if ids is not None else mine).all() \
+            if viewer else []
         out, blind = {}, set()
         for r in conn.execute(q_photos):
             out[r.id] = {"id": r.id, "path": r.path, "item_id": r.item_id, "error": r.error, "tags": {}}
-            if viewer and r.second_due and r.first_reviewer != viewer:
+            if viewer and r.first_reviewer != viewer and (r.second_due or any(o.photo_id == r.id for o in mine)):
                 out[r.id]["second_look"] = True
                 blind.add(r.id)
         order = {t: i for i, t in enumerate((self.model(conn) or {}).get("tasks", []))}
@@ -405,6 +409,11 @@ class ReviewStore:
             if r.photo_id in blind:
                 tag |= {"label": r.model_label, "status": "needs_review", "reviewer": None, "updated_at": None}
             out[r.photo_id]["tags"][r.task] = tag
+        for r in mine:
+            if r.photo_id in blind and r.task in out[r.photo_id]["tags"]:
+                tag = out[r.photo_id]["tags"][r.task]
+                tag |= {"label": r.label, "reviewer": viewer, "updated_at": r.at,
+                        "status": "accepted" if r.label == tag["model_label"] else "corrected"}
         return list(out.values())
 
     def page(self, *, status: str = "needs", task: str | None = None, cls: str | None = None,
@@ -541,6 +550,8 @@ class ReviewStore:
         now = _now()
         action_id = conn.execute(actions.insert().values(reviewer=reviewer, kind="second_look", at=now)
                                  ).inserted_primary_key[0]
+        conn.execute(delete(opinions).where(opinions.c.photo_id == photo_id, opinions.c.reviewer == reviewer,
+                                            opinions.c.task.in_(list(labels))))  # an answer changed: the latest
         conn.execute(opinions.insert(), [{"photo_id": photo_id, "task": t, "reviewer": reviewer, "label": label,
                                           "action_id": action_id, "at": now} for t, label in labels.items()])
         _refresh_photos(conn, [photo_id])
@@ -721,8 +732,8 @@ def photo_keys(statuses: set[str], open_margins: list[float]) -> dict:
 
 def _refresh_photos(conn: Connection, photo_ids: list[int]) -> None:
     """Rewrite the page keys of photos from their tags, in the transaction that changed the tags. An overlap photo
-    is due for a second look once reviewed until someone other than its first reviewer answered; meanwhile its
-    margin is that of all its tags, its place in the list as it was."""
+    is due for a second look once reviewed until someone other than its first reviewer answered on every one of its
+    tags; meanwhile its margin is that of all its tags, its place in the list as it was."""
     if not photo_ids:
         return
     rows: dict[int, list] = {}
@@ -730,7 +741,9 @@ def _refresh_photos(conn: Connection, photo_ids: list[int]) -> None:
                           .where(tags.c.photo_id.in_(photo_ids))):
         rows.setdefault(r.photo_id, []).append(r)
     overlap = set(conn.execute(select(photos.c.id).where(photos.c.id.in_(photo_ids), photos.c.overlap)).scalars())
-    answered = set(conn.execute(select(opinions.c.photo_id).where(opinions.c.photo_id.in_(photo_ids))).scalars())
+    answers = conn.execute(select(opinions.c.photo_id, func.count().label("n")).where(opinions.c.photo_id.in_(
+        photo_ids)).group_by(opinions.c.photo_id, opinions.c.reviewer)).all()
+    answered = {r.photo_id for r in answers if r.n >= len(rows.get(r.photo_id, ()))}
     for pid in photo_ids:
         rs = rows.get(pid, [])
         keys = photo_keys({r.status for r in rs}, [r.margin for r in rs if r.status in UNTOUCHED])
