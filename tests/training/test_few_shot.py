@@ -105,3 +105,13 @@ def test_min_count_follows_where_the_run_starts(shop, catalog, trained, tmp_path
     tuned = TrainConfig(data=str(catalog.root), out=str(tmp_path), min_count=None, init=str(trained))
     assert min_count_for(tuned)[0].min_count == load_meta(trained)["config"]["min_count"] == 2
     assert TrainConfig(data="x", min_count=7).min_count == 7  # given, it is kept
+
+
+def test_the_trunk_is_frozen_for_a_small_shop_started_from_the_shipped_model(tmp_path):
+    from fashiontag.training.train import FREEZE_BELOW, freeze_for
+    shop = TrainConfig(data="shop.csv", out=str(tmp_path), start="shipped", init="m",
+                       model_args={"known": {"tasks": {}}})
+    assert freeze_for(shop, 700, main=False)
+    assert not freeze_for(shop, FREEZE_BELOW, main=False)  # enough photos to fine-tune the whole network
+    assert not freeze_for(shop.override(model_args={}), 700, main=False)  # no known heads (known_heads=false)
+    assert not freeze_for(shop.override(start="scratch", init=""), 700, main=False)

@@ -114,3 +114,12 @@ def test_start_heads_that_do_not_fit_the_trunk_are_one_clear_error(trained):
     model = create_model("seed-cnn", {"colour": 3}, (80, 60), known=known)  # other features than the start's trunk
     with pytest.raises(ValueError, match="do not fit this model's features"):
         model.load_known(load_file(str(trained / "model.safetensors")))
+
+
+def test_freeze_trunk_keeps_the_start_models_features_and_trains_the_heads(shop, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "DEFAULT_MODEL_DIR", trained)
+    best = train_module.train(tiny_config(shop, tmp_path, start="shipped", freeze_trunk=True, **SHOP))
+    after, before = load_file(str(best / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    trunk = [k for k in before if k.startswith("trunk.") and "num_batches_tracked" not in k]
+    assert trunk and all(torch.equal(after[f"inner.{k}"], before[k]) for k in trunk)  # running stats too: eval mode
+    assert any(after[f"maps.{t}.weight"].abs().sum() > 0 for t in SHOP["tasks"])

@@ -94,6 +94,8 @@ class TrainConfig:
     # calibrated outputs to the catalog's heads (train.known_args; a shop's columns are mostly renamings and merges).
     known_heads: bool = True
     freeze_photo: bool = False         # photo + title: train the title branch only, the photo model's part as init has it
+    # The trunk and title encoder as init has them: only the heads (and known heads' maps) learn; None: train.freeze_for.
+    freeze_trunk: bool | None = None
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
