@@ -18,9 +18,9 @@ import struct
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import imagecodecs
 import numpy as np
@@ -122,7 +122,7 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
 
 def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
     """decode() through Pillow alone: any format, any mode. The fallback, and the reference the fast decoders are
-    measured against (tests/tests/data/test_photos.py, benchmarks/decode.py)."""
+    measured against (tests/data/test_photos.py, benchmarks/decode.py)."""
     try:
         if isinstance(data, (bytes, bytearray)):
             src = io.BytesIO(data)
@@ -147,7 +147,7 @@ def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framin
         raise ImageError(f"file not found: {data}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(TOO_LARGE.format("the photo")) from None
-    except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files; all mean "unreadable"
         raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
 
 
@@ -301,7 +301,7 @@ class PhotoInput:
     framing: bool = False
 
     @classmethod
-    def of(cls, meta: dict) -> "PhotoInput":
+    def of(cls, meta: dict) -> PhotoInput:
         return cls(tuple(meta.get("input_hw", INPUT_HW)), bool(meta.get("preprocess", {}).get("framing", False)))
 
     def load(self, source) -> np.ndarray:
