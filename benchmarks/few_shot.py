@@ -164,9 +164,10 @@ def record(result: dict, log: Path | None) -> dict:
 def table(rows: list[dict], strict: bool = False) -> str:
     """Per n and model, the mean over draws of each task's accuracy (strict: a right Other counted wrong), with the
     spread (min-max) where there are several draws, the mean training time and the number of draws."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["n"], r["model"]), []).append(r)
+    by_draw: dict[tuple, dict[int, dict]] = {}
+    for r in rows:  # a draw's baseline comes once however many runs of that draw logged it
+        by_draw.setdefault((r["n"], r["model"]), {})[r["draw"]] = r
+    groups = {key: list(runs.values()) for key, runs in by_draw.items()}
     lines = [f"| n | model | {' | '.join(TASKS)} | training | draws |", f"|---|---|{'---|' * len(TASKS)}---|---|"]
     for (n, model), runs in sorted(groups.items(), key=lambda kv: kv[0][0]):
         cells = []
