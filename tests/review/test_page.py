@@ -29,7 +29,7 @@ def test_keyboard_review_flow_survives_a_reload(browser, trained, catalog, tmp_p
         (photos / f"{pid}.jpg").write_bytes((catalog.root / "images" / f"{pid}.jpg").read_bytes())
     store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
     # Half the tags below a middle threshold: some photos need review, others are sure.
-    fill_queue(store, [str(photos)], trained, min_confidence=0.6, engine="torch")
+    fill_queue(store, [str(photos)], trained, min_confidence=0.6, engine="torch", overlap_share=0.0)
     app = create_app(trained, engine="torch", review=store, threads=1)
     with live_server(app) as url, open_page(browser, url) as page:
         page.fill("#reviewer", "ann")
@@ -108,7 +108,9 @@ def test_keyboard_review_flow_survives_a_reload(browser, trained, catalog, tmp_p
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 def _queue(tmp_path, catalog, trained, n=24, extra=None):
-    """A review store filled with n catalog photos (and extra: {name: PIL image}) tagged by `trained`."""
+    """A review store filled with n catalog photos (and extra: {name: PIL image}) tagged by `trained`, none drawn
+    for a second reviewer's blind look (drawn by path, under tmp_path: a reviewer switching names would be served
+    some at random)."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for pid in catalog.good_ids[:n]:
@@ -116,7 +118,7 @@ def _queue(tmp_path, catalog, trained, n=24, extra=None):
     for name, img in (extra or {}).items():
         img.save(photos / name)
     store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
-    fill_queue(store, [str(photos)], trained, min_confidence=0.6, engine="torch")
+    fill_queue(store, [str(photos)], trained, min_confidence=0.6, engine="torch", overlap_share=0.0)
     return store
 
 
@@ -345,7 +347,7 @@ def test_signed_in_reviewer_accepts_a_photo(browser, tmp_path):
     for i, colour in enumerate(["Red", "Blue", "Black"]):
         draw("Tshirts", colour, "Men").save(photos / f"{i}.jpg", "JPEG")
     store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
-    fill_queue(store, [str(photos)], engine="onnx", min_confidence=1.0)  # every photo needs review
+    fill_queue(store, [str(photos)], engine="onnx", min_confidence=1.0, overlap_share=0.0)  # all need review
     add_user(store, "ann", "ann-password", "reviewer")
     app = create_app(tagger=Tagger.load(None, engine="onnx", threads=1), review=store)
     with live_server(app) as url:

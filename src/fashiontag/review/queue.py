@@ -23,7 +23,7 @@ from fashiontag.data.spreadsheet import restored
 from fashiontag.inference.predict import FORMATS, Photo, printable, tag_results
 from fashiontag.inference.tagger import PhotoResult, Tagger, check_options
 from fashiontag.model_folder import MULTI, PHOTO_ONLY, ModelFolder
-from fashiontag.review.store import ReviewStore
+from fashiontag.review.store import OVERLAP_SHARE, ReviewStore
 
 # Runners-up kept per tag: keys 1-9 on the page take one.
 TOP_K = 10
@@ -239,7 +239,7 @@ def result_item(path: Path, result: PhotoResult) -> dict:
 
 def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | None = None,
                min_confidence: float | None = None, engine: str = "onnx", roots: Iterable[str] = (),
-               audit_share: float = AUDIT_SHARE) -> dict:
+               audit_share: float = AUDIT_SHARE, overlap_share: float = OVERLAP_SHARE) -> dict:
     """Add to the queue the photos under `paths` that it does not hold yet (tagging them now), or the rows of
     one predict output or catalog audit file (told apart by the audit's columns, AUDIT_COLUMNS: see audit_item and
     add_to_product). min_confidence replaces the model's thresholds. roots: more folders that photos may come from
@@ -247,7 +247,8 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
     symlinked photos' folders). A photo outside the queue's folders, or a row of a file that cannot be queued, is
     skipped with a warning naming it.
     audit_share: the share of auto-accepted tags of the photos added that is queued for review all the same, marked
-    as audits (audit_draws). Thresholds: a photo + title model's photos are judged by the record of what they came
+    as audits (audit_draws). overlap_share: the share of photos served to a second reviewer, blind
+    (ReviewStore.add_photos). Thresholds: a photo + title model's photos are judged by the record of what they came
     with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does.
     Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
     missing (paths), skipped (photos and rows), audits (tags of the photos added marked as audits)."""
@@ -321,6 +322,6 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
         items += [{"path": printable(str(p.resolve())), "item_id": printable(p.stem), "tags": {},
                    "error": "the file name is not UTF-8: rename the file to review it"} for p in unnamed]
     audits = mark_audits([i for i in items if i["path"] not in known], audit_share)
-    added = store.add_photos(items)
+    added = store.add_photos(items, overlap_share)
     return {"added": added, "queued": len(known) + added, "errors": sum(bool(i["error"]) for i in items),
             "missing": len(problems.missing), "skipped": skipped, "audits": audits}
