@@ -308,7 +308,7 @@ def review_router(store: ReviewStore, cookie_secure: bool | None = None) -> APIR
     def bulk_accept(body: BulkBody, request: Request):
         done = _answer(store, store.bulk_accept, who(request, body.reviewer), body.photo_ids)
         return done if isinstance(done, JSONResponse) else done | {
-            "photos": [store.photo(pid) for pid in done["accepted"]]}
+            "photos": store.photos_by_id(done["accepted"])}
 
     @router.post("/accept-task", summary="Review by task: accept one task's tag of the photos shown (one undoable "
                                          "action; their other tasks untouched)",

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fashiontag.data.split import duplicate_groups
 from fashiontag.inference.engines import TorchEngine, bf16_supported, fold_batch_norms, torch_input
 from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import MULTI
 from fashiontag.models.checkpoint import load_model
+from fashiontag.training.logistic import fit_logistic
 
 FOLDS = 5
 # The heads read the features' first DIMS principal components (128 of the shipped model's 512: a fit costs a
@@ -109,29 +109,10 @@ def cross_fit(features: np.ndarray, targets: dict[str, np.ndarray], classes: dic
 
 def _fit_and_predict(x: torch.Tensor, y: torch.Tensor, x_new: torch.Tensor, kind: str, classes: int, l2: float
                      ) -> np.ndarray:
-    """A logistic regression (softmax, or a sigmoid per class for a multi-label task) fitted with L-BFGS on the rows
-    of x whose label is known; its probabilities for x_new."""
-    known = y[:, 0] >= 0 if kind == MULTI else y >= 0
-    x, y = x[known], y[known]
-    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=STEPS, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        opt.zero_grad()
-        logits = x @ weight + bias
-        # a multi-label row's loss summed over its classes, as a single-label row's is one per row
-        fit = (F.binary_cross_entropy_with_logits(logits, y.float()) * classes if kind == MULTI
-               else F.cross_entropy(logits, y))
-        value = fit + l2 * weight.square().sum()
-        value.backward()
-        return value
-
-    if len(x):
-        opt.step(loss)
-    with torch.no_grad():
-        logits = x_new @ weight + bias
-        return (torch.sigmoid(logits) if kind == MULTI else torch.softmax(logits, 1)).numpy()
+    """A logistic regression fitted on the rows of x whose label is known; its probabilities for x_new."""
+    weight, bias = fit_logistic(x, y, kind, classes, l2, STEPS)
+    logits = x_new @ weight.T + bias
+    return (torch.sigmoid(logits) if kind == MULTI else torch.softmax(logits, 1)).numpy()
 
 
 def _compressed(features: np.ndarray, dims: int) -> np.ndarray:

@@ -49,6 +49,7 @@ from fashiontag.training.augment import colour_tasks, seller_augment, studio_aug
 from fashiontag.training.calibrate import fit_calibration
 from fashiontag.training.config import TrainConfig
 from fashiontag.training.dataset import TrainingData, load_dataset
+from fashiontag.training.logistic import fit_logistic
 from fashiontag.training.runlock import run_lock
 from fashiontag.training.taxonomy_map import map_lines, taxonomy_map
 from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
@@ -548,34 +549,12 @@ def fit_known_maps(model: KnownHeads, data: TrainingData, cfg: TrainConfig, step
             parts.append(torch.cat(list(model.known_log_probabilities(model.inner.trunk(x), tokens).values()), 1))
     known = torch.cat(parts)
     for t, layer in model.maps.items():
-        weight = fitted_map(known, torch.from_numpy(data.targets[t][rows]), data.kinds[t], layer.weight.shape[0],
-                            steps)
+        weight, _ = fit_logistic(known, torch.from_numpy(data.targets[t][rows]), data.kinds[t],
+                                 layer.weight.shape[0], MAP_L2, steps, bias=False)
         with torch.no_grad():
             layer.weight.copy_(weight)
     tqdm.write(f"known heads' maps fitted on {len(rows):,} training photos")
 
-
-def fitted_map(known: torch.Tensor, y: torch.Tensor, kind: str, classes: int, steps: int) -> torch.Tensor:
-    """The (classes, known) weights of a logistic regression from the known log-probabilities to the labels y
-    (-1: unknown), softmax or per class sigmoid as the task's kind says."""
-    weight = torch.zeros(classes, known.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([weight], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        opt.zero_grad()
-        logits = known @ weight.T
-        if kind == MULTI:
-            keep = (y[:, 0] >= 0).float()
-            fit = (F.binary_cross_entropy_with_logits(logits, y.clamp(min=0).float(), reduction="none").sum(1)
-                   * keep).sum() / keep.sum().clamp(min=1)
-        else:
-            fit = F.cross_entropy(logits, y, ignore_index=-1)
-        value = fit + MAP_L2 * weight.square().sum()
-        value.backward()
-        return value
-
-    opt.step(loss)
-    return weight.detach()
 
 def ema_update(decay: float):
     """AveragedModel's multi_avg_fn: an EMA whose decay warms up as (1+n)/(10+n), so early averages are not dragged
