@@ -4,6 +4,7 @@ and speed, on the shipped model's split (train side to fit, test side to score).
 
     PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/title.py svm      # TF-IDF char 2-5 + LinearSVC, title only
     ... benchmarks/title.py text [--buckets 16384 65536 262144] [--dim 64]   # TextEncoder alone, per size
+    ... benchmarks/title.py text --side val --buckets 32768 --dim 256 --pool sqrt --epochs 10   # and fused, on val
     ... benchmarks/title.py fusion [--fusion late gated]                    # shipped trunk, frozen, + title
     ... benchmarks/title.py colour                                           # dominant colours for baseColour
     ... benchmarks/title.py speed                                            # tokens/s, colours/s, fused photos/s
@@ -32,6 +33,7 @@ from fashiontag.models.checkpoint import load_model
 from fashiontag.models.layers import Heads
 from fashiontag.models.title import TextEncoder, TitleFusion
 from fashiontag.training.dataset import load_dataset
+from fashiontag.training.temperatures import fit_fusion_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
@@ -119,23 +121,55 @@ def side_targets(ds, side):
 
 
 def text(args):
+    """The TextEncoder alone per size (and pooling), on args.side; on the validation side also fused with the
+    shipped photo model's logits, the two parts weighed as calibration weighs them (fit_fusion_weights), fitted on
+    one half of the side and scored on the other."""
     ds = dataset()
     heads = {t: len(v) for t, v in ds.vocabs.items()}
-    rows = {}
+    side, rows = args.side, {}
+    photo = photo_logits(ds, side) if side == "val" else None
     for buckets in args.buckets:
         torch.manual_seed(0)
         tok = Tokenizer(buckets=buckets)
-        train_tokens, test_tokens = (torch.from_numpy(tok(titles(ds, s))) for s in ("train", "test"))
-        encoder, head = TextEncoder(buckets, args.dim, args.hidden), Heads(args.dim if not args.hidden else args.hidden,
-                                                                           heads)
-        print(f"buckets {buckets}, dim {args.dim}, hidden {args.hidden}: "
-              f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f} M parameters")
+        train_tokens, side_tokens = (torch.from_numpy(tok(titles(ds, s))) for s in ("train", side))
+        encoder = TextEncoder(buckets, args.dim, args.hidden, args.pool)
+        head = Heads(encoder.features, heads)
+        name = f"TextEncoder {buckets} x {args.dim}, hidden {args.hidden}, {args.pool}"
+        print(f"{name}: {sum(p.numel() for p in encoder.parameters()) / 1e6:.1f} M parameters")
         fit(lambda rng: lambda idx: head(encoder(train_tokens[idx])[0]), [encoder, head],
             side_targets(ds, "train"), len(train_tokens), args.epochs, args.lr)
-        pred = predict(lambda idx: head(encoder(test_tokens[idx])[0]), len(test_tokens))
-        test = side_targets(ds, "test")
-        rows[f"TextEncoder {buckets} x {args.dim}"] = {t: accuracy(pred[t], test[t]) for t in pred}
-    print_table(rows, f"Title only, test side ({args.epochs} epochs)")
+        with torch.no_grad():
+            logits = {t: torch.cat([head(encoder(side_tokens[i:i + 1024])[0])[t] for i in range(0, len(side_tokens),
+                                                                                                1024)])
+                      for t in heads}
+        y = side_targets(ds, side)
+        rows[name] = {t: accuracy(v.argmax(1).numpy(), y[t]) for t, v in logits.items()}
+        if photo is not None:
+            rows[f"{name}, fused with the photo"] = two_fold_fusion(photo, logits, y)
+    print_table(rows, f"Title only, {side} side ({args.epochs} epochs)")
+
+
+def photo_logits(ds, side) -> dict[str, torch.Tensor]:
+    """The shipped photo model's logits (its own heads) for one side's photos."""
+    model, _ = load_model(SHIPPED)
+    feats = torch.from_numpy(trunk_features(ds)[ds.rows[side]])
+    with torch.no_grad():
+        return model.heads(feats)
+
+
+def two_fold_fusion(photo: dict[str, torch.Tensor], title: dict[str, torch.Tensor], y: dict[str, np.ndarray]
+                    ) -> dict[str, float]:
+    """Accuracy of a * photo + b * title per task, a and b fitted on one half of the rows and scored on the other,
+    both ways."""
+    half = np.random.default_rng(0).permutation(len(next(iter(y.values())))) < len(next(iter(y.values()))) // 2
+    out = {}
+    for t in title:
+        pred = np.zeros(len(half), dtype=int)
+        for fit_on in (half, ~half):
+            w = fit_fusion_weights({t: photo[t][fit_on]}, {t: title[t][fit_on]}, {t: y[t][fit_on]})
+            pred[~fit_on] = (w["photo"][t] * photo[t][~fit_on] + w["title"][t] * title[t][~fit_on]).argmax(1).numpy()
+        out[t] = accuracy(pred, y[t])
+    return out
 
 
 def trunk_features(ds) -> np.ndarray:
@@ -282,6 +316,9 @@ def main():
     p.add_argument("--buckets", type=int, nargs="+", default=[2 ** 16])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=0)
+    p.add_argument("--pool", choices=["mean", "sqrt"], default="mean")
+    p.add_argument("--side", choices=["val", "test"], default="test",
+                   help="text: score on this side (val: also fused with the shipped photo model)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--fusion", nargs="+", default=["late", "gated"])

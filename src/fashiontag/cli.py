@@ -265,14 +265,18 @@ def calibrate(
     reviews: Optional[str] = typer.Option(None, metavar="URL", help="instead of --data: refit the thresholds on the "
                                           "tags people decided in this review database (accepted: the model was "
                                           "right; corrected: wrong); temperatures stay"),
+    fusion: bool = typer.Option(False, "--fusion", help="a photo + title model: first refit the weights of its "
+                                "photo and title parts per task on the validation side (its weights change)"),
 ):
     """Fit temperatures and auto-accept thresholds onto an existing model folder, with titles and for the photo
     alone (model.json; model.onnx re-exported if present); with --reviews, thresholds from a review queue."""
     if reviews is not None:
+        if fusion:
+            raise typer.BadParameter("--fusion refits on the validation photos of --data, not on --reviews")
         return _calibrate_from_reviews(model, reviews, data, precision, task_precision)
     from fashiontag.training.calibrate import calibrate as run_calibrate
     record = run_calibrate(model, _data(data), precision=precision, task_precision=_task_precision(task_precision),
-                           progress=progress)
+                           progress=progress, fusion=fusion)
     for condition, fitted in (("with titles" if "photo_only" in record else "", record),
                               ("photo alone", record.get("photo_only"))):
         if fitted is None:

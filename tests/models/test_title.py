@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from fashiontag.data.text import TitleDropout, Tokenizer, drop_words, normalise, remove_words, truncate, words_of
 from fashiontag.models import create_model
@@ -142,3 +143,32 @@ def test_onnx_export_takes_pixels_and_tokens(fusion, pool, tmp_path):
 def test_an_unknown_pooling_is_refused():
     with pytest.raises(ValueError, match="unknown pool 'max'"):
         create_model("rescnn", HEADS, width=8, title={**TITLE, "pool": "max"})
+
+
+def test_fusion_weights_temper_a_sure_photo_part_and_weigh_both_parts_in_the_model():
+    from fashiontag.training.temperatures import fit_fusion_weights
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (2000,), generator=gen)
+    onehot = nn.functional.one_hot(y, 5).float()
+    # The photo right 60% of the time but sure of itself; the title right 90%, modestly sure.
+    photo_right, title_right = torch.rand(2000, generator=gen) < 0.6, torch.rand(2000, generator=gen) < 0.9
+    noise = nn.functional.one_hot(torch.randint(0, 5, (2000,), generator=gen), 5).float()
+    photo = 8 * torch.where(photo_right[:, None], onehot, noise)
+    title = 2 * torch.where(title_right[:, None], onehot, noise)
+    weights = fit_fusion_weights({"gender": photo}, {"gender": title}, {"gender": y.numpy()})
+    a, b = weights["photo"]["gender"], weights["title"]["gender"]
+    assert a < 0.5 and b > 0.5  # the over-sure photo is tempered, the title not
+    loss = lambda a, b: float(nn.functional.cross_entropy(a * photo + b * title, y))  # noqa: E731
+    assert loss(a, b) < loss(1.0, b) and loss(a, b) < loss(a, 1.0)
+
+    model = create_model("seed-cnn", HEADS, title=TITLE).eval()
+    x, tokens = torch.rand(2, 3, 80, 60), torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES[:2]))
+    with torch.no_grad():
+        for head in model.title_heads.values():
+            nn.init.normal_(head.weight)
+        before_photo, before = model(x), model(x, tokens)
+        model.weigh_parts({"gender": 0.5, "baseColour": 2.0}, {"gender": 3.0, "baseColour": 1.0})
+        after_photo, after = model(x), model(x, tokens)
+    for t, (a, b) in {"gender": (0.5, 3.0), "baseColour": (2.0, 1.0)}.items():
+        torch.testing.assert_close(after_photo[t], a * before_photo[t])
+        torch.testing.assert_close(after[t], a * before_photo[t] + b * (before[t] - before_photo[t]))

@@ -120,6 +120,15 @@ def _overconfident_logits(n=600, classes=4, scale=4.0, seed=0):
     return calibrated * scale, y.numpy()
 
 
+def test_a_temperature_far_from_1_is_found():
+    """Logits a fifth as large as calibrated ones want T near 0.2: L-BFGS's fixed steps stopped far off (0.05 at
+    the clamp, or 0.10 where 0.16 was best); with a line search the minimum is found wherever it lies."""
+    from fashiontag.training.temperatures import fit_temperature
+    for scale in (0.2, 0.1, 8.0):
+        logits, y = _overconfident_logits(n=4000, scale=scale, seed=1)
+        assert fit_temperature(logits, torch.from_numpy(y)) == pytest.approx(scale, rel=0.15)
+
+
 def test_calibration_keeps_a_temperature_that_helps():
     from fashiontag.training.temperatures import fit_temperatures
     logits, y = _overconfident_logits()

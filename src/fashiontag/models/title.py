@@ -88,9 +88,13 @@ class TitleFusion(TrunkAndHeads):
         return [self.trunk, self.heads] if self.fusion == "late" else [self.trunk]
 
     @torch.no_grad()
-    def scale_titles(self, scales: dict[str, float]) -> None:
-        """Late fusion: weigh each task's title part by its factor (fitted on validation photos, see train.py)."""
-        for t, factor in scales.items():
+    def weigh_parts(self, photo: dict[str, float], title: dict[str, float]) -> None:
+        """Late fusion: multiply each task's photo part (its head, bias included) and title part by their factors
+        (fitted on validation photos, see train.py), so logits = photo * a + title * b."""
+        for t, factor in photo.items():
+            self.heads.heads[t].weight.mul_(factor)
+            self.heads.heads[t].bias.mul_(factor)
+        for t, factor in title.items():
             self.title_heads[t].weight.mul_(factor)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

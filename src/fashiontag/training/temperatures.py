@@ -24,9 +24,14 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """The temperature minimising the NLL of labels y; may be NaN when the logits are."""
+    """The temperature minimising the NLL of labels y; may be NaN when the logits are.
+
+    With a line search: without one, L-BFGS's fixed steps stopped far from the minimum when it lies far from 1 (on
+    logits a fifth as large as they should be, T 0.10 where 0.16 was best, and 0.05 where 0.29 was)."""
+    if not torch.isfinite(logits).all():
+        return math.nan  # the line search cannot start from a loss that is not a number
     log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    opt = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -103,33 +108,35 @@ def fit_class_thresholds(probs: np.ndarray, y: np.ndarray, default: float = 0.5)
     return thresholds
 
 
-def fit_title_scales(photo: dict[str, torch.Tensor], title: dict[str, torch.Tensor],
-                     targets: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per task, the factor s on the title's part of the logits that minimises the validation loss of
-    photo + s * title (cross-entropy; binary cross-entropy for a multi-label task, whose targets are rows).
+def fit_fusion_weights(photo: dict[str, torch.Tensor], title: dict[str, torch.Tensor],
+                       targets: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per task, the factors a and b on the photo's and the title's parts of the logits that minimise the
+    validation loss of a * photo + b * title (cross-entropy; binary cross-entropy for a multi-label task, whose
+    targets are rows): {"photo": {task: a}, "title": {task: b}}.
 
-    The title branch learns against the photo model's confidence on its own training photos, which is higher than
-    on photos it never saw, so it comes out too shy; validation photos set the balance."""
-    scales = {}
+    Two factors, not one on the title alone: the photo model is surer of itself than it is right on photos it never
+    saw (a comes out near 0.4), and with the photo's factor held at 1 the loss could only be lowered by leaning on
+    the title less than its accuracy deserves (validation articleType 97.0% against 97.3%, season 84.3 against
+    85.6)."""
+    weights: dict[str, dict[str, float]] = {"photo": {}, "title": {}}
     for t, lg in title.items():
         y = torch.from_numpy(targets[t])
         known = (y[:, 0] if y.ndim == 2 else y) >= 0
         p, q, y = photo[t][known].float(), lg[known].float(), y[known]
-        if len(y) == 0:
-            scales[t] = 1.0
-            continue
-        log_s = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_s], lr=0.1, max_iter=100)
+        log_ab = torch.zeros(2, requires_grad=True)
+        if len(y) and torch.isfinite(p).all() and torch.isfinite(q).all():
+            opt = torch.optim.LBFGS([log_ab], max_iter=100, line_search_fn="strong_wolfe")
 
-        def closure():
-            opt.zero_grad()
-            mixed = p + log_s.exp() * q
-            loss = (F.binary_cross_entropy_with_logits(mixed, y.float()) if y.ndim == 2
-                    else F.cross_entropy(mixed, y))
-            loss.backward()
-            return loss
+            def closure():
+                opt.zero_grad()
+                a, b = log_ab.exp()
+                mixed = a * p + b * q
+                loss = (F.binary_cross_entropy_with_logits(mixed, y.float()) if y.ndim == 2
+                        else F.cross_entropy(mixed, y))
+                loss.backward()
+                return loss
 
-        opt.step(closure)
-        s = float(log_s.detach().exp().clamp(0.0, 20.0))
-        scales[t] = s if math.isfinite(s) else 1.0
-    return scales
+            opt.step(closure)
+        for part, factor in zip(("photo", "title"), log_ab.detach().exp().clamp(0.0, 20.0).tolist()):
+            weights[part][t] = factor if math.isfinite(factor) else 1.0
+    return weights

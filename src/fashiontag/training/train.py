@@ -46,13 +46,13 @@ from fashiontag.models.checkpoint import (
     save_state,
 )
 from fashiontag.training.augment import colour_tasks, seller_augment, studio_augment
-from fashiontag.training.calibrate import fit_calibration
+from fashiontag.training.calibrate import fit_calibration, weigh_fusion
 from fashiontag.training.config import TrainConfig
 from fashiontag.training.dataset import TrainingData, load_dataset
 from fashiontag.training.logistic import fit_logistic
 from fashiontag.training.runlock import run_lock
 from fashiontag.training.taxonomy_map import map_lines, taxonomy_map
-from fashiontag.training.temperatures import fit_class_thresholds, fit_title_scales
+from fashiontag.training.temperatures import fit_class_thresholds
 
 COMPILE_MIN_STEPS = 2000
 MIN_COUNT, MIN_COUNT_TRANSFER = 10, 3
@@ -1003,25 +1003,21 @@ def say_how_to_resume(out: Path) -> None:
 
 def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: bool, channels_last: bool,
                  seconds: float, history: list) -> None:
-    """Calibrate the best model on the validation split and record the full history: the title part's weight per
-    task (late fusion), a decision threshold per class of a multi-label task, then temperatures and auto-accept
-    thresholds per input condition (refit.fit_calibration, as `fashiontag calibrate` fits them)."""
-    model, meta = load_model(folder, device=str(device))
+    """Calibrate the best model on the validation split and record the full history: the weights of the photo's and
+    the title's parts per task (late fusion), a decision threshold per class of a multi-label task, then temperatures
+    and auto-accept thresholds per input condition (refit.fit_calibration, as `fashiontag calibrate` fits them)."""
     rows = data.rows["val"]
-    engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
-    tokenizer = tokenizer_of(meta)
     pixels = np.asarray(data.cache.pixels[rows])
     titles = [data.catalog.titles[i] for i in rows]
-    tokens = tokenizer(titles) if tokenizer else None
-    logits = engine.logits_tensors(pixels, tokens)
     targets = {t: v[rows] for t, v in data.targets.items()}
-    if isinstance(model, TitleFusion) and model.fusion == "late":
-        photo = engine.logits_tensors(pixels)
-        scales = fit_title_scales(photo, {t: logits[t] - photo[t] for t in logits}, targets)
-        model.scale_titles(scales)
-        logits = {t: photo[t] + scales[t] * (logits[t] - photo[t]) for t in logits}
-        meta["title_scales"] = scales
-        tqdm.write("title weights: " + ", ".join(f"{t} x{s:.2f}" for t, s in scales.items()))
+    weights = weigh_fusion(folder, Tagger.load(folder), pixels, titles, targets)
+    if weights:
+        tqdm.write("fusion weights (photo, title): " + ", ".join(
+            f"{t} x{weights['photo'][t]:.2f}, x{weights['title'][t]:.2f}" for t in weights["photo"]))
+    model, meta = load_model(folder, device=str(device))
+    engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
+    tokenizer = tokenizer_of(meta)
+    logits = engine.logits_tensors(pixels, tokenizer(titles) if tokenizer else None)
     class_thresholds = {t: fit_class_thresholds(logits[t].float().sigmoid().numpy(), targets[t])
                         for t in logits if data.kinds[t] == MULTI}
     meta.update(history=history, train_seconds=round(seconds, 1), class_thresholds=class_thresholds,
