@@ -78,7 +78,7 @@ def make(task: tuple[Path, Path]) -> None:
     if size is None:
         out.symlink_to(src.resolve())
         return
-    tmp = out.with_suffix(".tmp" + suffix)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp{suffix}")  # two runs making the same photo do not collide
     Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(tmp, **options)
     os.replace(tmp, out)  # a run cut short leaves no half-written photo behind
 

@@ -50,7 +50,7 @@ def candidates() -> dict[str, dict[str, object]]:
         from fashiontag.data import photos
         found["webp"]["pywebp at full size"] = lambda raw: webp.WebPData.from_buffer(raw).decode(
             webp.WebPColorMode.RGB)
-        found["webp"][f"pywebp at 1/{SHRINK} (photos.py)"] = lambda raw: photos._read_webp(raw, (80, 60))
+        found["webp"]["pywebp at full size into one array (photos.py)"] = lambda raw: photos._read_webp(raw, (80, 60))
     if pyvips := have("pyvips"):
         pyvips.cache_set_max(0)
         found["jpeg"]["pyvips shrink 8"] = lambda raw: pyvips.Image.new_from_buffer(raw, "", shrink=8).numpy()

@@ -7,6 +7,7 @@ and speed, on the shipped model's split (train side to fit, test side to score).
     ... benchmarks/title.py text --side val --buckets 32768 --dim 256 --pool sqrt --epochs 10   # and fused, on val
     ... benchmarks/title.py fusion [--fusion late gated]                    # shipped trunk, frozen, + title
     ... benchmarks/title.py colour                                           # dominant colours for baseColour
+    ... benchmarks/title.py colour-fused                                     # ... beside the shipped model, on val
     ... benchmarks/title.py speed                                            # tokens/s, colours/s, fused photos/s
 
 fusion: the shipped photo model's trunk stays frozen, its features are computed once (cached in /tmp), and the
@@ -26,7 +27,14 @@ import torch
 from torch import nn
 
 from fashiontag.data.catalog import KAGGLE_TASKS as TASKS
-from fashiontag.data.colours import colour_centroids, colour_features, kmeans_colours, nearest_class
+from fashiontag.data.colours import (
+    colour_centroids,
+    colour_features,
+    kmeans_colours,
+    nearest_class,
+    product_masks,
+    rgb_to_lab,
+)
 from fashiontag.data.text import TitleDropout, Tokenizer, drop_words, remove_words, truncate, words_of
 from fashiontag.models import create_model
 from fashiontag.models.checkpoint import load_model
@@ -282,6 +290,56 @@ def colour(args):
     print_table({k: {"baseColour": v} for k, v in rows.items()}, "baseColour, test side")
 
 
+def lab_histogram(photos: np.ndarray, bins=(5, 6, 6)) -> np.ndarray:
+    """(N, 180): the square root of the share of the product's pixels in each L x a x b bin."""
+    mask, lab = product_masks(photos), rgb_to_lab(photos)
+    cell = [np.clip(((lab[..., i] - lo) / span * n).astype(int), 0, n - 1)
+            for i, (lo, span, n) in enumerate(zip((0, -80, -80), (100, 160, 160), bins))]
+    index = (cell[0] * bins[1] + cell[1]) * bins[2] + cell[2]
+    counts = np.stack([np.bincount(index[i][mask[i]], minlength=int(np.prod(bins))) for i in range(len(photos))])
+    return np.sqrt(counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
+
+
+def colour_fused(args):
+    """Issue 25's "colour from the pixels" beside the shipped model: a logistic regression on the shipped model's
+    baseColour log-probabilities (with titles, and photo alone), with and without the dominant colours
+    (colour_features) and a Lab histogram of the product's pixels, fitted on one half of the validation side and
+    scored on the other, both ways."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    ds = dataset()
+    model, meta = load_model(SHIPPED)
+    tok = Tokenizer(**meta["arch_args"]["title"]["tokenizer"])
+    rows = ds.rows["val"]
+    photos, names, y = np.asarray(ds.cache.pixels[rows]), titles(ds, "val"), ds.targets["baseColour"][rows]
+    logits = {"photo + title": [], "photo alone": []}
+    with torch.no_grad():
+        for i in range(0, len(photos), BATCH):
+            x = torch.from_numpy(photos[i:i + BATCH]).permute(0, 3, 1, 2).float() / 255
+            logits["photo + title"].append(model(x, torch.from_numpy(tok(names[i:i + BATCH])))["baseColour"])
+            logits["photo alone"].append(model(x, None)["baseColour"])
+    pixels = {"dominant colours": colour_features(photos), "Lab histogram": lab_histogram(photos)}
+    half = np.random.default_rng(0).permutation(len(y)) < len(y) // 2
+    known = y >= 0
+
+    def two_fold(x: np.ndarray) -> float:
+        pred = np.full(len(y), -2)
+        for fit_on in (half, ~half):
+            scale = StandardScaler().fit(x[fit_on])
+            lr = LogisticRegression(max_iter=500).fit(scale.transform(x[fit_on & known]), y[fit_on & known])
+            pred[~fit_on] = lr.predict(scale.transform(x[~fit_on]))
+        return accuracy(pred, y)
+
+    table = {}
+    for condition, parts in logits.items():
+        lp = torch.cat(parts).log_softmax(1).numpy()
+        table[f"{condition}: the model's own argmax"] = accuracy(lp.argmax(1), y)
+        table[f"{condition}: logistic regression on its log-probabilities"] = two_fold(lp)
+        for name, feats in pixels.items():
+            table[f"{condition}: ... + {name}"] = two_fold(np.hstack([lp, feats]))
+    print_table({k: {"baseColour": v} for k, v in table.items()}, "baseColour, validation side, two folds")
+
+
 def speed(args):
     ds = dataset()
     names = ds.catalog.titles
@@ -312,7 +370,7 @@ def speed(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "speed"])
+    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "colour-fused", "speed"])
     p.add_argument("--buckets", type=int, nargs="+", default=[2 ** 16])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=0)
@@ -331,7 +389,8 @@ def main():
     args = p.parse_args()
     if args.part in ("fusion", "speed"):
         args.buckets = args.buckets[0]
-    {"svm": svm, "text": text, "fusion": fusion, "colour": colour, "speed": speed}[args.part](args)
+    {"svm": svm, "text": text, "fusion": fusion, "colour": colour, "colour-fused": colour_fused,
+     "speed": speed}[args.part](args)
 
 
 if __name__ == "__main__":

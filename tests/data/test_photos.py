@@ -14,11 +14,7 @@ from fashiontag.data import photos
 from fashiontag.data.photos import ImageError, decode, decode_with_pillow
 from synthetic import draw
 
-MAX_PIXEL_DIFF = 1.0  # mean absolute difference in levels 0-255; measured 0 on catalog photos (benchmarks/decode.py)
 MAX_CONFIDENCE_DIFF = 1e-3
-# libwebp shrinks while it decodes, averaging in YUV before converting: 0.06 levels from Pillow's path on these
-# drawn photos, confidences up to 0.0035 apart (0.14 levels on catalog photos, benchmarks/decode.py)
-SCALED_CONFIDENCE_DIFF = 0.01
 REENCODED_CONFIDENCE_DIFF = 0.02  # a turned photo saved again is not the same JPEG: its blocks fall elsewhere
 
 
@@ -81,12 +77,12 @@ def assert_same_tags(tagger, got: np.ndarray, want: np.ndarray, what: str, toler
         assert tag.confidence == pytest.approx(b.tags[task].confidence, abs=tolerance), (what, task)
 
 
-def test_every_kind_of_photo_tags_as_through_pillow(tagger, tmp_path):
+def test_every_kind_of_photo_tags_as_through_pillow(tmp_path):
+    """The same pixels, so the same tags: a fast decoder that only came close (libwebp shrinking in YUV while it
+    decoded was 0.13 levels off) changed labels on the catalog."""
     for name, path in odd_inputs(tmp_path).items():
         fast, pillow = decode(str(path)), decode_with_pillow(str(path))
-        assert np.abs(fast.astype(int) - pillow).mean() <= MAX_PIXEL_DIFF, name
-        assert_same_tags(tagger, fast, pillow, name,
-                         SCALED_CONFIDENCE_DIFF if name.endswith(".webp") else MAX_CONFIDENCE_DIFF)
+        assert np.array_equal(fast, pillow), (name, np.abs(fast.astype(int) - pillow).mean())
         assert np.array_equal(decode(path.read_bytes()), fast), name  # bytes (the service) as the file
 
 
@@ -101,17 +97,6 @@ def test_plain_files_take_the_fast_decoders_and_odd_ones_pillow(tmp_path):
     assert fast == {"plain.jpg", "big.jpg", "grey.jpg", "progressive.jpg", "plain.png", "grey.png",
                     "transparent.png", "transparent-grey.png", "plain.webp", "lossless.webp", "transparent.webp",
                     "misnamed-png.jpg"}
-
-
-def test_webp_is_decoded_at_the_size_pillow_reduces_it_to(tmp_path):
-    """Pillow's resize first box-filters by int(shrink / 2) (reducing_gap 2), then resamples: libwebp decodes
-    straight to the box-filtered size, whatever the photo's shape, and a small photo at its own size."""
-    for size, hw, decoded in [((600, 800), (80, 60), (120, 160)), ((2000, 800), (80, 60), (125, 50)),
-                              ((1200, 1600), (160, 120), (240, 320)), ((100, 130), (80, 60), (100, 130))]:
-        path = tmp_path / "photo.webp"
-        product(size).save(path, quality=80)
-        assert photos._read_webp(path.read_bytes(), hw).size == decoded, size
-        assert decode(str(path), hw).shape == (*hw, 3)
 
 
 # EXIF orientation o -> how to store the upright photo so that o turns it upright again

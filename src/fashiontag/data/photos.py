@@ -4,11 +4,11 @@ re-listed photos. Every path into a model (predict, the service, review, Ray, tr
 
 A shop's photos are 600-2,000 px and the model looks at 80x60, so plain JPEG, WebP and PNG files are decoded by
 faster decoders than Pillow's (benchmarks/decode.py): JPEG by libjpeg-turbo at a reduced DCT scale (simplejpeg),
-WebP by libwebp shrinking while it decodes (pywebp), PNG by libpng (imagecodecs). All three release the GIL, so
-predict's decoding threads run beside inference, and training's photo cache reads through here too, so a model
-sees the same pixels in training and in use. JPEG and PNG give Pillow's pixels exactly, WebP within about 0.1
-levels. Anything else (CMYK JPEG, 16-bit, palette or transparent-colour PNG, animated WebP, GIF, ...) and any file
-a fast decoder rejects goes through Pillow, as every photo did before: same pixels, same error messages."""
+WebP by libwebp into one array (pywebp), PNG by libpng (imagecodecs). All three release the GIL, so predict's
+decoding threads run beside inference, and training's photo cache reads through here too, so a model sees the same
+pixels in training and in use. All three give Pillow's pixels exactly. Anything else (CMYK JPEG, 16-bit, palette
+or transparent-colour PNG, animated WebP, GIF, ...) and any file a fast decoder rejects goes through Pillow, as
+every photo did before: same pixels, same error messages."""
 
 from __future__ import annotations
 
@@ -224,19 +224,14 @@ def _png_chunks(raw: bytes) -> set[bytes]:
 
 
 WEBP_ANIMATED, WEBP_EXIF = 0x02, 0x08  # VP8X flags
-# pywebp declares only use_threads of libwebp's WebPDecoderOptions (decode.h); the ten ints before it are
-# bypass_filtering, no_fancy_upsampling, use_cropping, crop_left, crop_top, crop_width, crop_height, use_scaling,
-# scaled_width, scaled_height, libwebp's ABI. Checked here: with another layout WebP is decoded at full size.
-WEBP_SCALING = webp.ffi.offsetof("struct WebPDecoderOptions", "use_threads") == 10 * webp.ffi.sizeof("int")
-USE_SCALING, SCALED_WIDTH, SCALED_HEIGHT = 7, 8, 9
 
 
 def _read_webp(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
-    """A still WebP, lossy or lossless, with or without alpha, decoded by libwebp straight to the size Pillow's
-    resize reduces it to before its bilinear step (a box filter by int(shrink / reducing_gap)): the decoder skips
-    the full-size colour conversion and the copies. libwebp averages in YUV, then converts, so pixels differ from
-    Pillow's path by about 0.1 levels (benchmarks/decode.py). None for animations (Pillow takes the first frame),
-    files with EXIF (orientation) and damaged data."""
+    """A still WebP, lossy or lossless, with or without alpha, decoded by libwebp at full size straight into one
+    array (Pillow's decoder goes through its animation decoder and a mode conversion: twice the time). Not shrunk
+    while decoding: libwebp's scaler averages in YUV before converting, which moved pixels 0.13 levels from
+    Pillow's path and changed labels; at full size the pixels are Pillow's exactly (benchmarks/decode.py). None for
+    animations (Pillow takes the first frame), files with EXIF (orientation) and damaged data."""
     if len(raw) < 30 or (raw[12:16] == b"VP8X" and raw[20] & (WEBP_ANIMATED | WEBP_EXIF)):
         return None
     ffi, lib = webp.ffi, webp.lib
@@ -248,11 +243,6 @@ def _read_webp(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
     if width < 1 or height < 1:
         return None
     _check_pixels(width, height)
-    shrink = int(max(width / hw[1], height / hw[0]) / 2) if WEBP_SCALING else 1
-    if shrink >= 2:
-        width, height = -(-width // shrink), -(-height // shrink)
-        options = ffi.cast("int *", ffi.addressof(config, "options"))
-        options[USE_SCALING], options[SCALED_WIDTH], options[SCALED_HEIGHT] = 1, width, height
     alpha = bool(config.input.has_alpha)
     pixels = np.empty((height, width, 4 if alpha else 3), np.uint8)
     out = config.output
