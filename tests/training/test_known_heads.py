@@ -17,7 +17,7 @@ from fashiontag.model_folder import load_meta
 from fashiontag.models import KnownHeads
 from fashiontag.models.checkpoint import load_model
 from fashiontag.training.evaluate import evaluate
-from fashiontag.training.train import known_args
+from fashiontag.training.train import known_args, training_data
 from helpers import tiny_config
 
 # The shop's words for the synthetic Kaggle-like catalog's: renamed, lower-cased, two colours merged. (Not gender:
@@ -64,8 +64,21 @@ def test_the_start_models_heads_come_along_frozen(with_known, trained):
     for t in start["vocabs"]:
         for p in ("weight", "bias"):
             assert torch.equal(after[f"known.{t}.{p}"], before[f"heads.heads.{t}.{p}"]), (t, p)
-    # ... while the maps from them learnt something
+    # ... while the maps from them learnt something, each from the known task its taxonomy map names
     assert any(after[f"maps.{t}.weight"].abs().sum() > 0 for t in SHOP["tasks"])
+    assert known["reads"]["colour"] == ["baseColour"]
+    assert after["maps.colour.weight"].shape[1] == len(start["vocabs"]["baseColour"])
+
+
+def test_a_model_whose_maps_read_every_known_task_still_loads(trained):
+    """Shop models saved before `reads` have maps over every known task side by side."""
+    from fashiontag.models import create_model
+    start = load_meta(trained)
+    known = {"tasks": {t: len(v) for t, v in start["vocabs"].items()}, "temperatures": start["temperatures"]}
+    model = create_model(start["arch"], {"colour": 3}, (80, 60), **start["arch_args"], known=known)
+    assert model.maps["colour"].weight.shape == (3, sum(known["tasks"].values()))
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 80, 60))["colour"].shape == (2, 3)
 
 
 def test_the_taxonomy_map_names_the_known_task_each_column_came_from(with_known):
@@ -102,9 +115,10 @@ def test_the_folder_reloads_and_exports_to_onnx_with_the_same_outputs(with_known
 
 def test_known_heads_come_only_where_the_tasks_differ_and_can_be_turned_off(shop, trained, tmp_path):
     cfg = tiny_config(shop, tmp_path, init=str(trained), **SHOP)
-    assert "known" in known_args(cfg, ["department", "colour"], resume=False, main=False)
-    assert "known" not in known_args(cfg.override(known_heads=False), ["department"], resume=False, main=False)
-    assert "known" not in known_args(cfg, [], resume=False, main=False)  # fine-tuning on the start model's tasks
+    data, _ = training_data(cfg, None, progress=False).with_start_vocabs(load_meta(trained)["vocabs"])
+    assert "known" in known_args(cfg, data, ["department", "colour"], resume=False, main=False)
+    assert "known" not in known_args(cfg.override(known_heads=False), data, ["department"], resume=False, main=False)
+    assert "known" not in known_args(cfg, data, [], resume=False, main=False)  # fine-tuning on the start's tasks
 
 
 def test_start_heads_that_do_not_fit_the_trunk_are_one_clear_error(trained):

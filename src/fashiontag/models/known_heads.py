@@ -2,16 +2,23 @@
 
 Built by create_model when arch_args has a "known" entry, e.g. model.json
     "arch_args": {"width": 32, "title": {...}, "known": {"tasks": {"gender": 5, "articleType": 141, ...},
-                  "temperatures": {...}, "photo_temperatures": {...}, "title": true}}
+                  "temperatures": {...}, "photo_temperatures": {...}, "title": true,
+                  "reads": {"colour": ["baseColour"], ...}}}
 so a model folder rebuilds it and the ONNX export includes it; its weights are ordinary tensors (known.*,
 known_title.*, maps.*) in model.safetensors.
 
 A shop's columns are mostly renamings, merges and splits of what the start model already tags. Per known task the
 start model's head (and, photo + title late fusion, its title head) reads this model's features; their
-temperature-scaled log-probabilities, concatenated, go through one linear map per shop task (zero when built;
-training fits them before its first epoch, train.fit_known_maps) that is added to the shop head's logits: a linear
-head on [features, known log-probabilities]. Log-probabilities, not probabilities: the map's weight 1 on a renamed
-class then gives the start model's own calibrated logits, where probabilities in [0, 1] would need weights of tens.
+temperature-scaled log-probabilities go through one linear map per shop task (zero when built; training fits them
+before its first epoch, train.fit_known_maps) that is added to the shop head's logits: a linear head on [features,
+known log-probabilities]. Log-probabilities, not probabilities: the map's weight 1 on a renamed class then gives the
+start model's own calibrated logits, where probabilities in [0, 1] would need weights of tens.
+
+Each shop task's map reads the known tasks `reads` names for it: training gives a single-label task the one known
+task that explains it best (its taxonomy map), since a map from every known task's 250 classes, fitted on a few
+hundred products, learns chance agreements (colour from articleType) where a renaming needs one block: on the shop
+of 900 of benchmarks/few_shot.py, colour went from 85.5 to 87.0 with titles and from 60.2 to 64.4 from the photo
+(docs/results.md). A task `reads` does not name (multi-label ones, models saved before it) reads every known task.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class KnownHeads(nn.Module):
 
     def __init__(self, inner: nn.Module, heads: dict[str, int], tasks: dict[str, int],
                  temperatures: dict[str, float], photo_temperatures: dict[str, float] | None = None,
-                 title: bool = False):
+                 title: bool = False, reads: dict[str, list[str]] | None = None):
         super().__init__()
         self.inner = inner
         self.takes_titles = getattr(inner, "takes_titles", False)  # engines and export pass tokens if so
@@ -44,8 +51,9 @@ class KnownHeads(nn.Module):
         photo = photo_temperatures or temperatures
         self.register_buffer("t_title", torch.tensor([float(temperatures[t]) for t in tasks]), persistent=False)
         self.register_buffer("t_photo", torch.tensor([float(photo[t]) for t in tasks]), persistent=False)
-        width = sum(tasks.values())
-        self.maps = nn.ModuleDict({t: nn.Linear(width, n, bias=False) for t, n in heads.items()})
+        self.reads = {t: list((reads or {}).get(t, tasks)) for t in heads}
+        self.maps = nn.ModuleDict({t: nn.Linear(sum(tasks[k] for k in self.reads[t]), n, bias=False)
+                                   for t, n in heads.items()})
         for m in self.maps.values():
             nn.init.zeros_(m.weight)
         self.freeze()
@@ -76,8 +84,12 @@ class KnownHeads(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         features = self.inner.trunk(x)
         own = self.inner.heads(features) if not self.takes_titles else self.inner.from_features(features, tokens)
-        known = torch.cat(list(self.known_log_probabilities(features, tokens).values()), 1)
-        return {t: lg + self.maps[t](known.to(lg.dtype)) for t, lg in own.items()}
+        known = self.known_log_probabilities(features, tokens)
+        return {t: lg + self.maps[t](self.map_input(known, t).to(lg.dtype)) for t, lg in own.items()}
+
+    def map_input(self, known: dict[str, torch.Tensor], task: str) -> torch.Tensor:
+        """What task's map reads: the known log-probabilities of the tasks it reads, side by side."""
+        return torch.cat([known[k] for k in self.reads[task]], 1)
 
     @torch.no_grad()
     def load_known(self, start: dict[str, torch.Tensor]) -> int:

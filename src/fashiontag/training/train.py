@@ -199,7 +199,7 @@ def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[Tra
         data, kept = data.with_start_vocabs(load_meta(cfg.init)["vocabs"])
         fresh_heads = [t for t in data.vocabs if t not in kept]
     cfg = cfg.override(model_args=title_args(cfg, data.catalog.titles, resume))
-    cfg = cfg.override(model_args=known_args(cfg, fresh_heads, resume, main))
+    cfg = cfg.override(model_args=known_args(cfg, data, fresh_heads, resume, main))
     if cfg.freeze_trunk is None:
         cfg = cfg.override(freeze_trunk=freeze_for(cfg, len(data.rows["train"]), main))
     unknown = sorted(set(cfg.task_precision) - set(data.kinds))
@@ -330,11 +330,12 @@ def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
     return args
 
 
-def known_args(cfg: TrainConfig, fresh_heads: list[str], resume: bool, main: bool) -> dict:
+def known_args(cfg: TrainConfig, data: TrainingData, fresh_heads: list[str], resume: bool, main: bool) -> dict:
     """cfg.model_args with the known heads settled (models/known_heads.py). Started from a model (init) whose
     tasks or classes are not the catalog's (fresh_heads), the start model's own heads come along, frozen, and the
     new heads read their calibrated outputs (cfg.known_heads; a shop's columns are mostly renamings and merges of
-    what it tags). Fine-tuning a model that has known heads keeps them: its weights need the same shape."""
+    what it tags): each single-label head those of the known task its taxonomy map on the training photos names.
+    Fine-tuning a model that has known heads keeps them: its weights need the same shape."""
     args = dict(cfg.model_args)
     if resume or not cfg.init or "known" in args:
         return args
@@ -357,10 +358,12 @@ def known_args(cfg: TrainConfig, fresh_heads: list[str], resume: bool, main: boo
                      # The start model's title heads read this model's title encoder: both late fusion, the
                      # encoder started from the start model's (title_args).
                      "title": bool(start_title and title and start_title.get("fusion", "late") == "late"
-                                   and title.get("fusion", "late") == "late")}
+                                   and title.get("fusion", "late") == "late"),
+                     "reads": {t: [m["known_task"]] for t, m in start_model_map(cfg.init, data).items()}}
     if main:
-        tqdm.write(f"known heads: {cfg.init}'s own {', '.join(start['vocabs'])}, frozen, feed this catalog's heads "
-                   "(--set known_heads=false: without)")
+        tqdm.write(f"known heads: {cfg.init}'s own {', '.join(start['vocabs'])}, frozen, feed this catalog's heads, "
+                   "each " + ", ".join(f"{t} {k[0]}'s" for t, k in args["known"]["reads"].items())
+                   + " (--set known_heads=false: without)")
     return args
 
 
@@ -546,10 +549,10 @@ def fit_known_maps(model: KnownHeads, data: TrainingData, cfg: TrainConfig, step
             x = torch_input(torch.from_numpy(np.ascontiguousarray(data.cache.pixels[part])), torch.device("cpu"),
                             False)
             tokens = (torch.from_numpy(tokenizer([data.catalog.titles[i] for i in part])) if tokenizer else None)
-            parts.append(torch.cat(list(model.known_log_probabilities(model.inner.trunk(x), tokens).values()), 1))
-    known = torch.cat(parts)
+            parts.append(model.known_log_probabilities(model.inner.trunk(x), tokens))
+    known = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     for t, layer in model.maps.items():
-        weight, _ = fit_logistic(known, torch.from_numpy(data.targets[t][rows]), data.kinds[t],
+        weight, _ = fit_logistic(model.map_input(known, t), torch.from_numpy(data.targets[t][rows]), data.kinds[t],
                                  layer.weight.shape[0], MAP_L2, steps, bias=False)
         with torch.no_grad():
             layer.weight.copy_(weight)
@@ -1039,7 +1042,7 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
                 f"{t} {c['coverage']:.0%} at >= {c['threshold']:.3f}" for t, c in record["thresholds_val"].items()))
 
 
-def start_model_map(start: str, data: TrainingData, device: torch.device) -> dict:
+def start_model_map(start: str, data: TrainingData, device: torch.device = torch.device("cpu")) -> dict:
     """The taxonomy map of the catalog's single-label tasks on the training side, from the start model as it was
     (not the known heads on the trained trunk): it says what the shop's words mean in the start model's."""
     rows = data.rows["train"]
