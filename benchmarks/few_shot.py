@@ -109,7 +109,7 @@ def svm_baseline(labelled: list[dict], arrivals: list[dict], brands: set[str]) -
 
 
 def run(n: int, draw: int, work: Path, starts: list[str], known: list[str], log: Path | None,
-        min_count: int | None = None, freeze_trunk: bool | None = None) -> list[dict]:
+        min_count: int | None = None, freeze_trunk: bool | None = None, trunk_lr: float | None = None) -> list[dict]:
     products = unseen_products()
     brands = top_brands(products)
     order = np.random.default_rng(draw).permutation(len(products))
@@ -129,6 +129,7 @@ def run(n: int, draw: int, work: Path, starts: list[str], known: list[str], log:
             cfg = TrainConfig(data=str(shop), id_column="sku", image_column="photo", title_column=title,
                               tasks=TASKS, out=str(out), start=start, seed=draw, progress=False,
                               known_heads=with_known == "on", min_count=min_count, freeze_trunk=freeze_trunk,
+                              **({} if trunk_lr is None else {"trunk_lr": trunk_lr}),
                               model="efficientnet-lite0" if start == "imagenet" else TrainConfig.model)
             began = time.time()
             best = train(cfg)
@@ -136,7 +137,8 @@ def run(n: int, draw: int, work: Path, starts: list[str], known: list[str], log:
             summary = evaluate(new, model=best, out=work / "report", progress=False, plot=False)
             heads = (", known heads" if with_known == "on" and not fresh else "") + (
                 f", min_count {min_count}" if min_count is not None else "") + (
-                f", freeze_trunk {'on' if freeze_trunk else 'off'}" if freeze_trunk is not None else "")
+                f", freeze_trunk {'on' if freeze_trunk else 'off'}" if freeze_trunk is not None else "") + (
+                f", trunk_lr {trunk_lr:g}" if trunk_lr is not None else "")
             results.append(record({
                 "n": n, "draw": draw, "model": f"from {start}{heads}, photo{' + title' if title else ''}",
                 "seconds": round(seconds), "val": 100 * float(np.mean(list(load_meta(best)["val_acc"].values()))),
@@ -198,6 +200,8 @@ def main() -> None:
     parser.add_argument("--min-count", type=int, help="min_count for every run (default: training's own choice)")
     parser.add_argument("--freeze-trunk", choices=["on", "off"],
                         help="freeze_trunk for every run (default: training's own choice, train.freeze_for)")
+    parser.add_argument("--trunk-lr", type=float,
+                        help="trunk_lr for every run: the trunk's share of the learning rate (default: training's)")
     parser.add_argument("--log", type=Path, help="append each result to this JSON Lines file as it comes")
     parser.add_argument("--table", type=Path, metavar="LOG", help="only print the table of a --log file")
     args = parser.parse_args()
@@ -209,7 +213,7 @@ def main() -> None:
         for n in args.n:
             with TemporaryDirectory() as tmp:
                 rows += run(n, draw, Path(tmp), args.starts, args.known, args.log, args.min_count,
-                            None if args.freeze_trunk is None else args.freeze_trunk == "on")
+                            None if args.freeze_trunk is None else args.freeze_trunk == "on", args.trunk_lr)
     print("\n" + tables(rows))
 
 

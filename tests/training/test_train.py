@@ -197,3 +197,19 @@ def test_resume_without_resume_state_is_refused(catalog, tmp_path):
     cfg.save(tmp_path / "run" / "config.json")  # what a run writes before its first batch
     with pytest.raises(FileNotFoundError, match="no resume state in .*last.*without --resume"):
         train(cfg, resume=True)
+
+
+def test_trunk_lr_scales_the_trunks_and_title_encoders_learning_rate_only():
+    from fashiontag.models import create_model
+    from fashiontag.training.train import build_optimizer
+    model = create_model("rescnn", {"colour": 3}, (80, 60), title={"dim": 8, "tokenizer": {"buckets": 64}})
+    trunk = {id(p) for p in [*model.trunk.parameters(), *model.text.parameters()]}
+    opt, lr_at = build_optimizer(TrainConfig(trunk_lr=0.1, warmup_epochs=0), model, steps_per_epoch=10)
+    scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    assert scales == {id(p): 0.1 if id(p) in trunk else 1.0 for p in model.parameters()}
+    # at 1 (the default) there is no split: two groups, as resume states saved before trunk_lr have them
+    opt, _ = build_optimizer(TrainConfig(), model, steps_per_epoch=10)
+    assert len(opt.param_groups) == 2
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="trunk_lr"):
+        TrainConfig(trunk_lr=0)

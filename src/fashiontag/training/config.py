@@ -22,6 +22,7 @@ RANGES = {
     "epochs": (lambda v: v >= 1, "1 or more"),
     "batch_size": (lambda v: v >= 1, "1 or more"),
     "patience": (lambda v: v >= 1, "1 or more"),
+    "trunk_lr": (lambda v: v > 0, "above 0"),
     "lr": (lambda v: v > 0, "above 0"),
     "weight_decay": (lambda v: v >= 0, "0 or more"),
     "warmup_epochs": (lambda v: v >= 0, "0 or more"),
@@ -96,6 +97,9 @@ class TrainConfig:
     freeze_photo: bool = False         # photo + title: train the title branch only, the photo model's part as init has it
     # The trunk and title encoder as init has them: only the heads (and known heads' maps) learn; None: train.freeze_for.
     freeze_trunk: bool | None = None
+    # The trunk's and title encoder's learning rate as a share of lr: below 1, a fine-tuned start model's features
+    # move less from those its known heads were trained on.
+    trunk_lr: float = 1.0
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill

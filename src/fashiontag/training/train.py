@@ -624,11 +624,17 @@ def compiled(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> nn.Mod
 def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
     """The optimizer over the parameters that learn (weight decay on weights, none on biases and norms' scales),
-    and the learning rate of each step of the run (lr_at: warm-up, then the schedule)."""
-    decay, no_decay = [], []
-    for p in (p for p in model.parameters() if p.requires_grad):
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    and the learning rate of each step of the run (lr_at: warm-up, then the schedule), which the trunk and title
+    encoder take times cfg.trunk_lr (each group's lr_scale; at 1 they share the rest's groups, as resume states
+    saved before trunk_lr have them)."""
+    trunk = {id(p) for part in trunk_part(model) for p in part.parameters()} if cfg.trunk_lr != 1 else set()
+    groups = []
+    for scale, params in ((1.0, [p for p in model.parameters() if id(p) not in trunk]),
+                          (cfg.trunk_lr, [p for p in model.parameters() if id(p) in trunk])):
+        params = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "rmsprop":
         opt: torch.optim.Optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7)  # Keras defaults
     elif cfg.optimizer == "adamw":
@@ -844,7 +850,7 @@ def train_epoch(run: Run, net: Net, opt: torch.optim.Optimizer, lr_of_step: Call
         batch = make_batch(run, net, photos, mine[step * cfg.batch_size:(step + 1) * cfg.batch_size], aug_gen,
                            epoch, step)
         for g in opt.param_groups:
-            g["lr"] = lr_of_step(epoch * steps + step)
+            g["lr"] = lr_of_step(epoch * steps + step) * g.get("lr_scale", 1.0)
         logits = forward(run, net, photos, batch, epoch, step)
         loss = batch_loss(logits, batch)
         opt.zero_grad(set_to_none=True)
