@@ -163,8 +163,9 @@ def train(
                                              "encoder, with the catalog's own heads), scratch, imagenet (with --model "
                                              "efficientnet-lite0) or a model folder (fine-tuning). Default: shipped "
                                              "for your own catalog, scratch for the Kaggle layout"),
-    epochs: Optional[int] = typer.Option(None, metavar="N", help="epochs at most; early stopping may end sooner "
-                                         f"(default: {TrainConfig.epochs})"),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help=f"epochs to train (default: {TrainConfig.epochs}, "
+                                         f"ending early after {TrainConfig.patience} without a better validation "
+                                         "score); given, exactly N unless --set patience=K"),
     batch_size: Optional[int] = typer.Option(None, metavar="N",
                                              help=f"photos per training step (default: {TrainConfig.batch_size})"),
     lr: Optional[float] = typer.Option(None, metavar="RATE", help=f"peak learning rate (default: {TrainConfig.lr})"),
@@ -184,13 +185,17 @@ def train(
 ):
     """Train a model; the best checkpoint lands in OUT/best (safetensors + JSON)."""
     from fashiontag.training.train import train as run_training
+    sets = _parse_sets(set_)
     cfg = _train_config(config, dict(data=data, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                                      protocol=protocol, max_train=max_train, seed=seed, progress=progress,
                                      tasks=_tasks(tasks), id_column=id_column, image_column=image_column,
                                      title_column=title_column, hierarchy=tuple(hierarchy) if hierarchy else None,
                                      image_size=image_size, precision=precision,
                                      extra=tuple(extra) if extra else None, **_start(start)),
-                        _parse_sets(set_), need_data=not (resume and not data))
+                        sets, need_data=not (resume and not data))
+    if epochs is not None and "patience" not in sets:
+        # The epochs a user asks for are the epochs trained: early stopping would end the run sooner than asked.
+        cfg = cfg.override(patience=max(cfg.patience, epochs))
     best = run_training(cfg, resume=resume)
     typer.echo(f"best model: {best}")
 
