@@ -26,7 +26,6 @@ def test_set_with_a_flag_for_the_same_field_is_an_error_naming_both(command, cat
     assert not (tmp_path / "run").exists()
 
 
-
 @pytest.mark.parametrize("args, epochs, patience", [
     ([], 30, 8),                                    # the default: early stopping after 8 stale epochs
     (["--epochs", "40"], 40, 40),                   # asked for, trained: no early stopping
@@ -45,6 +44,7 @@ def test_epochs_given_are_epochs_trained_unless_patience_is_given_too(args, epoc
     result = invoke("train", "--data", catalog.root, "--out", tmp_path / "run", "--no-progress", *args)
     assert result.exit_code == 0, result.output
     assert (seen["cfg"].epochs, seen["cfg"].patience) == (epochs, patience)
+
 
 def test_set_alone_sets_a_field_that_has_a_flag(catalog, tmp_path, monkeypatch):
     import fashiontag.training.train
