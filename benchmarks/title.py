@@ -9,6 +9,8 @@ and speed, on the shipped model's split (train side to fit, test side to score).
     ... benchmarks/title.py colour                                           # dominant colours for baseColour
     ... benchmarks/title.py colour-fused                                     # ... beside the shipped model, on val
     ... benchmarks/title.py speed                                            # tokens/s, colours/s, fused photos/s
+    ... benchmarks/title.py linear [--c 0.2 0.5 1.5 3 6]                     # the linear title part per C, on val
+    ... benchmarks/title.py lengths                                          # how the parts are weighed, on val
 
 fusion: the shipped photo model's trunk stays frozen, its features are computed once (cached in /tmp), and the
 text encoder, fusion and heads train on them with TitleDropout; 10% of the photos with a title are replaced by a
@@ -39,9 +41,10 @@ from fashiontag.data.text import TitleDropout, Tokenizer, drop_words, remove_wor
 from fashiontag.models import create_model
 from fashiontag.models.checkpoint import load_model
 from fashiontag.models.layers import Heads
-from fashiontag.models.title import TextEncoder, TitleFusion
+from fashiontag.models.title import TextEncoder, TitleFusion, TitleLinear
 from fashiontag.training.dataset import load_dataset
 from fashiontag.training.temperatures import fit_fusion_weights
+from fashiontag.training.title_linear import fit_title_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
@@ -64,11 +67,11 @@ def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return 100 * float((pred[known] == y[known]).mean())
 
 
-def print_table(rows: dict[str, dict[str, float]], title: str) -> None:
+def print_table(rows: dict[str, dict[str, float]], title: str, digits: int = 1) -> None:
     tasks = [t for t in TASKS if any(t in r for r in rows.values())]
     print(f"\n{title}\n\n| | {' | '.join(tasks)} |\n|---|{'---|' * len(tasks)}")
     for name, r in rows.items():
-        print(f"| {name} | {' | '.join(f'{r[t]:.1f}' if t in r else '' for t in tasks)} |")
+        print(f"| {name} | {' | '.join(f'{r[t]:.{digits}f}' if t in r else '' for t in tasks)} |")
 
 
 def svm(args):
@@ -153,7 +156,7 @@ def text(args):
         y = side_targets(ds, side)
         rows[name] = {t: accuracy(v.argmax(1).numpy(), y[t]) for t, v in logits.items()}
         if photo is not None:
-            rows[f"{name}, fused with the photo"] = two_fold_fusion(photo, logits, y)
+            rows[f"{name}, fused with the photo"] = two_fold_fusion({"photo": photo, "title": logits}, y)
     print_table(rows, f"Title only, {side} side ({args.epochs} epochs)")
 
 
@@ -165,19 +168,115 @@ def photo_logits(ds, side) -> dict[str, torch.Tensor]:
         return model.heads(feats)
 
 
-def two_fold_fusion(photo: dict[str, torch.Tensor], title: dict[str, torch.Tensor], y: dict[str, np.ndarray]
-                    ) -> dict[str, float]:
-    """Accuracy of a * photo + b * title per task, a and b fitted on one half of the rows and scored on the other,
-    both ways."""
-    half = np.random.default_rng(0).permutation(len(next(iter(y.values())))) < len(next(iter(y.values()))) // 2
+def two_fold_fusion(parts: dict[str, dict[str, torch.Tensor]], y: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy of the parts' weighted sum per task ({part: {task: logits}}, one factor each, fit_fusion_weights),
+    fitted on one half of the rows and scored on the other, both ways."""
+    n = len(next(iter(y.values())))
+    half = np.random.default_rng(0).permutation(n) < n // 2
     out = {}
-    for t in title:
-        pred = np.zeros(len(half), dtype=int)
+    for t in next(iter(parts.values())):
+        pred = np.zeros(n, dtype=int)
         for fit_on in (half, ~half):
-            w = fit_fusion_weights({t: photo[t][fit_on]}, {t: title[t][fit_on]}, {t: y[t][fit_on]})
-            pred[~fit_on] = (w["photo"][t] * photo[t][~fit_on] + w["title"][t] * title[t][~fit_on]).argmax(1).numpy()
+            w = fit_fusion_weights({p: {t: part[t][fit_on]} for p, part in parts.items()}, {t: y[t][fit_on]})
+            pred[~fit_on] = sum(w[p][t] * part[t][~fit_on] for p, part in parts.items()).argmax(1).numpy()
         out[t] = accuracy(pred, y[t])
     return out
+
+
+def shipped_parts(ds, side: str, titles_of_side: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The shipped model's parts of the logits on one side's photos and the given titles, each as it is before the
+    length slopes weigh it: its photo heads, its title encoder's heads and its linear title part (if any)."""
+    model, _ = load_model(SHIPPED)
+    tokens = torch.from_numpy(Tokenizer(**model_tokenizer())(titles_of_side))
+    with torch.no_grad():
+        photo = model.heads(torch.from_numpy(trunk_features(ds)[ds.rows[side]]))
+        chunks = [tokens[i:i + 256] for i in range(0, len(tokens), 256)]
+        parts = {"photo": photo, "title": _cat([model.title_logits(c) for c in chunks])}
+        if model.linear is not None:
+            parts["linear"] = _cat([model.linear(c) for c in chunks])
+    return parts
+
+
+def model_tokenizer() -> dict:
+    _, meta = load_model(SHIPPED)
+    return meta["arch_args"]["title"]["tokenizer"]
+
+
+def _cat(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {t: torch.cat([c[t] for c in chunks]) for t in chunks[0]}
+
+
+def linear(args):
+    """The linear title part (issue 25) on the validation side: the baseline (its own char 2-5-grams), an SVM on the
+    TF-IDF of the tokenizer's ids per C (training.title_linear, fitted on the train side), alone and fused with the
+    shipped model's photo and encoder parts (two_fold_fusion, whole titles)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+    ds = dataset()
+    y, train_titles, val_titles = side_targets(ds, "val"), titles(ds, "train"), titles(ds, "val")
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
+    xtr, xval = vec.fit_transform(train_titles), vec.transform(val_titles)
+    rows = {"baseline: TF-IDF char 2-5 + LinearSVC C=0.5": {}}
+    for t in ds.vocabs:
+        ytr = ds.targets[t][ds.rows["train"]]
+        rows["baseline: TF-IDF char 2-5 + LinearSVC C=0.5"][t] = accuracy(
+            LinearSVC(C=0.5).fit(xtr[ytr >= 0], ytr[ytr >= 0]).predict(xval), y[t])
+    parts = shipped_parts(ds, "val", val_titles)
+    tok = Tokenizer(**model_tokenizer())
+    val_tokens = torch.from_numpy(tok(val_titles))
+    for c in args.c:
+        start = time.perf_counter()
+        part = TitleLinear(tok.buckets, {t: len(v) for t, v in ds.vocabs.items()})
+        fit_title_linear(part, train_titles, side_targets(ds, "train"), tok, c, progress=False)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            scores = _cat([part(val_tokens[i:i + 256]) for i in range(0, len(val_tokens), 256)])
+        rows[f"SVM on the tokenizer's ids, C={c:g} ({seconds:.0f} s)"] = {
+            t: accuracy(v.argmax(1).numpy(), y[t]) for t, v in scores.items()}
+        rows[f"fused: photo + encoder + SVM C={c:g}"] = two_fold_fusion(
+            {"photo": parts["photo"], "title": parts["title"], "linear": scores}, y)
+    print_table(rows, "Validation side: the linear title part", digits=2)
+
+
+def lengths(args):
+    """How the parts are weighed (issue 25), on the validation side: the shipped model's parts (photo, encoder,
+    linear title part) weighed on one half and scored on the other, with whole titles and thinned as training thins
+    them, fitted on whole titles only, on whole and thinned k:1, or 1:1 with each factor by the title's length."""
+    _, meta = load_model(SHIPPED)
+    ds = dataset()
+    y, whole = side_targets(ds, "val"), titles(ds, "val")
+    thin = TitleDropout(**{**meta["config"]["title_dropout"], "drop": 0.0})(whole, np.random.default_rng(0))
+    tok = Tokenizer(**model_tokenizer())
+    cases = {}
+    for name, texts in (("whole", whole), ("thinned", thin)):
+        count = (tok(texts) > 0).sum(1)
+        cases[name] = (shipped_parts(ds, "val", texts), count)
+    center = float(np.log(cases["whole"][1][cases["whole"][1] > 0]).mean())
+    z = {name: torch.from_numpy((np.log(np.maximum(count, 1)) - center) * (count > 0)).float()
+         for name, (_, count) in cases.items()}
+    n = len(whole)
+    half = np.random.default_rng(0).permutation(n) < n // 2
+    rows = {}
+    mixes = (("whole titles only", {"whole": 1}, False), ("whole and thinned 1:1", {"whole": 1, "thinned": 1}, False),
+             ("whole and thinned 2:1", {"whole": 2, "thinned": 1}, False),
+             ("whole and thinned 4:1", {"whole": 4, "thinned": 1}, False),
+             ("whole and thinned 1:1, by the title's length", {"whole": 1, "thinned": 1}, True))
+    for label, mix, slopes in mixes:
+        pred = {name: {t: np.zeros(n, dtype=int) for t in y} for name in cases}
+        for fit_on in (half, ~half):
+            names = [name for name, k in mix.items() for _ in range(k)]
+            parts = {p: {t: torch.cat([cases[name][0][p][t][fit_on] for name in names]) for t in y}
+                     for p in cases["whole"][0]}
+            lengths_fit = torch.cat([z[name][fit_on] for name in names]) if slopes else None
+            w = fit_fusion_weights(parts, {t: np.concatenate([y[t][fit_on]] * len(names)) for t in y}, lengths_fit)
+            for name, (scored, _) in cases.items():
+                for t in y:
+                    factor = {p: w[p][t] * ((w[f"{p} slope"][t] * z[name][~fit_on]).exp()[:, None] if slopes else 1)
+                              for p in scored}
+                    pred[name][t][~fit_on] = sum(factor[p] * scored[p][t][~fit_on] for p in scored).argmax(1).numpy()
+        for name in cases:
+            rows[f"{label}: {name} titles"] = {t: accuracy(pred[name][t], y[t]) for t in y}
+    print_table(rows, "Validation side: weighing the parts", digits=2)
 
 
 def trunk_features(ds) -> np.ndarray:
@@ -370,7 +469,8 @@ def speed(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "colour-fused", "speed"])
+    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "colour-fused", "speed", "linear", "lengths"])
+    p.add_argument("--c", type=float, nargs="+", default=[0.2, 0.5, 1.5, 3.0, 6.0], help="linear: the SVM's C")
     p.add_argument("--buckets", type=int, nargs="+", default=[2 ** 16])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=0)
@@ -390,7 +490,7 @@ def main():
     if args.part in ("fusion", "speed"):
         args.buckets = args.buckets[0]
     {"svm": svm, "text": text, "fusion": fusion, "colour": colour, "colour-fused": colour_fused,
-     "speed": speed}[args.part](args)
+     "speed": speed, "linear": linear, "lengths": lengths}[args.part](args)
 
 
 if __name__ == "__main__":

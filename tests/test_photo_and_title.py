@@ -5,11 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fashiontag.data.catalog import read_catalog
 from fashiontag.inference.engines import OnnxEngine
 from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import load_meta
+from fashiontag.models.title import LengthSlopes
 from helpers import tiny_config
 
 TITLE = {"dim": 16, "tokenizer": {"buckets": 4096, "max_len": 48}}
@@ -54,8 +56,11 @@ def test_a_run_started_from_a_photo_and_title_model_stays_one(titled, catalog, t
     cfg = tiny_config(catalog.root, tmp_path / "tuned", epochs=1, init=str(titled))
     assert "title" not in cfg.model_args
     tuned = train(cfg)
-    start = load_meta(titled)["arch_args"]
-    assert load_meta(tuned)["arch_args"] == start
+    start, now = load_meta(titled)["arch_args"], load_meta(tuned)["arch_args"]
+    fitted = "length_slopes"  # refitted with the fusion weights, on what the slopes were
+    assert set(now["title"][fitted]) == set(start["title"][fitted]) and now["title"][fitted]["center"] == start[
+        "title"][fitted]["center"]
+    assert {**now, "title": {**now["title"], fitted: None}} == {**start, "title": {**start["title"], fitted: None}}
     n = len(load_file(str(titled / "model.safetensors")))
     assert set(load_file(str(tuned / "model.safetensors"))) == set(load_file(str(titled / "model.safetensors")))
     assert f"started from {titled}: {n} of {n} tensors of the start model\n" in capsys.readouterr().out
@@ -234,10 +239,53 @@ def test_calibrate_refits_the_fusion_weights_into_the_weights_and_the_onnx(title
     refit = load_meta(folder)["fusion_weights"]
     torch_tagger, onnx_tagger = Tagger.load(folder, bf16=False), Tagger.load(folder, engine="onnx")
     a, b = torch_tagger.engine.logits(pixels, tokens), onnx_tagger.engine.logits(pixels, tokens)
+    # Each part's factor by the title's length, before the refit and after (models.title.LengthSlopes).
+    before, after = (LengthSlopes(list(meta["vocabs"]), m["arch_args"]["title"]["length_slopes"])(
+        torch.from_numpy(tokens)) for m in (meta, load_meta(folder)))
     for t in a:
         photo, title = (refit[part][t] / trained[part][t] for part in ("photo", "title"))
-        np.testing.assert_allclose(a[t], photo * shrunk_photo[t] + title * (shrunk[t] - shrunk_photo[t]),
-                                   rtol=1e-3, atol=1e-3)
+        raw_photo = shrunk_photo[t] * after["photo"][t].numpy()
+        raw_title = (shrunk[t] - shrunk_photo[t] * before["photo"][t].numpy()) * (
+            after["title"][t] / before["title"][t]).numpy()
+        np.testing.assert_allclose(a[t], photo * raw_photo + title * raw_title, rtol=1e-3, atol=1e-3)
     assert all(refit["title"][t] / trained["title"][t] > 5 for t in ("gender", "masterCategory"))  # mostly undone
     for t in a:
         np.testing.assert_allclose(a[t], b[t], atol=1e-3)
+
+
+def test_a_linear_title_part_is_fitted_weighed_and_exported_by_training_and_by_calibrate(titled, catalog, tmp_path):
+    """model_args title.linear: training fits the linear SVM on the training titles at the end and weighs it with
+    the other parts; `fashiontag calibrate --title-linear C` adds one to a model that has none. Either way the
+    part scores titles (and nothing without one), and torch and ONNX agree."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from fashiontag.training.calibrate import calibrate
+    from fashiontag.training.train import train
+    start = load_meta(titled)
+    cfg = tiny_config(catalog.root, tmp_path / "linear", epochs=1, init=str(titled),
+                      model_args={**start["arch_args"], "title": {**start["arch_args"]["title"],
+                                                                  "linear": {"C": 1.0}}})
+    trained = train(cfg)
+    added = tmp_path / "added"
+    shutil.copytree(titled, added)
+    calibrate(added, catalog.root, title_linear=2.0, progress=False)
+    photos = sorted((catalog.root / "images").glob("*.jpg"))[:12]
+    for folder, c in ((trained, 1.0), (added, 2.0)):
+        meta = load_meta(folder)
+        assert meta["arch_args"]["title"]["linear"] == {"C": c} and set(meta["fusion_weights"]) == {
+            "photo", "title", "linear"}
+        weights = load_file(str(folder / "model.safetensors"))
+        assert weights["linear.weight"].abs().sum() > 0 and weights["linear.idf"].min() >= 1
+        tagger, onnx = Tagger.load(folder, bf16=False), Tagger.load(folder, engine="onnx")
+        pixels = np.stack([tagger.prepare(p) for p in photos])
+        tokens = tagger.tokenizer(titles_of(catalog, photos))
+        a, b = tagger.engine.logits(pixels, tokens), onnx.engine.logits(pixels, tokens)
+        with torch.no_grad():
+            part = tagger.engine.model.linear(torch.from_numpy(tokens))
+            assert all((v == 0).all() for v in tagger.engine.model.linear(torch.zeros_like(torch.from_numpy(tokens))
+                                                                          ).values())
+        for t in a:
+            np.testing.assert_allclose(a[t], b[t], atol=1e-3)
+            assert part[t].abs().sum() > 0

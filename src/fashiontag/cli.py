@@ -272,16 +272,20 @@ def calibrate(
                                           "right; corrected: wrong); temperatures stay"),
     fusion: bool = typer.Option(False, "--fusion", help="a photo + title model: first refit the weights of its "
                                 "photo and title parts per task on the validation side (its weights change)"),
+    title_linear: Optional[float] = typer.Option(None, "--title-linear", metavar="C",
+                                                 help="a photo + title model: first fit its linear title part (a "
+                                                      "linear SVM with this C on the TF-IDF of the training side's "
+                                                      "titles; added if it has none), then --fusion"),
 ):
     """Fit temperatures and auto-accept thresholds onto an existing model folder, with titles and for the photo
     alone (model.json; model.onnx re-exported if present); with --reviews, thresholds from a review queue."""
     if reviews is not None:
-        if fusion:
-            raise typer.BadParameter("--fusion refits on the validation photos of --data, not on --reviews")
+        if fusion or title_linear is not None:
+            raise typer.BadParameter("--fusion and --title-linear fit on the photos of --data, not on --reviews")
         return _calibrate_from_reviews(model, reviews, data, precision, task_precision)
     from fashiontag.training.calibrate import calibrate as run_calibrate
     record = run_calibrate(model, _data(data), precision=precision, task_precision=_task_precision(task_precision),
-                           progress=progress, fusion=fusion)
+                           progress=progress, fusion=fusion, title_linear=title_linear)
     for condition, fitted in (("with titles" if "photo_only" in record else "", record),
                               ("photo alone", record.get("photo_only"))):
         if fitted is None:

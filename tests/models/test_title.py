@@ -116,11 +116,17 @@ class _TwoInputs(torch.nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion, pool", [("late", "mean"), ("gated", "mean"), ("late", "sqrt")])
-def test_onnx_export_takes_pixels_and_tokens(fusion, pool, tmp_path):
+@pytest.mark.parametrize("fusion, pool, linear", [("late", "mean", False), ("gated", "mean", False),
+                                                  ("late", "sqrt", True)])
+def test_onnx_export_takes_pixels_and_tokens(fusion, pool, linear, tmp_path):
     import onnxruntime as ort
     torch.manual_seed(0)
-    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": fusion, "pool": pool}).eval()
+    title = {**TITLE, "fusion": fusion, "pool": pool,
+             **({"linear": {"C": 1.0}, "length_slopes": {"center": 3.0, "photo": {"gender": -0.3},
+                                                         "linear": {"baseColour": 0.5}}} if linear else {})}
+    model = create_model("rescnn", HEADS, width=8, title=title).eval()
+    if linear:
+        fit_linear_on_synthetic_titles(model)
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -155,7 +161,7 @@ def test_fusion_weights_temper_a_sure_photo_part_and_weigh_both_parts_in_the_mod
     noise = nn.functional.one_hot(torch.randint(0, 5, (2000,), generator=gen), 5).float()
     photo = 8 * torch.where(photo_right[:, None], onehot, noise)
     title = 2 * torch.where(title_right[:, None], onehot, noise)
-    weights = fit_fusion_weights({"gender": photo}, {"gender": title}, {"gender": y.numpy()})
+    weights = fit_fusion_weights({"photo": {"gender": photo}, "title": {"gender": title}}, {"gender": y.numpy()})
     a, b = weights["photo"]["gender"], weights["title"]["gender"]
     assert a < 0.5 and b > 0.5  # the over-sure photo is tempered, the title not
     loss = lambda a, b: float(nn.functional.cross_entropy(a * photo + b * title, y))  # noqa: E731
@@ -172,3 +178,130 @@ def test_fusion_weights_temper_a_sure_photo_part_and_weigh_both_parts_in_the_mod
     for t, (a, b) in {"gender": (0.5, 3.0), "baseColour": (2.0, 1.0)}.items():
         torch.testing.assert_close(after_photo[t], a * before_photo[t])
         torch.testing.assert_close(after[t], a * before_photo[t] + b * (before[t] - before_photo[t]))
+
+
+def synthetic_titles(n: int = 300, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Titles whose words say the labels, some of them twice (an id counted more than once), with noise words;
+    every fifth title empty, its labels unknown for gender."""
+    rng = np.random.default_rng(seed)
+    genders, colours = ["men", "women", "boys", "girls", "unisex"], ["red", "blue", "green", "black", "white", "pink",
+                                                                      "grey"]
+    y = {"gender": rng.integers(0, 5, n), "baseColour": rng.integers(0, 7, n)}
+    noise = ["cotton", "slim", "fit", "casual", "shirt", "shoes", "watch", "classic"]
+    titles = []
+    for i in range(n):
+        words = [genders[y["gender"][i]], colours[y["baseColour"][i]]] * int(rng.integers(1, 3))
+        words += list(rng.choice(noise, 3))
+        titles.append(" ".join(rng.permutation(words)) if i % 5 else "")
+    y["gender"][::5] = -1
+    return titles, y
+
+
+def fit_linear_on_synthetic_titles(model):
+    from fashiontag.training.title_linear import fit_title_linear
+    titles, y = synthetic_titles()
+    fit_title_linear(model.linear, titles, y, Tokenizer(**TITLE["tokenizer"]), c=1.0, progress=False)
+
+
+def test_the_linear_title_part_is_the_svm_it_was_fitted_as():
+    """The model's scores from the (N, L) ids, duplicates and padding included, equal the decision function of the
+    LinearSVC fitted on the sparse TF-IDF rows, for the titles it was fitted on and for new ones; no title, no score."""
+    from sklearn.svm import LinearSVC
+
+    from fashiontag.training.title_linear import idf_of, tfidf
+    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "linear": {"C": 1.0}}).eval()
+    tok = Tokenizer(**TITLE["tokenizer"])
+    x = torch.rand(3, 3, 80, 60)
+    with torch.no_grad():
+        unfitted = model(x, torch.from_numpy(tok(TITLES[:3])))
+        for t, lg in model(x).items():  # all zero when built: it adds nothing yet
+            torch.testing.assert_close(unfitted[t], lg)
+    fit_linear_on_synthetic_titles(model)
+    titles, y = synthetic_titles()
+    tokens = tok(titles)
+    assert any(len(set(r[r > 0])) < (r > 0).sum() for r in tokens)  # some ids repeat within a title
+    features = tfidf(tokens, idf_of(tokens, tok.buckets))
+    new = tok(["women pink slim watch", "red men shoes men", "", "unheard of words"])
+    new_features = tfidf(new, idf_of(tokens, tok.buckets))
+    for t in HEADS:
+        rows = (tokens > 0).any(1) & (y[t] >= 0)
+        svm = LinearSVC(C=1.0).fit(features[rows], y[t][rows])
+        with torch.no_grad():
+            got, got_new = model.linear(torch.from_numpy(tokens))[t], model.linear(torch.from_numpy(new))[t]
+        for ids, feats, scores in ((tokens, features, got), (new, new_features, got_new)):
+            titled = (ids > 0).any(1)
+            want = svm.decision_function(feats[titled])
+            assert np.abs(scores.numpy()[titled][:, svm.classes_] - want).max() < 5e-3, t  # float16 weights
+            assert (scores.numpy()[~titled] == 0).all()
+        assert (got.argmax(1).numpy()[rows] == y[t][rows]).mean() > 0.95  # the words say the labels
+
+
+def test_the_linear_part_is_weighed_with_the_others_and_survives_bf16_autocast():
+    model = create_model("rescnn", HEADS, width=8, title={**TITLE, "linear": {"C": 1.0}}).eval()
+    fit_linear_on_synthetic_titles(model)
+    tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
+    with torch.no_grad():
+        before = model.linear(tokens)
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast = model.linear(tokens)
+        model.weigh_parts({}, {}, {"gender": 0.5})
+        after = model.linear(tokens)
+    for t in HEADS:
+        assert autocast[t].dtype == torch.float32
+        torch.testing.assert_close(autocast[t], before[t])
+    torch.testing.assert_close(after["gender"], 0.5 * before["gender"], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(after["baseColour"], before["baseColour"])
+
+
+@pytest.mark.parametrize("part", [{"linear": {"C": 1.0}}, {"length_slopes": {"center": 2.0}}])
+def test_a_linear_title_part_and_length_slopes_need_late_fusion(part):
+    with pytest.raises(ValueError, match="need late fusion"):
+        create_model("rescnn", HEADS, width=8, title={**TITLE, "fusion": "gated", **part})
+
+
+def test_length_slopes_weigh_each_part_by_the_title_length():
+    """Each part times exp(slope x (ln ids - center)): 1 for a title of the center's length and for no title."""
+    slopes = {"center": 3.0, "photo": {"gender": -0.5}, "title": {"gender": 0.25, "baseColour": 1.0}}
+    plain = create_model("rescnn", HEADS, width=8, title=TITLE).eval()
+    weighed = create_model("rescnn", HEADS, width=8, title={**TITLE, "length_slopes": slopes}).eval()
+    weighed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for head in plain.title_heads.values():
+            nn.init.normal_(head.weight)
+        weighed.load_state_dict(plain.state_dict())
+        tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
+        x = torch.rand(len(TITLES), 3, 80, 60)
+        photo, both, got = plain(x), plain(x, tokens), weighed(x, tokens)
+    z = ((tokens > 0).sum(1, keepdim=True).clamp(min=1).float().log() - 3.0) * (tokens > 0).any(1, keepdim=True)
+    for t in HEADS:
+        a = torch.exp(slopes["photo"].get(t, 0.0) * z)
+        b = torch.exp(slopes["title"].get(t, 0.0) * z)
+        torch.testing.assert_close(got[t], a * photo[t] + b * (both[t] - photo[t]))
+    torch.testing.assert_close(got["gender"][2], photo["gender"][2])  # no title: the photo as it is
+
+
+def test_known_heads_of_a_photo_and_title_model_give_its_own_logits():
+    """A shop's known heads read the start model's photo heads, title heads, linear title part and length slopes:
+    their log-probabilities are the start model's own, temperature-scaled, with a title and without one."""
+    torch.manual_seed(0)
+    slopes = {"center": 3.0, "photo": {"gender": -0.4}, "title": {"baseColour": 0.3}, "linear": {"gender": 0.6}}
+    title = {**TITLE, "linear": {"C": 1.0}, "length_slopes": slopes}
+    start = create_model("rescnn", HEADS, width=8, title=title).eval()
+    with torch.no_grad():
+        for head in start.title_heads.values():
+            nn.init.normal_(head.weight)
+    fit_linear_on_synthetic_titles(start)
+    temperatures = {"gender": 0.7, "baseColour": 1.3}
+    shop = create_model("rescnn", {"audience": 3}, width=8, title=TITLE,
+                        known={"tasks": HEADS, "temperatures": temperatures, "title": True, "linear": True,
+                               "length_slopes": slopes}).eval()
+    shop.inner.load_state_dict(start.state_dict(), strict=False)  # the trunk and title encoder, as training does
+    assert shop.load_known(start.state_dict()) == 2 * len(HEADS) + len(HEADS) + 3
+    x, tokens = torch.rand(len(TITLES), 3, 80, 60), torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
+    with torch.no_grad():
+        features = shop.inner.trunk(x)
+        for given in (tokens, None):
+            got, want = shop.known_log_probabilities(features, given), start(x, given)
+            for t in HEADS:
+                scaled = torch.log_softmax(want[t] / temperatures[t], 1).clamp(min=-9.0)
+                torch.testing.assert_close(got[t], scaled, atol=1e-4, rtol=1e-4)

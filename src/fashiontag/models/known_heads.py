@@ -2,16 +2,17 @@
 
 Built by create_model when arch_args has a "known" entry, e.g. model.json
     "arch_args": {"width": 32, "title": {...}, "known": {"tasks": {"gender": 5, "articleType": 141, ...},
-                  "temperatures": {...}, "photo_temperatures": {...}, "title": true,
+                  "temperatures": {...}, "photo_temperatures": {...}, "title": true, "linear": true,
+                  "length_slopes": {...},
                   "reads": {"colour": ["baseColour"], ...}}}
 so a model folder rebuilds it and the ONNX export includes it; its weights are ordinary tensors (known.*,
-known_title.*, maps.*) in model.safetensors.
+known_title.*, known_linear.*, maps.*) in model.safetensors.
 
 A shop's columns are mostly renamings, merges and splits of what the start model already tags. Per known task the
-start model's head (and, photo + title late fusion, its title head) reads this model's features; their
-temperature-scaled log-probabilities go through one linear map per shop task (zero when built; training fits them
-before its first epoch, train.fit_known_maps) that is added to the shop head's logits: a linear head on [features,
-known log-probabilities]. Log-probabilities, not probabilities: the map's weight 1 on a renamed class then gives the
+start model's head (and, photo + title late fusion, its title head, linear title part and length slopes: the start
+model's own logits) reads this model's features; their temperature-scaled log-probabilities go through one linear
+map per shop task (zero when built; training fits them before its first epoch, train.fit_known_maps) that is added
+to the shop head's logits: a linear head on [features, known log-probabilities]. Log-probabilities, not probabilities: the map's weight 1 on a renamed class then gives the
 start model's own calibrated logits, where probabilities in [0, 1] would need weights of tens.
 
 Each shop task's map reads the known tasks `reads` names for it: training gives a single-label task the one known
@@ -26,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fashiontag.models.title import LengthSlopes, TitleLinear, add_parts
+
 # The floor of a known log-probability: a class the start model rules out says "no", not minus infinity.
 LOG_FLOOR = -9.0
 
@@ -36,7 +39,8 @@ class KnownHeads(nn.Module):
 
     def __init__(self, inner: nn.Module, heads: dict[str, int], tasks: dict[str, int],
                  temperatures: dict[str, float], photo_temperatures: dict[str, float] | None = None,
-                 title: bool = False, reads: dict[str, list[str]] | None = None):
+                 title: bool = False, reads: dict[str, list[str]] | None = None, linear: bool = False,
+                 length_slopes: dict | None = None):
         super().__init__()
         self.inner = inner
         self.takes_titles = getattr(inner, "takes_titles", False)  # engines and export pass tokens if so
@@ -47,6 +51,9 @@ class KnownHeads(nn.Module):
         # The start model's title heads: only late fusion has them, on the title encoder this model shares.
         self.known_title = (nn.ModuleDict({t: nn.Linear(inner.text.features, n, bias=False) for t, n in tasks.items()})
                             if title else None)
+        # ... and its linear title part, which reads the title's ids (models/title.py TitleLinear).
+        self.known_linear = TitleLinear(inner.text.embed.num_embeddings, tasks) if title and linear else None
+        self.known_lengths = LengthSlopes(list(tasks), length_slopes) if title and length_slopes else None
         # Temperatures come from model.json ("known"), not the weights: rebuilt, not learnt.
         photo = photo_temperatures or temperatures
         self.register_buffer("t_title", torch.tensor([float(temperatures[t]) for t in tasks]), persistent=False)
@@ -72,8 +79,10 @@ class KnownHeads(nn.Module):
         present = None
         if self.known_title is not None and tokens is not None:
             encoded, present = self.inner.text(tokens)
-            logits = {t: lg + head(encoded * present) for (t, lg), head in zip(logits.items(),
-                                                                              self.known_title.values())}
+            parts = {"photo": logits, "title": {t: head(encoded * present) for t, head in self.known_title.items()}}
+            if self.known_linear is not None:
+                parts["linear"] = self.known_linear(tokens)
+            logits = add_parts(parts, self.known_lengths, tokens)
         out = {}
         for i, (t, lg) in enumerate(logits.items()):
             temperature = self.t_photo[i] if present is None else torch.where(present, self.t_title[i],
@@ -99,6 +108,8 @@ class KnownHeads(nn.Module):
         wanted = {f"known.{t}.{p}": f"heads.heads.{t}.{p}" for t in self.known for p in ("weight", "bias")}
         if self.known_title is not None:
             wanted.update({f"known_title.{t}.weight": f"title_heads.{t}.weight" for t in self.known_title})
+        if self.known_linear is not None:
+            wanted.update({f"known_linear.{b}": f"linear.{b}" for b in ("idf", "weight", "bias")})
         missing = sorted(k for k in wanted.values() if k not in start)
         if missing:
             raise ValueError(f"the start model has no {', '.join(missing[:3])}: its heads cannot be known heads")

@@ -53,6 +53,7 @@ from fashiontag.training.logistic import fit_logistic
 from fashiontag.training.runlock import run_lock
 from fashiontag.training.taxonomy_map import map_lines, taxonomy_map
 from fashiontag.training.temperatures import fit_class_thresholds
+from fashiontag.training.title_linear import add_title_linear
 
 COMPILE_MIN_STEPS = 2000
 MIN_COUNT, MIN_COUNT_TRANSFER = 10, 3
@@ -321,7 +322,7 @@ def title_args(cfg: TrainConfig, titles: list[str], resume: bool) -> dict:
     start = load_meta(cfg.init)["arch_args"].get("title") if cfg.init and not resume else None
     if start is not None and "title" not in args:
         if any(titles):
-            args["title"] = start
+            args["title"] = start  # with its linear title part, if any: fitted again at the end (finish_model)
         else:
             tqdm.write(f"{cfg.init} reads titles too, but this catalog has none (--title-column): its title branch "
                        "is left out")
@@ -359,7 +360,13 @@ def known_args(cfg: TrainConfig, data: TrainingData, fresh_heads: list[str], res
                      # encoder started from the start model's (title_args).
                      "title": bool(start_title and title and start_title.get("fusion", "late") == "late"
                                    and title.get("fusion", "late") == "late"),
+                     "linear": bool(start_title and start_title.get("linear")),
+                     "length_slopes": (start_title or {}).get("length_slopes"),
                      "reads": {t: [m["known_task"]] for t, m in start_model_map(cfg.init, data).items()}}
+    if args.get("title"):
+        # The start model's linear title part and length slopes come along in the known heads; this model's own
+        # parts get neither: their weights are fitted with the fusion weights, which known heads do not have.
+        args["title"] = {k: v for k, v in args["title"].items() if k not in ("linear", "length_slopes")}
     if main:
         tqdm.write(f"known heads: {cfg.init}'s own {', '.join(start['vocabs'])}, frozen, feed this catalog's heads, "
                    "each " + ", ".join(f"{t} {k[0]}'s" for t, k in args["known"]["reads"].items())
@@ -1019,10 +1026,15 @@ def finish_model(folder: Path, data: TrainingData, device: torch.device, bf16: b
     pixels = np.asarray(data.cache.pixels[rows])
     titles = [data.catalog.titles[i] for i in rows]
     targets = {t: v[rows] for t, v in data.targets.items()}
+    if (load_meta(folder)["arch_args"].get("title") or {}).get("linear"):
+        train = data.rows["train"]
+        c = add_title_linear(folder, [data.catalog.titles[i] for i in train],
+                             {t: v[train] for t, v in data.targets.items()})
+        tqdm.write(f"linear title part: a linear SVM (C={c:g}) on the TF-IDF of {len(train)} training titles")
     weights = weigh_fusion(folder, Tagger.load(folder), pixels, titles, targets)
     if weights:
-        tqdm.write("fusion weights (photo, title): " + ", ".join(
-            f"{t} x{weights['photo'][t]:.2f}, x{weights['title'][t]:.2f}" for t in weights["photo"]))
+        tqdm.write(f"fusion weights ({', '.join(weights)}): " + ", ".join(
+            f"{t} " + ", ".join(f"x{weights[part][t]:.2f}" for part in weights) for t in weights["photo"]))
     model, meta = load_model(folder, device=str(device))
     engine = TorchEngine(model, list(data.vocabs), str(device), bf16, channels_last)
     tokenizer = tokenizer_of(meta)
