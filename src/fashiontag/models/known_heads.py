@@ -16,7 +16,7 @@ to the shop head's logits: a linear head on [features, known log-probabilities].
 start model's own calibrated logits, where probabilities in [0, 1] would need weights of tens.
 
 Each shop task's map reads the known tasks `reads` names for it: training gives a single-label task the one known
-task that explains it best (its taxonomy map), since a map from every known task's 250 classes, fitted on a few
+task that explains it best (its taxonomy map), since a map from every known task's 200 classes, fitted on a few
 hundred products, learns chance agreements (colour from articleType) where a renaming needs one block: on the shop
 of 900 of benchmarks/few_shot.py, colour went from 85.5 to 87.0 with titles and from 60.2 to 64.4 from the photo
 (docs/results.md). A task `reads` does not name (multi-label ones, models saved before it) reads every known task.
