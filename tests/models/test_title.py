@@ -231,7 +231,12 @@ def test_the_linear_title_part_is_the_svm_it_was_fitted_as():
         for ids, feats, scores in ((tokens, features, got), (new, new_features, got_new)):
             titled = (ids > 0).any(1)
             want = svm.decision_function(feats[titled])
-            assert np.abs(scores.numpy()[titled][:, svm.classes_] - want).max() < 5e-3, t  # float16 weights
+            # int8 weights: each moves by at most half its class's scale, times the row's TF-IDF values
+            start = list(HEADS).index(t) and sum(list(HEADS.values())[:list(HEADS).index(t)])
+            half_step = model.linear.scale[start:start + HEADS[t]].numpy()[svm.classes_] / 2
+            bound = np.asarray(feats[titled].sum(1)) * half_step + 1e-5
+            assert (np.abs(scores.numpy()[titled][:, svm.classes_] - want) <= bound).all(), t
+            assert bound.max() < 0.05 * np.abs(want).max(), t  # small beside the scores
             assert (scores.numpy()[~titled] == 0).all()
         assert (got.argmax(1).numpy()[rows] == y[t][rows]).mean() > 0.95  # the words say the labels
 
@@ -249,7 +254,7 @@ def test_the_linear_part_is_weighed_with_the_others_and_survives_bf16_autocast()
     for t in HEADS:
         assert autocast[t].dtype == torch.float32
         torch.testing.assert_close(autocast[t], before[t])
-    torch.testing.assert_close(after["gender"], 0.5 * before["gender"], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(after["gender"], 0.5 * before["gender"])
     torch.testing.assert_close(after["baseColour"], before["baseColour"])
 
 
@@ -296,7 +301,7 @@ def test_known_heads_of_a_photo_and_title_model_give_its_own_logits():
                         known={"tasks": HEADS, "temperatures": temperatures, "title": True, "linear": True,
                                "length_slopes": slopes}).eval()
     shop.inner.load_state_dict(start.state_dict(), strict=False)  # the trunk and title encoder, as training does
-    assert shop.load_known(start.state_dict()) == 2 * len(HEADS) + len(HEADS) + 3
+    assert shop.load_known(start.state_dict()) == 2 * len(HEADS) + len(HEADS) + len(dict(start.linear.named_buffers()))
     x, tokens = torch.rand(len(TITLES), 3, 80, 60), torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
     with torch.no_grad():
         features = shop.inner.trunk(x)

@@ -109,7 +109,7 @@ class KnownHeads(nn.Module):
         if self.known_title is not None:
             wanted.update({f"known_title.{t}.weight": f"title_heads.{t}.weight" for t in self.known_title})
         if self.known_linear is not None:
-            wanted.update({f"known_linear.{b}": f"linear.{b}" for b in ("idf", "weight", "bias")})
+            wanted.update({f"known_linear.{b}": f"linear.{b}" for b, _ in self.known_linear.named_buffers()})
         missing = sorted(k for k in wanted.values() if k not in start)
         if missing:
             raise ValueError(f"the start model has no {', '.join(missing[:3])}: its heads cannot be known heads")

@@ -89,7 +89,8 @@ def weigh_fusion(folder: Path, tagger: Tagger, pixels: np.ndarray, titles: list[
 
     Weighed by the title's length, the shipped model with its linear part gained on whole titles and thinned ones
     alike over one factor per part (validation, two halves, fitted on one and scored on the other: articleType
-    97.13 -> 97.43 and baseColour 90.09 -> 91.35 with whole titles, baseColour 83.67 -> 84.60 thinned).
+    97.13 -> 97.43 and baseColour 90.09 -> 91.33 with whole titles, baseColour 83.67 -> 84.57 thinned:
+    benchmarks/title.py lengths).
 
     Fitted on whole titles alone, the shipped model leant on the title so hard that a title with half its words
     lost 2.3 more points of gender and one without colour words 4.3 more of baseColour than fitted on both, for 0.1

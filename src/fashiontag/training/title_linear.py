@@ -101,9 +101,7 @@ def fit_title_linear(part: TitleLinear, titles: list[str | None], targets: dict[
             if len(classes):
                 weight[:, classes], bias[classes] = _svm(x[rows], y[rows], c)
         start += size
-    part.idf.copy_(torch.from_numpy(idf))
-    part.weight.copy_(torch.from_numpy(weight))
-    part.bias.copy_(torch.from_numpy(bias))
+    part.set_weights(torch.from_numpy(idf), torch.from_numpy(weight), torch.from_numpy(bias))
 
 
 def _svm(x: sp.csr_matrix, labels: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
