@@ -25,7 +25,7 @@ def test_short_training_beats_majority_on_every_task(real_data, tmp_path):
     best = train(cfg)
     model, meta = load_model(best)
     ds = load_dataset(real_data, split_path=best / "split.json", vocabs=meta["vocabs"], progress=False,
-                      framing=cfg.framing)
+                      framing=meta["preprocess"]["framing"])
     rows = ds.rows["test"]
     acc = accuracies(TorchEngine(model, list(meta["vocabs"])).logits_tensors(ds.cache.pixels[rows]),
                      {t: v[rows] for t, v in ds.targets.items()})

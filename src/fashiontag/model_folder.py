@@ -21,6 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from fashiontag.atomic import write_text
+from fashiontag.data.framing import check_framing
 from fashiontag.errors import FashiontagError
 
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -169,6 +170,11 @@ def task_kinds(meta: dict) -> dict[str, str]:
     return {t: meta.get("task_kinds", {}).get(t, SINGLE) for t in meta["vocabs"]}
 
 
+def framing_of(meta: dict) -> bool | float:
+    """How the model's photos are framed: model.json's preprocess.framing (framing.frame's `when`; absent: never)."""
+    return check_framing(meta.get("preprocess", {}).get("framing", False))
+
+
 def hierarchy_of(meta: dict) -> tuple[list[str], list[list[str]]] | None:
     """The hierarchy's tasks (finest first) and the label combinations seen in training; None without one.
 
@@ -214,7 +220,7 @@ class ModelFolder:
     vocabs: dict[str, list[str]]
     kinds: dict[str, str]
     input_hw: tuple[int, int]
-    framing: bool
+    framing: bool | float  # framing.frame's `when`
     calibration: Calibration  # a photo with its title (and every photo, for a photo-only model)
     photo_alone: Calibration  # a photo + title model's photo without a title
     class_thresholds: dict[str, list[float]]  # multi-label tasks: each class's own
@@ -239,7 +245,7 @@ class ModelFolder:
             path=Path(path) if path is not None else None, record=record, arch=record.get("arch", ""),
             arch_args=dict(record.get("arch_args", {})), vocabs=vocabs, kinds=kinds,
             input_hw=tuple(record.get("input_hw", INPUT_HW)),
-            framing=bool(record.get("preprocess", {}).get("framing", False)),
+            framing=framing_of(record),
             calibration=Calibration.of(record, tasks),
             photo_alone=Calibration.of({**record, **record.get(PHOTO_ONLY, {})}, tasks),
             class_thresholds={t: list(record.get("class_thresholds", {}).get(t, [0.5] * len(vocabs[t])))

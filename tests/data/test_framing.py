@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashiontag.data.framing import find_product
+from fashiontag.data.framing import check_framing, find_product
 from fashiontag.data.photos import letterbox
 
 
@@ -81,3 +81,28 @@ def test_photos_without_a_clear_product_are_left_whole(case):
     found = find_product(Image.fromarray(photo))
     assert found is None or found.box == (0, 0, photo.shape[1], photo.shape[0])
     assert diff(letterbox(Image.fromarray(photo), framing=True), letterbox(Image.fromarray(photo))) < 1.0
+
+
+def test_framing_only_when_small_crops_a_small_product_and_leaves_a_studio_shot_whole():
+    """framing=share: the product small in a corner of a phone photo is cropped to, with SMALL_MARGIN around it;
+    a product spanning the share or more of the photo in one direction (every studio shot) is not touched."""
+    shot = studio_shot()
+    corner = np.full((300, 400, 3), 240, np.uint8)
+    corner[10:90, 20:80] = shot  # spans 27% of the height, 15% of the width
+    framed = letterbox(Image.fromarray(corner), framing=0.6)
+    box = product_box(framed)
+    assert box[1] - box[0] >= 50  # cropped: the product is 80 rows tall in an 80-row photo, less its margin
+    assert box[1] - box[0] < product_box(letterbox(Image.fromarray(corner), framing=True))[1] - \
+        product_box(letterbox(Image.fromarray(corner), framing=True))[0]  # the wider margin of a small product
+    assert tuple(framed[0, 0]) == (240, 240, 240)
+    assert diff(letterbox(Image.fromarray(shot), framing=0.6), letterbox(Image.fromarray(shot))) == 0
+    half = np.full((100, 100, 3), 255, np.uint8)
+    half[20:85, 30:70] = shot[::1, 10:50][:65]  # spans 65% of the height: at or above the share, whole
+    assert diff(letterbox(Image.fromarray(half), framing=0.6), letterbox(Image.fromarray(half))) == 0
+    assert diff(letterbox(Image.fromarray(half), framing=0.7), letterbox(Image.fromarray(half))) > 5
+
+
+@pytest.mark.parametrize("when", [0, 1, 1.5, -0.2, "yes", None])
+def test_framing_other_than_a_bool_or_a_share_is_refused(when):
+    with pytest.raises(ValueError, match="framing is true"):
+        check_framing(when)

@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from fashiontag.data.photos import letterbox
 from fashiontag.inference.engines import torch_input
-from fashiontag.training.augment import background_mask, seller_augment, studio_augment
+from fashiontag.training.augment import _backgrounds, _weave, background_mask, seller_augment, studio_augment
 from helpers import tiny_config
 
 
@@ -38,6 +40,27 @@ def test_seller_augment_changes_framing_background_and_light_reproducibly():
     assert not torch.equal(studio_augment(x, torch.Generator().manual_seed(1)), a)
 
 
+def test_seller_backgrounds_include_stripes_and_checks():
+    """Issue 25: a striped bedspread cost 14-28 points of articleType while training drew only flat colours,
+    gradients and noise. Stripes run across the photo at the drawn angle, checks cross them at a right angle."""
+    h, w = 80, 60
+    # angle 0, period 8, phase 0.25 of a turn, hard-edged: vertical stripes, every row the same
+    r = torch.tensor([[0.0, 5 / 13, 0.25, 0.0, 0.0]] * 2)
+    weave = _weave(r, torch.tensor([False, True]), h, w)
+    stripes, checks = weave[0, 0], weave[1, 0]
+    assert torch.equal(stripes, stripes[:1].expand(h, w)) and 0.4 < stripes.mean() < 0.6
+    assert set(stripes.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(stripes[:, :8], stripes[:, 8:16])  # repeats every 8 pixels
+    assert not torch.equal(checks, checks[:1].expand(h, w)) and set(checks.unique().tolist()) == {0.0, 0.5, 1.0}
+    bg = _backgrounds(400, h, w, torch.Generator().manual_seed(0), "cpu")
+    assert bg.shape == (400, 3, h, w) and 0 <= bg.min() and bg.max() <= 1
+    # hard-edged stripes and checks: two or three colours with a visible step between them (noise has hundreds of
+    # values, flat colours and gradients no step); a fifth of the draws or so
+    steps = (bg[:, 0, :, 1:] - bg[:, 0, :, :-1]).abs().amax((1, 2)) > 0.05
+    few = torch.tensor([len(b[0].unique()) <= 3 for b in bg])
+    assert 0.1 < float((steps & few).float().mean()) < 0.4
+
+
 def test_photos_outside_the_seller_share_keep_their_studio_background_and_light():
     px = photos(256)
     x = torch_input(torch.from_numpy(px), torch.device("cpu"))
@@ -56,8 +79,18 @@ def test_photos_outside_the_seller_share_keep_their_studio_background_and_light(
 def test_the_seller_recipe_trains_a_model_that_frames_its_photos(catalog, tmp_path):
     from fashiontag.inference.tagger import Tagger
     from fashiontag.training.train import train
-    best = train(tiny_config(catalog.root, tmp_path / "run", seller_augment=True, framing=True, epochs=8))
+    best = train(tiny_config(catalog.root, tmp_path / "run", seller_augment=True, framing=0.6, epochs=12))
     meta = json.loads((best / "model.json").read_text())
-    assert meta["preprocess"] == {"framing": True} and meta["config"]["seller_augment"] is True
+    assert meta["preprocess"] == {"framing": 0.6} and meta["config"]["seller_augment"] is True
     assert meta["val_acc"]["articleType"] > 0.4  # drawn shapes are still learnt under the heavy augmentation
-    assert Tagger.load(best).photo_input.framing
+    tagger = Tagger.load(best)
+    corner = np.full((300, 400, 3), 240, np.uint8)
+    corner[10:90, 20:80] = photos(1)[0]  # a product small in a corner: every path prepares it cropped
+    assert tagger.photo_input.framing == 0.6
+    assert np.array_equal(tagger.prepare(corner), letterbox(Image.fromarray(corner), tagger.input_hw, 0.6))
+    assert not np.array_equal(tagger.prepare(corner), letterbox(Image.fromarray(corner), tagger.input_hw))
+    # fine-tuned from it, a model frames its photos as its start did unless told otherwise
+    again = train(tiny_config(catalog.root, tmp_path / "again", init=str(best), epochs=1))
+    assert json.loads((again / "model.json").read_text())["preprocess"] == {"framing": 0.6}
+    other = train(tiny_config(catalog.root, tmp_path / "other", init=str(best), framing=False, epochs=1))
+    assert json.loads((other / "model.json").read_text())["preprocess"] == {"framing": False}

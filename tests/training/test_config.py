@@ -49,6 +49,7 @@ def test_the_protocols_are_all_and_notebook_and_seed_is_gone():
     ("ema", 1, "config field ema: 1.0 is not 0 \\(off\\) or more and below 1"),
     ("distill", 1.5, "config field distill: 1.5 is not from 0 to 1"),
     ("seller_share", 0, "config field seller_share: 0.0 is not above 0 and at most 1"),
+    ("framing", 1.5, "config field framing: 1.5 is not true, false or a share above 0 and below 1"),
     ("max_train", -1, "config field max_train: -1 is not 0 \\(all\\) or more"),
     ("checkpoint_minutes", -1, "config field checkpoint_minutes: -1.0 is not 0 or more"),
 ])
@@ -58,6 +59,7 @@ def test_config_refuses_a_number_out_of_range_naming_the_field(field, value, exp
     with pytest.raises(ValueError, match=expected):
         TrainConfig.from_dict({field: value})
     assert TrainConfig.from_dict({"ema": 0, "mixup": 0, "max_train": 0, "threads": 0, "warmup_epochs": 0})  # off
+    assert TrainConfig.from_dict({"framing": 0.6}).framing == 0.6 and TrainConfig.from_dict({"framing": True}).framing
 
 
 @pytest.mark.parametrize("args, words", [(["--epochs", "0"], "config field epochs: 0 is not 1 or more"),

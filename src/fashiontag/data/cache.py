@@ -40,13 +40,14 @@ class ImageCache:
 
 
 def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple[int, int] = INPUT_HW,
-                progress: bool = True, workers: int | None = None, framing: bool = False) -> ImageCache:
-    """The catalog's photos decoded as the model takes them (letterboxed to hw, framed with `framing`)."""
+                progress: bool = True, workers: int | None = None, framing: bool | float = False) -> ImageCache:
+    """The catalog's photos decoded as the model takes them (letterboxed to hw, framed as `framing` says:
+    framing.frame's `when`)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if cache_dir.resolve().is_relative_to(catalog.root.resolve()):
         raise ValueError(f"cache dir {cache_dir} is inside the catalog folder; caches go outside it")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = f"{catalog.content_key()}-{hw[0]}x{hw[1]}-h{HASH_VERSION}{'-framed' if framing else ''}"
+    key = f"{catalog.content_key()}-{hw[0]}x{hw[1]}-h{HASH_VERSION}{_framing_key(framing)}"
     pix_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     n = len(catalog)
     if pix_path.exists() and meta_path.exists():
@@ -99,6 +100,11 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, meta_path)
     return ImageCache(np.load(pix_path, mmap_mode="r"), ok, hashes, errors)
+
+
+def _framing_key(framing: bool | float) -> str:
+    """The cache file's name part for a framing: none for whole photos, as caches made before it were named."""
+    return "" if framing is False else "-framed" if framing is True else f"-framed{framing:g}"
 
 
 def _checksums(pixels: np.ndarray) -> list[int]:

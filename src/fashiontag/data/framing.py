@@ -4,8 +4,11 @@
 The background colour is estimated from the photo's border; pixels that differ from it by more than a tolerance
 are the product. A photo whose border is not one plain colour (a bedspread, a busy room) has no clear background:
 it is left whole. A studio shot, whose product already spans the frame in one direction, comes out as it went in.
-Training and inference both decode photos through images.decode, so both see the same framing (models record
-whether they were trained with it: model.json's preprocess.framing).
+Framing is either always on or only for small products (`frame`'s `when`): a product spanning less than a share
+of the photo both ways (a ring on a table, a shoe in a corner of the room) is cropped to, while a studio shot,
+which fills its frame in one direction, stays whole and keeps its product's size as a cue. Training and inference
+both decode photos through photos.decode, so both see the same framing (models record how they were trained:
+model.json's preprocess.framing, true, false or that share).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ UNIFORM_SHARE = 0.75  # share of ring pixels that must match the background colo
 TOLERANCE = 30        # largest channel difference from the background still counted as background (JPEG noise)
 MIN_PRODUCT = 0.01    # a product smaller than this share of the photo is more likely noise: keep the photo whole
 MARGIN = 0.02         # kept around the product's box, as a share of its size (at least 1 pixel)
+# Kept around a small product cropped to (framing only when small), as a share of its size on each side: a studio
+# shot, what the model learnt from, leaves about that much room around its product.
+SMALL_MARGIN = 0.1
 MASK_SIDE = 256       # the mask is computed on a copy no larger than this: big uploads stay cheap
 # A background is a light, nearly neutral colour (white, grey or beige walls, sheets, paper). A border of strong or
 # dark colour is more likely the product itself filling the frame, and cropping would cut it down to its print.
@@ -80,12 +86,30 @@ def _ring_mask(size: tuple[int, int], r: int) -> tuple[Image.Image, int]:
     return mask, size[0] * size[1] - (size[0] - 2 * r) * (size[1] - 2 * r)
 
 
-def frame(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int] | None]:
+def check_framing(when) -> bool | float:
+    """`when` as frame takes it (a bool, or a share above 0 and below 1), or ValueError."""
+    if isinstance(when, bool) or (isinstance(when, (int, float)) and 0 < when < 1):
+        return when
+    raise ValueError(f"framing is true (always), false (never) or the share of the photo below which a product is "
+                     f"cropped to (above 0 and below 1), got {when!r}")
+
+
+def frame(img: Image.Image, when: bool | float = True) -> tuple[Image.Image, tuple[int, int, int] | None]:
     """The photo cropped to its product, and the background colour to pad it with (None: no plain background,
-    the photo is returned whole)."""
-    found = find_product(img)
+    the photo is returned whole).
+
+    when: True crops every photo with a plain background; a share s crops only those whose product spans less
+    than s of the photo both ways, widened by SMALL_MARGIN (the rest come back whole, with their background)."""
+    found = find_product(img) if when else None
     if found is None:
         return img, None
-    if found.box == (0, 0, img.width, img.height):
+    left, top, right, bottom = found.box
+    if when is not True:
+        if max((right - left) / img.width, (bottom - top) / img.height) >= when:
+            return img, found.background
+        mx, my = round(SMALL_MARGIN * (right - left)), round(SMALL_MARGIN * (bottom - top))
+        left, top, right, bottom = max(0, left - mx), max(0, top - my), min(img.width, right + mx), \
+            min(img.height, bottom + my)
+    if (left, top, right, bottom) == (0, 0, img.width, img.height):
         return img, found.background
-    return img.crop(found.box), found.background
+    return img.crop((left, top, right, bottom)), found.background

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from fashiontag.data.framing import frame
 from fashiontag.errors import FashiontagError
-from fashiontag.model_folder import INPUT_HW
+from fashiontag.model_folder import INPUT_HW, framing_of
 
 # Decompression bombs: no product photo needs more than this many pixels.
 MAX_PIXELS = 40_000_000
@@ -75,17 +75,18 @@ def upright(img: Image.Image) -> Image.Image:
     return img.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else img
 
 
-def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool | float = False) -> np.ndarray:
     """Scale to fit inside hw keeping the aspect ratio, centre on the background: (H, W, 3) uint8.
 
     Letterboxing rather than stretching keeps shapes true, so a 60x60 photo of a watch is not squashed. With
-    framing, the photo is first cropped to its product (framing.py) and padded with its own background colour.
+    framing (framing.frame's `when`), the photo is first cropped to its product and padded with its own background
+    colour.
     """
     h, w = hw
     img = to_rgb(upright(img))
     background = BACKGROUND
     if framing:
-        img, found = frame(img)
+        img, found = frame(img, framing)
         background = found or BACKGROUND
     if img.size != (w, h):
         scale = min(w / img.width, h / img.height)
@@ -96,7 +97,7 @@ def letterbox(img: Image.Image, hw: tuple[int, int] = INPUT_HW, framing: bool = 
     return np.array(img, dtype=np.uint8)  # a writable copy: torch warns about read-only arrays
 
 
-def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool | float = False) -> np.ndarray:
     """Bytes or a file path to a letterboxed (H, W, 3) uint8 array; raises ImageError with the reason.
 
     A plain JPEG, WebP or PNG goes through its fast decoder; anything else, and a file a fast decoder rejects,
@@ -120,7 +121,7 @@ def decode(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = Fa
     return letterbox(img, hw, framing)
 
 
-def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+def decode_with_pillow(data: bytes | str, hw: tuple[int, int] = INPUT_HW, framing: bool | float = False) -> np.ndarray:
     """decode() through Pillow alone: any format, any mode. The fallback, and the reference the fast decoders are
     measured against (tests/data/test_photos.py, benchmarks/decode.py)."""
     try:
@@ -259,7 +260,7 @@ def _read_webp(raw: bytes, hw: tuple[int, int]) -> Image.Image | None:
 FAST_READERS = {"jpeg": _read_jpeg, "png": _read_png, "webp": _read_webp}
 
 
-def load_photo(source, hw: tuple[int, int] = INPUT_HW, framing: bool = False) -> np.ndarray:
+def load_photo(source, hw: tuple[int, int] = INPUT_HW, framing: bool | float = False) -> np.ndarray:
     """A path, bytes, PIL image or (H, W, 3) uint8 array of any size to the letterboxed (H, W, 3) model input.
 
     Raises ImageError for a photo that cannot be read (the message says why) and ValueError for an argument that is
@@ -288,11 +289,11 @@ class PhotoInput:
     """What a model takes: the letterbox size and whether photos are framed first. Derived from the model's own
     description (model.json), so every path into a model (CLI, API, service, evaluation) prepares photos alike."""
     hw: tuple[int, int] = INPUT_HW
-    framing: bool = False
+    framing: bool | float = False  # framing.frame's `when`
 
     @classmethod
     def of(cls, meta: dict) -> PhotoInput:
-        return cls(tuple(meta.get("input_hw", INPUT_HW)), bool(meta.get("preprocess", {}).get("framing", False)))
+        return cls(tuple(meta.get("input_hw", INPUT_HW)), framing_of(meta))
 
     def load(self, source) -> np.ndarray:
         """See load_photo."""

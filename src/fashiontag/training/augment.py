@@ -2,7 +2,7 @@
 
 `studio_augment` is the catalog-only recipe (flips, small shifts and scales, nothing else). `seller_augment` adds
 what a seller's phone does: the product smaller or larger and off-centre, tilted, on another background (flat
-colours, gradients, noise), under other light (exposure, contrast, gamma, white balance), blurred or softened.
+colours, gradients, noise, stripes and checks), under other light (exposure, contrast, gamma, white balance), blurred or softened.
 Colour is a task, so photometric changes beyond a mild range return colour_ok False for that photo and training
 leaves its colour loss out (the other tasks still learn from it).
 
@@ -24,6 +24,10 @@ from scipy import ndimage
 MILD = math.log(1.15)
 NEAR_WHITE = 243                # the studio background, JPEG noise included
 MAX_BACKGROUND_SHARE = 0.7
+REPLACED_BACKGROUND = 0.6       # the share of seller-changed photos put on another background
+# How often each kind of background is drawn: flat, gradient, noise, stripes, checks. Patterns are half: a bedspread
+# cost far more than a wall (benchmarks/robustness.py), and one in five drawn backgrounds learnt it too slowly.
+BACKGROUND_KINDS = torch.tensor([2.0, 1.0, 1.0, 2.0, 2.0])
 
 
 def colour_tasks(tasks) -> set[str]:
@@ -62,19 +66,41 @@ def background_mask(pixels: np.ndarray) -> np.ndarray:
 
 
 def _backgrounds(n: int, h: int, w: int, gen: torch.Generator, device) -> torch.Tensor:
-    """Random seller backgrounds: flat colours, linear gradients and noisy textures, mostly light and muted."""
-    r = torch.rand(n, 8, generator=gen)
+    """Random seller backgrounds: flat colours, linear gradients, noisy textures and woven patterns (stripes at any
+    angle and checks: a bedspread, a tablecloth, a rug), mostly light and muted."""
+    r = torch.rand(n, 14, generator=gen)
     base = 0.35 + 0.6 * r[:, :1] + 0.15 * (r[:, 1:4] - 0.5)        # a muted colour, light more often than dark
     other = base + 0.3 * (r[:, 4:7] - 0.5)
-    vertical = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
-    horizontal = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
-    ramp = torch.where((r[:, 7] < 0.5).view(n, 1, 1, 1), vertical, horizontal)
-    kind = torch.randint(0, 3, (n,), generator=gen)
+    yy = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
+    xx = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+    ramp = torch.where((r[:, 7] < 0.5).view(n, 1, 1, 1), yy, xx)
+    # The second colour of a pattern may be much darker too (a brown stripe on beige): down to 0.4 below the first.
+    stripe_colour = other - 0.4 * r[:, 8:9]
+    kind = torch.multinomial(BACKGROUND_KINDS, n, replacement=True, generator=gen)
     flat = base.view(n, 3, 1, 1).expand(n, 3, h, w)
     gradient = base.view(n, 3, 1, 1) + (other - base).view(n, 3, 1, 1) * ramp
     noise = base.view(n, 3, 1, 1) + 0.08 * torch.randn(n, 1, h, w, generator=gen)
-    bg = torch.where((kind == 0).view(n, 1, 1, 1), flat, torch.where((kind == 1).view(n, 1, 1, 1), gradient, noise))
+    pattern = base.view(n, 3, 1, 1) + (stripe_colour - base).view(n, 3, 1, 1) * _weave(r[:, 9:14], kind == 4, h, w)
+    bg = torch.where((kind == 0).view(n, 1, 1, 1), flat, torch.where((kind == 1).view(n, 1, 1, 1), gradient,
+                     torch.where((kind == 2).view(n, 1, 1, 1), noise, pattern)))
     return bg.clamp(0, 1).to(device)
+
+
+def _weave(r: torch.Tensor, checked: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 1, H, W) in [0, 1]: stripes at a random angle, period 3 to 16 pixels, hard or soft edged, and where
+    `checked`, crossed by the same stripes at a right angle. r: (N, 5) uniform numbers."""
+    n = len(r)
+    angle = (r[:, 0] * math.pi).view(n, 1, 1, 1)
+    period = (3 + 13 * r[:, 1]).view(n, 1, 1, 1)
+    phase = (2 * math.pi * r[:, 2]).view(n, 1, 1, 1)
+    yy = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    xx = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    along = torch.sin(2 * math.pi * (xx * torch.cos(angle) + yy * torch.sin(angle)) / period + phase)
+    across = torch.sin(2 * math.pi * (yy * torch.cos(angle) - xx * torch.sin(angle)) / period + phase)
+    hard = (r[:, 3] < 0.6).view(n, 1, 1, 1)
+    along = torch.where(hard, (along > 0).float(), (along + 1) / 2)
+    across = torch.where(hard, (across > 0).float(), (across + 1) / 2)
+    return torch.where(checked.view(n, 1, 1, 1), (along + across) / 2, along)
 
 
 def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, share: float = 1.0
@@ -89,7 +115,7 @@ def seller_augment(x: torch.Tensor, pixels: np.ndarray, gen: torch.Generator, sh
     studio = r[:, 10] >= share
     # Geometry: flip, zoom out to 0.6 or in to 1.35 (an eighth cut off each side), shift up to 10% of the side,
     # tilt up to 15 degrees. The background mask travels with the photo, so what the warp brings in is background too.
-    replace = (r[:, 7] < 0.5) & ~studio  # these photos get another background (masks are only needed for them)
+    replace = (r[:, 7] < REPLACED_BACKGROUND) & ~studio  # another background (masks are only needed for these)
     mask = torch.zeros(n, 1, h, w)
     if replace.any():
         mask[replace] = torch.from_numpy(background_mask(pixels[replace.numpy()])).unsqueeze(1)

@@ -31,6 +31,7 @@ RANGES = {
     "ema": (lambda v: 0 <= v < 1, "0 (off) or more and below 1"),
     "distill": (lambda v: 0 <= v <= 1, "from 0 to 1"),
     "seller_share": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    "framing": (lambda v: v is None or isinstance(v, bool) or 0 < v < 1, "true, false or a share above 0 and below 1"),
     "min_count": (lambda v: v is None or v >= 0, "0 or more"),
     "max_train": (lambda v: v >= 0, "0 (all) or more"),
     "threads": (lambda v: v >= 0, "0 (torch's default) or more"),
@@ -85,7 +86,9 @@ class TrainConfig:
     # with it and that model as teacher. Off by default: from scratch it costs clean accuracy (README, "Seller photos").
     seller_augment: bool = False       # also what sellers' photos do: zoom, tilt, backgrounds, light, blur
     seller_share: float = 0.7          # with seller_augment, the share of photos changed so; the rest stay studio
-    framing: bool = False              # crop each photo to its product first (framing.py), in training and use
+    framing: bool | float | None = None  # crop photos to their product first (framing.py), in training and use:
+                                         # every photo (true) or where it spans less than this share both ways;
+                                         # None: as the start model (init) does, else never
     mixup: float = 0.0                 # mixup alpha; 0 turns it off
     init: str = ""                     # a model folder to start from (fine-tuning); empty: as `start` says
     # Where training starts without init (train.starting_point): auto (the shipped model for a shop's own catalog,

@@ -85,7 +85,7 @@ def notebook_rows(catalog: Catalog) -> np.ndarray:
 def load_dataset(data: CatalogSpec | str | Path, tasks: tuple[str, ...] = (), protocol: str = "all",
                  split_path: str | Path | None = None, vocabs: dict[str, list[str]] | None = None,
                  min_count: int = 10, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
-                 framing: bool = False, hw: tuple[int, int] | None = None, hierarchy: tuple[str, ...] = (),
+                 framing: bool | float = False, hw: tuple[int, int] | None = None, hierarchy: tuple[str, ...] = (),
                  taxonomy: Taxonomy | None = None, extra: tuple[str, ...] = ()) -> TrainingData:
     """Read and cache the catalog (photos at hw, default the catalog's typical size; framed with `framing`); load
     the split from split_path or make one; build or reuse vocabularies.

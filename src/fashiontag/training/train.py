@@ -35,7 +35,7 @@ from fashiontag.data.taxonomy import MULTI, SINGLE, parse_image_size
 from fashiontag.data.text import TitleDropout, Tokenizer, tokenizer_of
 from fashiontag.inference.engines import TorchEngine, bf16_supported, torch_input
 from fashiontag.inference.tagger import Tagger
-from fashiontag.model_folder import DEFAULT_MODEL_DIR, PHOTO_ONLY, load_meta, write_meta
+from fashiontag.model_folder import DEFAULT_MODEL_DIR, PHOTO_ONLY, framing_of, load_meta, write_meta
 from fashiontag.models import KnownHeads, TitleFusion, create_model, family_args
 from fashiontag.models.checkpoint import (
     flatten_optimizer,
@@ -192,6 +192,8 @@ def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[Tra
     if cfg.min_count is None:
         cfg, count_note = min_count_for(cfg)
         start_note = "\n".join(filter(None, [start_note, count_note]))
+    if cfg.framing is None:  # a fine-tuned model, or a shop's from the shipped one, sees photos as its start did
+        cfg = cfg.override(framing=framing_of(load_meta(cfg.init)) if cfg.init else False)
     data = training_data(cfg, cfg.split or out / "split.json", progress=cfg.progress and main)
     if start_note and main:
         tqdm.write(start_note)
@@ -246,7 +248,7 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
     # nothing ever set it, so it went (config.DROPPED).
     return load_dataset(spec, cfg.tasks or start_tasks, cfg.protocol, split_path=split_path,
                         min_count=cfg.min_count, seed=cfg.seed, cache_dir=None, progress=progress,
-                        framing=cfg.framing, hw=hw or (tuple(start["input_hw"]) if start else None),
+                        framing=framing_of(start) if cfg.framing is None else cfg.framing, hw=hw or (tuple(start["input_hw"]) if start else None),
                         hierarchy=cfg.hierarchy, extra=cfg.extra)
 
 
@@ -422,7 +424,7 @@ def split_photos(run: Run, data: TrainingData) -> tuple[TrainPhotos, ValPhotos]:
 
 
 def teacher_probabilities(teachers: tuple[str, ...], data: TrainingData, rows: np.ndarray, device: torch.device,
-                          bf16: bool, framing: bool, cache_dir: str | None
+                          bf16: bool, framing: bool | float, cache_dir: str | None
                           ) -> dict[str, torch.Tensor]:
     """The teachers' calibrated probabilities per task for these catalog rows, averaged over teachers and flips.
 
