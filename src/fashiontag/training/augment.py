@@ -2,7 +2,8 @@
 
 `studio_augment` is the catalog-only recipe (flips, small shifts and scales, nothing else). `seller_augment` adds
 what a seller's phone does: the product smaller or larger and off-centre, tilted, on another background (flat
-colours, gradients, noise, stripes and checks), under other light (exposure, contrast, gamma, white balance), blurred or softened.
+colours, gradients, noise, stripes and checks), under other light (exposure, contrast, gamma, white balance),
+blurred or softened.
 Colour is a task, so photometric changes beyond a mild range return colour_ok False for that photo and training
 leaves its colour loss out (the other tasks still learn from it).
 

@@ -192,8 +192,7 @@ def run_data(cfg: TrainConfig, out: Path, resume: bool, main: bool) -> tuple[Tra
     if cfg.min_count is None:
         cfg, count_note = min_count_for(cfg)
         start_note = "\n".join(filter(None, [start_note, count_note]))
-    if cfg.framing is None:  # a fine-tuned model, or a shop's from the shipped one, sees photos as its start did
-        cfg = cfg.override(framing=framing_of(load_meta(cfg.init)) if cfg.init else False)
+    cfg = cfg.override(framing=framing_for(cfg))
     data = training_data(cfg, cfg.split or out / "split.json", progress=cfg.progress and main)
     if start_note and main:
         tqdm.write(start_note)
@@ -248,8 +247,16 @@ def training_data(cfg: TrainConfig, split_path: str | Path | None, progress: boo
     # nothing ever set it, so it went (config.DROPPED).
     return load_dataset(spec, cfg.tasks or start_tasks, cfg.protocol, split_path=split_path,
                         min_count=cfg.min_count, seed=cfg.seed, cache_dir=None, progress=progress,
-                        framing=framing_of(start) if cfg.framing is None else cfg.framing, hw=hw or (tuple(start["input_hw"]) if start else None),
+                        framing=framing_for(cfg), hw=hw or (tuple(start["input_hw"]) if start else None),
                         hierarchy=cfg.hierarchy, extra=cfg.extra)
+
+
+def framing_for(cfg: TrainConfig) -> bool | float:
+    """cfg.framing; if None, the start model's: a fine-tuned model, or a shop's from the shipped one, sees photos as
+    its start did (a model from random weights: whole)."""
+    if cfg.framing is not None:
+        return cfg.framing
+    return framing_of(load_meta(cfg.init)) if cfg.init else False
 
 
 def starting_point(cfg: TrainConfig) -> tuple[TrainConfig, str]:
