@@ -399,11 +399,30 @@ def lab_histogram(photos: np.ndarray, bins=(5, 6, 6)) -> np.ndarray:
     return np.sqrt(counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
 
 
+def colour_part(ds, photos: np.ndarray) -> np.ndarray:
+    """A logistic regression from the dominant colours and the Lab histogram to baseColour, fitted on the training
+    side's photos (where the two-fold fits on validation have 2,000), and its log-probabilities for `photos`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def features(p: np.ndarray) -> np.ndarray:
+        return np.hstack([colour_features(p), lab_histogram(p)])
+
+    rows = ds.rows["train"]
+    y = ds.targets["baseColour"][rows]
+    x = np.concatenate([features(np.asarray(ds.cache.pixels[rows[i:i + 4096]])) for i in range(0, len(rows), 4096)])
+    scale = StandardScaler().fit(x)
+    lr = LogisticRegression(max_iter=1000).fit(scale.transform(x[y >= 0]), y[y >= 0])
+    out = np.full((len(photos), len(ds.vocabs["baseColour"])), -30.0, np.float32)  # classes training never saw
+    out[:, lr.classes_] = lr.predict_log_proba(scale.transform(features(photos)))
+    return out
+
+
 def colour_fused(args):
     """Issue 25's "colour from the pixels" beside the shipped model: a logistic regression on the shipped model's
     baseColour log-probabilities (with titles, and photo alone), with and without the dominant colours
-    (colour_features) and a Lab histogram of the product's pixels, fitted on one half of the validation side and
-    scored on the other, both ways."""
+    (colour_features), a Lab histogram of the product's pixels or a colour part fitted on the training side
+    (colour_part), fitted on one half of the validation side and scored on the other, both ways."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     ds = dataset()
@@ -418,6 +437,7 @@ def colour_fused(args):
             logits["photo + title"].append(model(x, torch.from_numpy(tok(names[i:i + BATCH])))["baseColour"])
             logits["photo alone"].append(model(x, None)["baseColour"])
     pixels = {"dominant colours": colour_features(photos), "Lab histogram": lab_histogram(photos)}
+    colours = colour_part(ds, photos)
     half = np.random.default_rng(0).permutation(len(y)) < len(y) // 2
     known = y >= 0
 
@@ -429,6 +449,16 @@ def colour_fused(args):
             pred[~fit_on] = lr.predict(scale.transform(x[~fit_on]))
         return accuracy(pred, y)
 
+    def weighed(lp: np.ndarray) -> float:
+        """The model's and the colour part's log-probabilities summed with a factor each (fit_fusion_weights, as
+        fusion weighs a model's parts), two folds."""
+        pred = np.full(len(y), -2)
+        for fit_on in (half, ~half):
+            w = fit_fusion_weights({"model": {"c": torch.from_numpy(lp[fit_on])},
+                                    "colour": {"c": torch.from_numpy(colours[fit_on])}}, {"c": y[fit_on]})
+            pred[~fit_on] = (w["model"]["c"] * lp[~fit_on] + w["colour"]["c"] * colours[~fit_on]).argmax(1)
+        return accuracy(pred, y)
+
     table = {}
     for condition, parts in logits.items():
         lp = torch.cat(parts).log_softmax(1).numpy()
@@ -436,6 +466,7 @@ def colour_fused(args):
         table[f"{condition}: logistic regression on its log-probabilities"] = two_fold(lp)
         for name, feats in pixels.items():
             table[f"{condition}: ... + {name}"] = two_fold(np.hstack([lp, feats]))
+        table[f"{condition}: weighed with a colour part fitted on the training side"] = weighed(lp)
     print_table({k: {"baseColour": v} for k, v in table.items()}, "baseColour, validation side, two folds")
 
 
