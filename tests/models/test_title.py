@@ -180,6 +180,32 @@ def test_fusion_weights_temper_a_sure_photo_part_and_weigh_both_parts_in_the_mod
         torch.testing.assert_close(after[t], a * before_photo[t] + b * (before[t] - before_photo[t]))
 
 
+@pytest.mark.parametrize("seed", [57, 175, 709])
+def test_fusion_weights_on_a_few_photos_the_parts_separate_stay_finite_and_lower_the_loss(seed):
+    """Forty validation photos, three parts of random strength and sure-ness: on these draws the loss falls without
+    end as factors grow, and L-BFGS once stepped past what a float holds (57, 709: a RuntimeError, as in CI on a
+    tiny catalog) or gave up on a NaN (175: every factor silently 1.0)."""
+    from fashiontag.training.temperatures import MAX_FACTOR, MAX_SLOPE, fit_fusion_weights
+    gen = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(2, 5, (1,), generator=gen))
+    y = torch.randint(0, k, (40,), generator=gen)
+    parts = {}
+    for name in ["photo", "title", "linear"]:
+        spread, margin = float(torch.rand(1, generator=gen)) * 3, float(torch.rand(1, generator=gen)) * 4
+        logits = torch.randn(40, k, generator=gen) * spread
+        logits[torch.arange(40), y] += margin
+        parts[name] = {"t": logits}
+    lengths = torch.randn(40, generator=gen) * 0.3
+    weights = fit_fusion_weights(parts, {"t": y.numpy()}, lengths)
+
+    def loss(factor, slope):
+        return float(nn.functional.cross_entropy(sum(factor(p) * torch.exp(slope(p) * lengths)[:, None] * parts[p]["t"]
+                                                     for p in parts), y))
+    fitted = loss(lambda p: weights[p]["t"], lambda p: weights[f"{p} slope"]["t"])
+    assert all(0 <= weights[p]["t"] <= MAX_FACTOR and abs(weights[f"{p} slope"]["t"]) <= MAX_SLOPE for p in parts)
+    assert fitted < 0.9 * loss(lambda p: 1.0, lambda p: 0.0)
+
+
 def synthetic_titles(n: int = 300, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
     """Titles whose words say the labels, some of them twice (an id counted more than once), with noise words;
     every fifth title empty, its labels unknown for gender."""

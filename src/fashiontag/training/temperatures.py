@@ -111,6 +111,11 @@ def fit_class_thresholds(probs: np.ndarray, y: np.ndarray, default: float = 0.5)
 # Length slopes are kept small: on a few validation photos that the parts separate, the loss falls without end as
 # they grow (a tiny catalog's reached the clamp), and a title twice the typical length must not weigh a part 100x.
 SLOPE_L2, MAX_SLOPE = 1e-3, 2.0
+# A factor outside [MIN_FACTOR, MAX_FACTOR] (a slope outside +-MAX_SLOPE) costs a steep quadratic, and the exponents
+# are clamped while fitting: where the parts separate a few validation photos, the loss falls without end as the
+# factors grow, a line-search probe far out overflowed exp() into a NaN loss, and L-BFGS then stepped on past what a
+# float holds (a RuntimeError on a tiny catalog). Inside the ranges the loss is untouched.
+MIN_FACTOR, MAX_FACTOR, EXPONENT_LIMIT = 1e-3, 20.0, 30.0
 
 
 def fit_fusion_weights(parts: dict[str, dict[str, torch.Tensor]], targets: dict[str, np.ndarray],
@@ -131,27 +136,36 @@ def fit_fusion_weights(parts: dict[str, dict[str, torch.Tensor]], targets: dict[
     for t in parts[names[0]]:
         y = torch.from_numpy(targets[t])
         known = (y[:, 0] if y.ndim == 2 else y) >= 0
-        logits, y = [parts[name][t][known].float() for name in names], y[known]
+        logits = [parts[name][t][known].float() for name in names]
         z = lengths[known].float()[:, None] if lengths is not None else None
-        log_factors = torch.zeros(len(names), requires_grad=True)
-        slopes = torch.zeros(len(names), requires_grad=lengths is not None)
-        if len(y) and all(torch.isfinite(lg).all() for lg in logits):
-            opt = torch.optim.LBFGS([log_factors, slopes] if z is not None else [log_factors], max_iter=100,
-                                    line_search_fn="strong_wolfe")
-
-            def closure():
-                opt.zero_grad()
-                mixed = sum((a + b * z).exp() * lg if z is not None else a.exp() * lg
-                            for a, b, lg in zip(log_factors, slopes, logits))
-                loss = (F.binary_cross_entropy_with_logits(mixed, y.float()) if y.ndim == 2
-                        else F.cross_entropy(mixed, y)) + SLOPE_L2 * slopes.square().sum()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        for name, factor, slope in zip(names, log_factors.detach().exp().clamp(0.0, 20.0).tolist(),
-                                       slopes.detach().clamp(-MAX_SLOPE, MAX_SLOPE).tolist()):
+        factors, slopes = _fit_factors(logits, y[known], z)
+        for name, factor, slope in zip(names, factors, slopes):
             weights[name][t] = factor if math.isfinite(factor) else 1.0
             if lengths is not None:
                 weights[f"{name} slope"][t] = slope if math.isfinite(slope) else 0.0
     return weights
+
+
+def _fit_factors(logits: list[torch.Tensor], y: torch.Tensor, z: torch.Tensor | None
+                 ) -> tuple[list[float], list[float]]:
+    """One task's factor and length slope per part (1 and 0 where there is nothing to fit on)."""
+    log_factors = torch.zeros(len(logits), requires_grad=True)
+    slopes = torch.zeros(len(logits), requires_grad=z is not None)
+    if len(y) and all(torch.isfinite(lg).all() for lg in logits):
+        opt = torch.optim.LBFGS([log_factors, slopes] if z is not None else [log_factors], max_iter=100,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            exponents = [a + b * z if z is not None else a for a, b in zip(log_factors, slopes)]
+            mixed = sum(e.clamp(-EXPONENT_LIMIT, EXPONENT_LIMIT).exp() * lg for e, lg in zip(exponents, logits))
+            outside = torch.cat([F.relu(log_factors - math.log(MAX_FACTOR)),
+                                 F.relu(math.log(MIN_FACTOR) - log_factors), F.relu(slopes.abs() - MAX_SLOPE)])
+            loss = ((F.binary_cross_entropy_with_logits(mixed, y.float()) if y.ndim == 2
+                     else F.cross_entropy(mixed, y)) + SLOPE_L2 * slopes.square().sum() + outside.square().sum())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return (log_factors.detach().exp().clamp(0.0, MAX_FACTOR).tolist(),
+            slopes.detach().clamp(-MAX_SLOPE, MAX_SLOPE).tolist())
