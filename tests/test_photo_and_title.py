@@ -289,3 +289,25 @@ def test_a_linear_title_part_is_fitted_weighed_and_exported_by_training_and_by_c
         for t in a:
             np.testing.assert_allclose(a[t], b[t], atol=1e-3)
             assert part[t].abs().sum() > 0
+
+
+def test_photo_loss_trains_the_photo_part_alone_too_and_only_it_learns_from_the_teachers(titled, trained, catalog,
+                                                                                         tmp_path, monkeypatch):
+    """--set photo_loss=W: each step adds W x the loss of the photo part without the title to the fused loss; the
+    teachers (photo models) teach that part, not the fused logits. A photo-only model is refused with the reason."""
+    import fashiontag.training.train as train_mod
+    calls, real = [], train_mod.BatchLoss.__call__
+
+    def recorded(self, logits, batch, teachers=True):
+        calls.append(teachers)
+        return real(self, logits, batch, teachers)
+
+    monkeypatch.setattr(train_mod.BatchLoss, "__call__", recorded)
+    cfg = tiny_config(catalog.root, tmp_path / "both", epochs=1, init=str(titled), photo_loss=0.5,
+                      teachers=(str(trained),), distill=0.5)
+    assert Tagger.load(train_mod.train(cfg)).tokenizer is not None
+    assert calls and calls == [False, True] * (len(calls) // 2)  # per step: fused (labels), then photo alone
+    with pytest.raises(ValueError, match="photo_loss trains a photo \\+ title model's photo part"):
+        train_mod.train(tiny_config(catalog.root, tmp_path / "photo", epochs=1, photo_loss=0.5))
+    with pytest.raises(ValueError, match="config field photo_loss"):
+        tiny_config(catalog.root, tmp_path / "bad", photo_loss=-1.0)

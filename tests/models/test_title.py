@@ -77,10 +77,13 @@ def test_fused_model_with_and_without_title(fusion):
     tokens = torch.from_numpy(Tokenizer(**TITLE["tokenizer"])(TITLES))
     with torch.no_grad():
         none, blank, both = model(x), model(x, torch.zeros_like(tokens)), model(x, tokens)
+        fused, alone = model(x, tokens, photo_alone=True)  # training's photo_loss: both from one pass of the trunk
     for t, n in HEADS.items():
         assert none[t].shape == (4, n)
         torch.testing.assert_close(none[t], blank[t])  # all padding is "no title"
         torch.testing.assert_close(both[t][2], none[t][2])  # the empty title in the batch
+        torch.testing.assert_close(fused[t], both[t])
+        torch.testing.assert_close(alone[t], none[t])
 
 
 def test_late_fusion_starts_as_the_photo_model():

@@ -196,8 +196,13 @@ class TitleFusion(TrunkAndHeads):
             self.linear.bias[start:start + size] *= linear.get(t, 1.0)
             start += size
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.from_features(self.trunk(x), tokens)
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None, photo_alone: bool = False):
+        """Logits per task; photo_alone (training, TrainConfig.photo_loss): (logits with tokens, logits without),
+        the trunk run once for both."""
+        features = self.trunk(x)
+        if photo_alone:
+            return self.from_features(features, tokens), self.from_features(features, None)
+        return self.from_features(features, tokens)
 
     def title_logits(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Late fusion: the title part of the logits alone (zero for a row without a title)."""

@@ -30,6 +30,7 @@ RANGES = {
     "mixup": (lambda v: v >= 0, "0 (off) or more"),
     "ema": (lambda v: 0 <= v < 1, "0 (off) or more and below 1"),
     "distill": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "photo_loss": (lambda v: v >= 0, "0 (off) or more"),
     "seller_share": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
     "framing": (lambda v: v is None or isinstance(v, bool) or 0 < v < 1, "true, false or a share above 0 and below 1"),
     "min_count": (lambda v: v is None or v >= 0, "0 or more"),
@@ -106,6 +107,9 @@ class TrainConfig:
     title_dropout: dict = field(default_factory=dict)  # text.TitleDropout's drop, truncate, word_drop (photo + title)
     teachers: tuple[str, ...] = ()     # model folders whose averaged predictions become soft targets (distillation)
     distill: float = 0.5               # weight of the teachers' soft targets; the labels get 1 - distill
+    # Photo + title trained end to end: weight of a second loss on the photo part alone (no title), so the photo
+    # keeps what it knows for photos that come without one; the teachers then teach that part only.
+    photo_loss: float = 0.0
     # Auto-accept thresholds (thresholds.py): per task, the lowest confidence whose validation precision reaches
     # the task's target in task_precision, else `precision`.
     precision: float = DEFAULT_PRECISION

@@ -489,6 +489,9 @@ def build_model(run: Run, data: TrainingData, resume: bool, fresh_heads: list[st
     raw = create_model(cfg.model, {t: len(v) for t, v in data.vocabs.items()}, data.hw, **cfg.model_args)
     if cfg.init and not resume and start_from(raw, cfg.init, fresh_heads):
         fit_known_maps(raw, data, cfg)  # on the CPU: the model is not on the run's device yet
+    if cfg.photo_loss and (not isinstance(raw, TitleFusion) or cfg.freeze_photo):
+        raise ValueError("photo_loss trains a photo + title model's photo part on the photo alone: it needs a "
+                         "\"title\" entry in model_args (or a photo + title init) and freeze_photo off")
     frozen = photo_part(raw) if cfg.freeze_photo else trunk_part(raw) if cfg.freeze_trunk else []
     title_expert = cfg.freeze_photo and raw.fusion == "late"
     for part in frozen:
@@ -718,17 +721,22 @@ def relit_colours_unknown(y: dict[str, torch.Tensor], colour_ok: torch.Tensor | 
     return y
 
 
-def forward(run: Run, net: Net, photos: TrainPhotos, batch: Batch, epoch: int, step: int) -> dict[str, torch.Tensor]:
+def forward(run: Run, net: Net, photos: TrainPhotos, batch: Batch, epoch: int, step: int
+            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """The model's logits per task for the batch: from the photos, the photos and their (degraded) titles, or for a
-    title expert the titles alone."""
+    title expert the titles alone; with cfg.photo_loss also the photo part's alone (else None)."""
     with torch.autocast(run.device.type, torch.bfloat16, enabled=run.bf16):
         if photos.tokenizer is None:
-            return net.model(batch.x)
-        ids = photos.title_ids(batch.idx, np.random.default_rng([run.cfg.seed, epoch, step]))  # the same on resume
+            return net.model(batch.x), None
+        ids = photos.title_ids(batch.idx, np.random.default_rng([run.cfg.seed, epoch, step])).to(run.device)
         # The photo model frozen: the title branch learns as a classifier of its own, and calibration weighs the
         # two (finish_model). Learnt on top of the photo model's logits for its own training photos, which it is
         # surer of than of any new photo, it came out too shy.
-        return net.raw.title_logits(ids.to(run.device)) if net.title_expert else net.model(batch.x, ids.to(run.device))
+        if net.title_expert:
+            return net.raw.title_logits(ids), None
+        if run.cfg.photo_loss:
+            return net.model(batch.x, ids, photo_alone=True)
+        return net.model(batch.x, ids), None
 
 
 @dataclass
@@ -757,12 +765,13 @@ class BatchLoss:
         task_weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in data.vocabs}
         return cls(cfg, data.kinds, class_weights, task_weights, soft, device)
 
-    def __call__(self, logits: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    def __call__(self, logits: dict[str, torch.Tensor], batch: Batch, teachers: bool = True) -> torch.Tensor:
+        """The batch's loss; teachers False: against the labels only."""
         losses = self.labels(logits, batch.y)
         if batch.partner is not None:
             other = self.labels(logits, {t: v[batch.partner] for t, v in batch.y.items()})
             losses = {t: batch.lam * losses[t] + (1 - batch.lam) * other[t] for t in losses}
-        if self.soft is not None:
+        if self.soft is not None and teachers:
             losses = self.distilled(losses, logits, batch)
         return sum(self.task_weights[t] * losses[t] for t in losses)
 
@@ -867,8 +876,11 @@ def train_epoch(run: Run, net: Net, opt: torch.optim.Optimizer, lr_of_step: Call
                            epoch, step)
         for g in opt.param_groups:
             g["lr"] = lr_of_step(epoch * steps + step) * g.get("lr_scale", 1.0)
-        logits = forward(run, net, photos, batch, epoch, step)
-        loss = batch_loss(logits, batch)
+        logits, alone = forward(run, net, photos, batch, epoch, step)
+        if alone is None:
+            loss = batch_loss(logits, batch)
+        else:  # the teachers are photo models: they teach the photo part, not what the title adds to it
+            loss = batch_loss(logits, batch, teachers=False) + cfg.photo_loss * batch_loss(alone, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
