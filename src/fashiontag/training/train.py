@@ -487,11 +487,11 @@ def build_model(run: Run, data: TrainingData, resume: bool, fresh_heads: list[st
     from its resume state instead), on the run's device."""
     cfg, device = run.cfg, run.device
     raw = create_model(cfg.model, {t: len(v) for t, v in data.vocabs.items()}, data.hw, **cfg.model_args)
-    if cfg.init and not resume and start_from(raw, cfg.init, fresh_heads):
-        fit_known_maps(raw, data, cfg)  # on the CPU: the model is not on the run's device yet
     if cfg.photo_loss and (not isinstance(raw, TitleFusion) or cfg.freeze_photo):
         raise ValueError("photo_loss trains a photo + title model's photo part on the photo alone: it needs a "
                          "\"title\" entry in model_args (or a photo + title init) and freeze_photo off")
+    if cfg.init and not resume and start_from(raw, cfg.init, fresh_heads):
+        fit_known_maps(raw, data, cfg)  # on the CPU: the model is not on the run's device yet
     frozen = photo_part(raw) if cfg.freeze_photo else trunk_part(raw) if cfg.freeze_trunk else []
     title_expert = cfg.freeze_photo and raw.fusion == "late"
     for part in frozen:
