@@ -41,6 +41,11 @@ def test_the_taxonomy_map_reads_each_column_as_the_known_models_task(catalog, tr
     s = explore(catalog.root, out=tmp_path, progress=False, map_to=trained)
     columns = s["taxonomy_map"]["columns"]
     assert columns["baseColour"]["known_task"] == "baseColour" and columns["baseColour"]["score"] > 0.5
-    assert columns["masterCategory"]["classes"]["Footwear"] in (["Footwear"], ["Shoes"])
+    # In the synthetic catalog Footwear, Shoes and Casual Shoes are the same products, so the column may be read as
+    # any of the three category tasks (which one depends on how well the tiny model's heads trained on this CPU),
+    # but Footwear must come out as its one counterpart there.
+    master = columns["masterCategory"]
+    assert master["known_task"] in ("masterCategory", "subCategory", "articleType") and master["score"] > 0.5
+    assert master["classes"]["Footwear"] in (["Footwear"], ["Shoes"], ["Casual Shoes"])
     assert "## Taxonomy map" in (tmp_path / "explore.md").read_text()
     assert "taxonomy_map" not in explore(catalog.root, out=tmp_path, progress=False, map_to=None)
