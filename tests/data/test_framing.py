@@ -106,3 +106,21 @@ def test_framing_only_when_small_crops_a_small_product_and_leaves_a_studio_shot_
 def test_framing_other_than_a_bool_or_a_share_is_refused(when):
     with pytest.raises(ValueError, match="framing is true"):
         check_framing(when)
+
+
+def test_a_product_covering_well_under_one_percent_of_a_phone_photo_is_found_and_specks_are_not():
+    """A ring on a table, or a light garment whose outline alone stands out, at a third of a phone photo's width:
+    0.25% of the photo (framing used to keep anything under 1% whole). Dust and JPEG specks over as much of the
+    photo are smoothed away first, so they are no product."""
+    photo = np.full((300, 400, 3), 240, np.uint8)
+    photo[40:60, 50:65] = (170, 160, 150)
+    found = find_product(Image.fromarray(photo))
+    assert found is not None
+    left, top, right, bottom = found.box
+    assert 44 <= left <= 50 and 34 <= top <= 40 and 65 <= right <= 71 and 60 <= bottom <= 66
+    framed = letterbox(Image.fromarray(photo), framing=0.6)
+    assert (framed[..., 0] < 200).mean() > 0.3  # cropped to: the product fills the model's photo
+    specks = np.full((300, 400, 3), 240, np.uint8)
+    rng = np.random.default_rng(2)
+    specks[rng.integers(10, 290, 300), rng.integers(10, 390, 300)] = (120, 120, 120)  # 0.25% of the pixels
+    assert find_product(Image.fromarray(specks)) is None

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fashiontag.data.catalog import Catalog
+from fashiontag.data.framing import VERSION as FRAMING_VERSION
 from fashiontag.data.photos import HASH_VERSION, ImageError, decode, dhash
 from fashiontag.model_folder import INPUT_HW, default_cache_dir
 
@@ -104,7 +105,9 @@ def build_cache(catalog: Catalog, cache_dir: str | Path | None = None, hw: tuple
 
 def _framing_key(framing: bool | float) -> str:
     """The cache file's name part for a framing: none for whole photos, as caches made before it were named."""
-    return "" if framing is False else "-framed" if framing is True else f"-framed{framing:g}"
+    if framing is False:
+        return ""
+    return ("-framed" if framing is True else f"-framed{framing:g}") + f"-v{FRAMING_VERSION}"
 
 
 def _checksums(pixels: np.ndarray) -> list[int]:

@@ -16,19 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from fashiontag.data.framing import (
-    BACKGROUND_MAX_CHROMA,
-    BACKGROUND_MIN_BRIGHTNESS,
-    MIN_PRODUCT,
-    RING,
-    TOLERANCE,
-    UNIFORM_SHARE,
-)
+from fashiontag.data.framing import BACKGROUND_MAX_CHROMA, BACKGROUND_MIN_BRIGHTNESS, RING, TOLERANCE, UNIFORM_SHARE
 
 K = 3              # colours per photo: a garment, its print or trim, a third for shoes' soles and bags' straps
 ITERATIONS = 8     # k-means steps; on 1,200 pixels in 3 dimensions it has settled by then
 STRIDE = 2         # every second pixel each way: the colours of a model-sized photo do not change, 4x less work
 MERGE_DELTA_E = 10.0   # clusters closer than this are one colour told twice (k-means splits a plain product)
+MIN_PRODUCT = 0.01     # fewer product pixels than this share of a model-sized photo are too few to cluster
 BATCH = 256
 
 # sRGB (D65) -> linear -> XYZ -> Lab, the standard constants.

@@ -22,7 +22,13 @@ from PIL import Image, ImageChops, ImageFilter
 RING = 0.04           # border ring sampled for the background, as a share of the short side (at least 1 pixel)
 UNIFORM_SHARE = 0.75  # share of ring pixels that must match the background colour for it to count as plain
 TOLERANCE = 30        # largest channel difference from the background still counted as background (JPEG noise)
-MIN_PRODUCT = 0.01    # a product smaller than this share of the photo is more likely noise: keep the photo whole
+# A product smaller than this share of the photo (after noise is smoothed away) is no product: keep the photo whole.
+# Small, because a ring on a table or a light garment (only its outline and print differ from a light frame) at a
+# third of a phone photo's width covers well under 1% of it.
+MIN_PRODUCT = 0.001
+# Part of a framed photo cache's key (data/cache.py): a change to what framing crops must not reuse old caches.
+# 2: the product's size is counted after smoothing, against MIN_PRODUCT 0.001 instead of 0.01.
+VERSION = 2
 MARGIN = 0.02         # kept around the product's box, as a share of its size (at least 1 pixel)
 # Kept around a small product cropped to (framing only when small), as a share of its size on each side: a studio
 # shot, what the model learnt from, leaves about that much room around its product.
@@ -61,13 +67,12 @@ def find_product(img: Image.Image) -> Framing | None:
     product = ImageChops.lighter(ImageChops.lighter(channels[0], channels[1]), channels[2]).point(_THRESHOLD)
     if product.histogram(ring)[255] > (1 - UNIFORM_SHARE) * ring_pixels:
         return None
+    # Smoothed and thresholded again: single noisy pixels (JPEG ringing, dust) neither count as product nor stretch
+    # the box.
+    product = product.filter(ImageFilter.BoxBlur(1)).point(_MAJORITY)
     if product.histogram()[255] < MIN_PRODUCT * w * h:
         return None
-    # Smoothed and thresholded again: single noisy pixels (JPEG ringing, dust) do not stretch the box.
-    box = product.filter(ImageFilter.BoxBlur(1)).point(_MAJORITY).getbbox()
-    if box is None:
-        return None
-    left, top, right, bottom = box
+    left, top, right, bottom = product.getbbox()
     my, mx = max(1, round(MARGIN * (bottom - top))), max(1, round(MARGIN * (right - left)))
     sx, sy = img.width / w, img.height / h
     box = (max(0, int((left - mx) * sx)), max(0, int((top - my) * sy)),
