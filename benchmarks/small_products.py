@@ -7,6 +7,9 @@ with `share`: the product's box spans less than `share` of the photo in both dir
 Run by hand (a few minutes on 2 cores):
 
     PYTHONPATH=src .venv/bin/python benchmarks/small_products.py [--photos 1500] [--share 0.5 0.6] [--model DIR ...]
+        [--frame 240,240,238]
+
+--frame: the colour of the frame the photo is pasted into (a light table or wall by default).
 
 Chosen on the validation side (the first --photos of it); prints one table per model and the CPU cost of
 find_product.
@@ -32,11 +35,11 @@ DATA = ROOT / ".." / "shared" / "data" / "fashion-small"
 FRAME = (240, 240, 238)  # a light table or wall
 
 
-def in_corner(img: Image.Image, scale: int) -> Image.Image:
-    """The photo at 1/scale of a light frame, near its top-left corner."""
-    frame = Image.new("RGB", (img.width * scale, img.height * scale), FRAME)
-    frame.paste(img, (round(0.05 * frame.width), round(0.05 * frame.height)))
-    return frame
+def in_corner(img: Image.Image, scale: int, colour: tuple[int, int, int] = FRAME) -> Image.Image:
+    """The photo at 1/scale of a plain frame, near its top-left corner."""
+    canvas = Image.new("RGB", (img.width * scale, img.height * scale), colour)
+    canvas.paste(img, (round(0.05 * canvas.width), round(0.05 * canvas.height)))
+    return canvas
 
 
 def main() -> None:
@@ -44,7 +47,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=1500)
     ap.add_argument("--share", type=float, nargs="+", default=[0.5, 0.6])
     ap.add_argument("--model", action="append", help="a model folder (repeatable; default: the shipped model)")
+    ap.add_argument("--frame", default=",".join(map(str, FRAME)), help="the frame's colour, R,G,B")
     args = ap.parse_args()
+    colour = tuple(int(c) for c in args.frame.split(","))
     taggers = {m: Tagger.load(m, engine="onnx") for m in args.model or [str(DEFAULT_MODEL_DIR)]}
     first = next(iter(taggers.values()))
     ds = load_dataset(DATA, split_path=DEFAULT_MODEL_DIR / "split.json", vocabs=first.vocabs, progress=False)
@@ -62,7 +67,7 @@ def main() -> None:
           f"{photos[0].height} photo")
     print(f"{len(photos):,} validation photos; studio shots cropped when small: " + ", ".join(
         f"{np.mean(np.array(spans) < s):.1%} at {s}" for s in args.share))
-    inputs = [("studio shot", photos)] + [(f"in a corner at 1/{s}", [in_corner(p, s) for p in photos]) for s in (2, 3)]
+    inputs = [("studio shot", photos)] + [(f"in a corner at 1/{s}", [in_corner(p, s, colour) for p in photos]) for s in (2, 3)]
     for model, tagger in taggers.items():
         print(f"\n{model} (its own framing: {tagger.photo_input.framing})\n")
         print(f"| photos, input | {' | '.join(tagger.tasks)} |\n|---|{'---|' * len(tagger.tasks)}")
