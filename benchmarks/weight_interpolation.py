@@ -18,7 +18,6 @@ photo part (a "model soup" of the two). The folders stay in --out, for `benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -26,11 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fashiontag.data.cache import build_cache
-from fashiontag.data.catalog import read_catalog
 from fashiontag.inference.engines import torch_input
 from fashiontag.model_folder import DEFAULT_MODEL_DIR, framing_of, load_meta
 from fashiontag.models.checkpoint import load_model
+from fashiontag.training.dataset import load_dataset
 from fashiontag.training.evaluate import evaluate
 
 PHOTO_PART = ("trunk", "heads")
@@ -52,11 +50,9 @@ def refresh_batch_norms(folder: Path, data: str, photos: int, seed: int = 0) -> 
     """Recompute the trunk's batch-norm statistics on `photos` clean training photos (an average over all of them,
     not a running one), in place."""
     net, meta = load_model(folder)
-    catalog = read_catalog(data)
-    cache = build_cache(catalog, framing=framing_of(meta), progress=False)
-    position = {pid: i for i, pid in enumerate(catalog.ids)}
-    train = json.loads((folder / "split.json").read_text())["train"]
-    rows = np.array([position[p] for p in train if p in position and cache.ok[position[p]]])
+    ds = load_dataset(data, split_path=folder / "split.json", vocabs=meta["vocabs"], framing=framing_of(meta),
+                      hw=tuple(meta["input_hw"]), progress=False)
+    rows = ds.rows["train"]
     rows = np.sort(np.random.default_rng(seed).choice(rows, min(photos, len(rows)), replace=False))
     norms = [m for m in net.trunk.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
@@ -65,7 +61,7 @@ def refresh_batch_norms(folder: Path, data: str, photos: int, seed: int = 0) -> 
     net.trunk.train()
     with torch.no_grad():
         for start in range(0, len(rows), 256):
-            batch = torch.from_numpy(np.asarray(cache.pixels[rows[start:start + 256]]))
+            batch = torch.from_numpy(np.asarray(ds.cache.pixels[rows[start:start + 256]]))
             net.trunk(torch_input(batch, torch.device("cpu"), channels_last=False))
     weights, fresh = load_file(str(folder / "model.safetensors")), net.state_dict()
     for k in weights:
