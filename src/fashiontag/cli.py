@@ -313,15 +313,17 @@ def _calibrate_from_reviews(model: str, reviews: str, data: Optional[str], preci
     if data is not None:
         _fail("--reviews and --data: one or the other (thresholds from reviewed tags, or from the validation side)")
     done = calibrate_from_reviews(model, reviews, precision=precision, task_precision=_task_precision(task_precision))
-    if done["condition"]:
-        typer.echo("a photo + title model: the review queue does not record whether a photo came with its title "
-                   "(photos from folders come without), so these are the photo-alone thresholds (photo_only)")
-    promised = done["record"]["threshold_precision"]
-    for t, c in done["fitted"].items():
-        typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of {c['n']} reviewed "
-                   f"tags at {promised[t]:.0%} precision (95% sure)" + (f": {c['why']}" if c.get("why") else ""))
-    if done["kept"]:
-        typer.echo(f"kept (no reviewed tag): {', '.join(done['kept'])}")
+    for condition, fitted in done["conditions"].items():
+        if done["titles"]:
+            typer.echo("photo alone (photo_only): the photos queued without a title" if condition else
+                       "photo + title: the photos queued with their titles (from a predict output)")
+        promised = fitted["record"]["threshold_precision"]
+        for t, c in fitted["fitted"].items():
+            why = f": {c['why']}" if c.get("why") else ""
+            typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of {c['n']} "
+                       f"reviewed tags at {promised[t]:.0%} precision (95% sure){why}")
+        if fitted["kept"]:
+            typer.echo(f"kept (no reviewed tag): {', '.join(fitted['kept'])}")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from fashiontag.model_folder import META, WEIGHTS, ModelFolder, default_model_di
 from fashiontag.review.queue import audit_draws, fill_queue, mark_audits, model_record
 from fashiontag.review.routes import review_router
 from fashiontag.review.stats import review_stats, reviewed_tags
-from fashiontag.review.store import SCHEMA_VERSION, ReviewStore, schema_info, tags
+from fashiontag.review.store import SCHEMA_VERSION, ReviewStore, photos, schema_info, tags
 
 MODEL = {"version": "abc123", "tasks": ["gender", "usage"], "id_column": "id",
          "vocabs": {"gender": ["Men", "Women"], "usage": ["Casual", "Formal"]}, "hierarchy": None,
@@ -158,16 +158,43 @@ def test_stats_live_precision_interval_promise_shares_and_throughput(db_url):
     store.close()
 
 
+def test_stats_measure_each_condition_of_a_photo_and_title_model_on_its_own(db_url):
+    """The photos tagged with their titles and those without are judged by different thresholds, with a promise
+    each: their audits are measured apart, and one condition below its promise is named as such."""
+    model = {**MODEL, "photo_only": {"thresholds": {"gender": 0.9, "usage": 0.9},
+                                     "threshold_precision": {"gender": 0.98, "usage": 0.95},
+                                     "thresholds_val": {"gender": {"threshold": 0.9, "coverage": 0.3, "n": 500}}}}
+    store = ReviewStore(db_url)
+    store.set_model(model)
+    items = [{**_item(n, {"gender": 0.95}, audit=("gender",)), "titled": n < 30} for n in range(60)]
+    for item in items[30:]:
+        item["tags"]["gender"]["threshold"] = 0.9
+    store.add_photos(items + [{**_item(100, {"usage": 0.99}), "titled": True}])
+    for p in store.photos()[:60]:  # with titles all right, alone 20 of 30
+        _decide(store, p, "gender", right=int(p["item_id"]) < 50)
+    stats = review_stats(store)
+    assert set(stats["tasks"]) == {"gender (with titles)", "gender (photo alone)", "usage"}
+    titled, alone = stats["tasks"]["gender (with titles)"], stats["tasks"]["gender (photo alone)"]
+    assert (titled["audits"], titled["right"], titled["below_promise"], titled["val_share"]) == (30, 30, False, 0.7)
+    assert (alone["audits"], alone["right"], alone["below_promise"], alone["val_share"]) == (30, 20, True, 0.3)
+    assert titled["task"] == alone["task"] == "gender" and stats["below_promise"] == ["gender (photo alone)"]
+    assert stats["tasks"]["usage"]["condition"] == "with titles"
+    assert stats["tasks"]["usage"]["promise"] == 0.98  # the with-titles record's, not photo alone's 0.95
+    store.close()
+
+
 def test_an_old_schema_database_gains_the_audit_column(db_url):
     store = ReviewStore(db_url)
     store.set_model(MODEL)
     store.add_photos([_item(1, {"gender": 0.95, "usage": 0.5})])
     with store.engine.begin() as conn:  # as fashiontag wrote it before audits
         conn.exec_driver_sql("ALTER TABLE tags DROP COLUMN audit")
+        conn.exec_driver_sql("ALTER TABLE photos DROP COLUMN titled")
         conn.execute(schema_info.update().values(version=1))
     store.close()
     reopened = ReviewStore(db_url, create=False)
     with reopened.engine.connect() as conn:
+        assert conn.execute(select(photos.c.titled)).scalars().all() == [None]  # not recorded then
         assert conn.execute(select(schema_info.c.version)).scalar() == SCHEMA_VERSION == 3
         assert conn.execute(select(tags.c.audit)).scalars().all() == [False, False]
     photo = reopened.photos()[0]
@@ -214,6 +241,48 @@ def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
     assert after["photo_only"]["thresholds"]["usage"] == meta["photo_only"]["thresholds"]["usage"]
     assert after["thresholds"] == meta["thresholds"] and after["temperatures"] == meta["temperatures"]
     assert after["photo_only"]["temperatures"] == meta["photo_only"]["temperatures"]
+
+
+def test_reviews_refit_the_thresholds_of_the_condition_each_photo_was_tagged_in(tmp_path):
+    """A photo + title model's queue loaded from a predict output: the rows with a title were judged by the
+    with-title thresholds, those without by the photo-alone ones, and each photo's reviewed tags refit its own."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (META, WEIGHTS):
+        shutil.copy(default_model_dir() / name, folder / name)
+    meta = load_meta(folder)
+    rng = np.random.default_rng(1)
+    conf = np.round(rng.uniform(0.3, 1.0, 400), 4)
+    titled = np.arange(400) % 2 == 0
+    # With a title the model is right more often at the same confidence than without one.
+    correct = rng.uniform(size=400) < np.where(titled, conf ** 0.2, conf ** 3)
+    first = {t: v[0] for t, v in meta["vocabs"].items()}
+    rows = [{"path": f"{i}.jpg", "id": str(i), **({"title": f"Brand {i} shirt"} if titled[i] else {}),
+             **first, **{f"{t}_confidence": float(conf[i]) for t in first}} for i in range(400)]
+    (tmp_path / "tags.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = f"sqlite:///{tmp_path / 'reviews.db'}"
+    store = ReviewStore(url)
+    fill_queue(store, [str(tmp_path / "tags.jsonl")], model=folder, audit_share=0.0, overlap_share=0.0)
+    with store.engine.connect() as conn:
+        recorded = dict(conn.execute(select(photos.c.item_id, photos.c.titled)).all())
+    assert recorded == {str(i): bool(titled[i]) for i in range(400)}
+    queued = {p["item_id"]: p for p in store.photos()}
+    assert queued["0"]["tags"]["gender"]["threshold"] == meta["thresholds"]["gender"]
+    assert queued["1"]["tags"]["gender"]["threshold"] == meta["photo_only"]["thresholds"]["gender"]
+    for i in range(400):
+        _decide(store, queued[str(i)], "gender", bool(correct[i]))
+    store.close()
+    result = CliRunner().invoke(app, ["calibrate", "--model", str(folder), "--reviews", url, "--precision", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert "photo + title" in result.output and "photo alone" in result.output
+    with_title = choose_threshold(conf[titled], correct[titled], 0.9, PROMISE_Z)
+    alone = choose_threshold(conf[~titled], correct[~titled], 0.9, PROMISE_Z)
+    assert with_title["threshold"] < alone["threshold"]
+    after = load_meta(folder)
+    assert after["thresholds"]["gender"] == pytest.approx(with_title["threshold"])
+    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(alone["threshold"])
+    assert after["thresholds_val"]["gender"]["n"] == after["photo_only"]["thresholds_val"]["gender"]["n"] == 200
+    assert after["thresholds"]["usage"] == meta["thresholds"]["usage"]  # no reviewed tag: kept
 
 
 def test_the_page_badges_audits_keeps_them_from_bulk_accept_and_warns_below_promise(browser, tmp_path):

@@ -234,7 +234,7 @@ def result_item(path: Path, result: PhotoResult) -> dict:
     tags = {t: {"label": tag.label, "confidence": round(tag.confidence, 4),
                 "runners_up": [(label, round(c, 4)) for label, c in tag.runners_up[:TOP_K - 1]],
                 "threshold": tag.threshold} for t, tag in result.tags.items()}
-    return {"path": str(path.resolve()), "item_id": path.stem, "error": result.error, "tags": tags}
+    return {"path": str(path.resolve()), "item_id": path.stem, "error": result.error, "tags": tags, "titled": False}
 
 
 def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | None = None,
@@ -249,8 +249,8 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
     audit_share: the share of auto-accepted tags of the photos added that is queued for review all the same, marked
     as audits (audit_draws). overlap_share: the share of photos served to a second reviewer, blind
     (ReviewStore.add_photos). Thresholds: a photo + title model's photos are judged by the record of what they came
-    with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does.
-    Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
+    with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does, and
+    each photo records which (titled), for `calibrate --reviews`. Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
     missing (paths), skipped (photos and rows), audits (tags of the photos added marked as audits)."""
     check_options(1, min_confidence)
     if not (math.isfinite(audit_share) and 0.0 <= audit_share <= 1.0):
@@ -293,14 +293,16 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
                     missing := [t for t in vocabs if t not in row]):
                 raise ValueError(f"{tag_list}, line {line}: no {', '.join(missing)} column: tag it with this "
                                  f"model (its tasks: {', '.join(vocabs)})")
-            chosen = thresholds if isinstance(row, dict) and row.get("title") else photo_thresholds
+            # A row with a title was tagged with it (predict --data), where the model reads titles.
+            titled = folder.takes_titles and isinstance(row, dict) and bool(row.get("title"))
+            chosen = thresholds if titled else photo_thresholds
             try:
                 if from_audit:
-                    item = audit_item(row, vocabs, chosen, tag_list.parent)
+                    item = {**audit_item(row, vocabs, chosen, tag_list.parent), "titled": titled}
                     if not outside(f"{tag_list}, line {line}", Path(item["path"])):
                         add_to_product(products, item)
                     continue
-                item = queue_item(row, vocabs, chosen, tag_list.parent, separators)
+                item = {**queue_item(row, vocabs, chosen, tag_list.parent, separators), "titled": titled}
             except RowRefused as e:
                 skipped += 1
                 problems.warn(f"{tag_list}, line {line}: {e}; skipped")

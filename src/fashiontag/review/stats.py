@@ -31,6 +31,23 @@ INTERVAL_Z = 1.96
 CONDITIONS = {"": "with titles", PHOTO_ONLY: "photo alone"}
 
 
+def _by_condition(model: dict, task: str, rows: list) -> dict[str, list]:
+    """A task's tags by the record of the model that judged them ("" top level, "photo_only"): a photo + title
+    model's by whether their photo was tagged with its title, as the queue recorded it; where it did not (queued
+    by a fashiontag from before), by their thresholds (_condition). Never empty: a task without tags gets the
+    record its tags would most likely have been judged by."""
+    if PHOTO_ONLY not in model:
+        return {"": rows}
+    groups: dict[str, list] = {}
+    unrecorded = [r for r in rows if r.titled is None]
+    if unrecorded or not rows:
+        groups[_condition(model, task, Counter(r.threshold for r in unrecorded))] = unrecorded
+    for r in rows:
+        if r.titled is not None:
+            groups.setdefault("" if r.titled else PHOTO_ONLY, []).append(r)
+    return groups
+
+
 def _condition(model: dict, task: str, queued: Counter) -> str:
     """Which record of the model ("" top level, "photo_only") the queue's tags of a task were judged by: the one
     whose threshold most of them carry (the queue stores each tag's threshold)."""
@@ -46,7 +63,9 @@ def _condition(model: dict, task: str, queued: Counter) -> str:
 
 
 def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
-    """{tasks: {task: {...}}, reviewers: [...], below_promise: [tasks], audits_pending: n}. Per task: promise
+    """{tasks: {name: {...}}, reviewers: [...], below_promise: [names], audits_pending: n}. A name is the task's,
+    or for a photo + title model whose queue holds the task's tags in both conditions, one per condition ("season
+    (photo alone)"): each condition has its own thresholds and promise. Per task (and condition): task, promise
     (target precision), audits (decided audits), right, precision, low, high (Wilson, z), below_promise, pending
     (audits not decided yet), tags (the queue's tags), auto_share (share at or above their threshold),
     val_share (validation's coverage at the threshold, None where the queue did not record it), condition
@@ -56,8 +75,8 @@ def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
     model = store.model() or {}
     task_list = list(model.get("tasks") or [])
     with store.engine.connect() as conn:
-        rows = conn.execute(select(tags.c.task, tags.c.status, tags.c.audit, tags.c.confidence, tags.c.threshold)
-                            .join(photos, photos.c.id == tags.c.photo_id)).all()
+        rows = conn.execute(select(tags.c.task, tags.c.status, tags.c.audit, tags.c.confidence, tags.c.threshold,
+                                   photos.c.titled).join(photos, photos.c.id == tags.c.photo_id)).all()
         done = []
         for record in (changes, opinions):  # a second look's answers are its opinions, any other action's its changes
             done += conn.execute(select(actions.c.reviewer, actions.c.kind, actions.c.at,
@@ -74,27 +93,32 @@ def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
     task_list += sorted(set(by_task) - set(task_list))
     out = {}
     for t in task_list:
-        rs = by_task.get(t, [])
-        audits = [r for r in rs if r.audit and r.status in REVIEWED]
-        right = sum(r.status == "accepted" for r in audits)
-        n = len(audits)
-        key = _condition(model, t, Counter(r.threshold for r in rs))
-        record = model.get(key, {}) if key else model
-        promise = record.get("threshold_precision", {}).get(t, model.get("threshold_precision", {}).get(t))
-        val = (record.get("thresholds_val") or {}).get(t) or {}
-        low = float(precision_lower_bound(right, n, z)) if n else None
-        high = float(precision_upper_bound(right, n, z)) if n else None
-        out[t] = {"promise": float(promise) if promise is not None else None, "audits": n, "right": right,
-                  "precision": right / n if n else None, "low": low, "high": high,
-                  "below_promise": bool(n and promise is not None and high < float(promise)),
-                  "pending": sum(bool(r.audit) and r.status not in REVIEWED for r in rs),
-                  "tags": len(rs), "auto_share": sum(r.confidence >= r.threshold for r in rs) / len(rs) if rs else None,
-                  "val_share": val.get("coverage"), "val_n": val.get("n"),
-                  "condition": CONDITIONS[key] if PHOTO_ONLY in model else None}
+        groups = _by_condition(model, t, by_task.get(t, []))
+        for key, rs in groups.items():
+            name = t if len(groups) == 1 else f"{t} ({CONDITIONS[key]})"
+            out[name] = _measured(model, t, key, rs, z)
     return {"tasks": out, "reviewers": _throughput(done), "below_promise": [t for t, s in out.items()
                                                                             if s["below_promise"]],
             "audits_pending": sum(s["pending"] for s in out.values()), "z": z,
             "agreement": _agreement(pairs, task_list)}
+
+
+def _measured(model: dict, task: str, key: str, rs: list, z: float) -> dict:
+    """One task's tags judged by one record of the model (key): review_stats' figures for them."""
+    audits = [r for r in rs if r.audit and r.status in REVIEWED]
+    right = sum(r.status == "accepted" for r in audits)
+    n = len(audits)
+    record = model.get(key, {}) if key else model
+    promise = record.get("threshold_precision", {}).get(task, model.get("threshold_precision", {}).get(task))
+    val = (record.get("thresholds_val") or {}).get(task) or {}
+    high = float(precision_upper_bound(right, n, z)) if n else None
+    return {"task": task, "promise": float(promise) if promise is not None else None, "audits": n, "right": right,
+            "precision": right / n if n else None, "low": float(precision_lower_bound(right, n, z)) if n else None,
+            "high": high, "below_promise": bool(n and promise is not None and high < float(promise)),
+            "pending": sum(bool(r.audit) and r.status not in REVIEWED for r in rs),
+            "tags": len(rs), "auto_share": sum(r.confidence >= r.threshold for r in rs) / len(rs) if rs else None,
+            "val_share": val.get("coverage"), "val_n": val.get("n"),
+            "condition": CONDITIONS[key] if PHOTO_ONLY in model else None}
 
 
 def _agreement(pairs, task_list: list[str]) -> dict:
@@ -126,21 +150,24 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
     """Per task, the tags a person decided (accepted or corrected in a review action; tags accepted unseen with
     "Accept all sure photos" are left out, as are undone decisions, and a catalog audit's tags, chosen because the
     model disagreed with the catalog, which would bias any precision fitted on them): confidence, correct (the
-    model's label kept), audit (an audit tag)."""
+    model's label kept), audit (an audit tag), titled (its photo was tagged with its title; false where the queue
+    did not record it)."""
     with store.engine.connect() as conn:
         last = (select(changes.c.photo_id, changes.c.task, func.max(changes.c.id).label("last"))
                 .group_by(changes.c.photo_id, changes.c.task).subquery())
         rows = conn.execute(
-            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit)
+            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit, photos.c.titled)
+            .join(photos, photos.c.id == tags.c.photo_id)
             .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
             .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
             .where(tags.c.status.in_(REVIEWED), actions.c.kind.in_(SEEN), tags.c.catalog_label.is_(None))).all()
     out: dict[str, dict[str, list]] = {}
     for r in rows:
-        d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": []})
+        d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": [], "titled": []})
         d["confidence"].append(r.confidence)
         d["correct"].append(r.status == "accepted")
         d["audit"].append(bool(r.audit))
+        d["titled"].append(bool(r.titled))
     return {t: {k: np.asarray(v, float if k == "confidence" else bool) for k, v in d.items()} for t, d in out.items()}
 
 

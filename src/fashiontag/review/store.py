@@ -73,8 +73,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from fashiontag.errors import FashiontagError
 from fashiontag.inference.decode import needs_review
 
-# 2: tags.audit (a version-1 database gains it, false, when opened: _migrate). tags.catalog_label came later without
-# a new version: a nullable column that a fashiontag from before neither reads nor needs to write (_add_catalog_label).
+# 2: tags.audit (a version-1 database gains it, false, when opened: _migrate). tags.catalog_label and photos.titled
+# came later without a new version: nullable columns that a fashiontag from before neither reads nor needs to write
+# (_add_nullable; titled NULL: queued before fashiontag recorded whether the photo was tagged with a title).
 # 3: photos.needs/reviewed/margin (the page's keys, kept with the tags), overlap/second_due/first_reviewer (second
 # looks), tags.margin, the leases and opinions tables and the keyset indexes (_migrate fills them in). A fashiontag
 # of version 2 would write tags without these keys, so it is refused a version-3 queue.
@@ -105,7 +106,9 @@ photos = Table("photos", metadata,
                Column("margin", Float, nullable=False, default=NONE_LEFT, server_default=str(NONE_LEFT)),
                Column("overlap", Boolean, nullable=False, default=False, server_default=false()),
                Column("second_due", Boolean, nullable=False, default=False, server_default=false()),
-               Column("first_reviewer", String(128)))
+               Column("first_reviewer", String(128)),
+               # Tagged with its title (a photo + title model judges it by the thresholds of that condition), or not.
+               Column("titled", Boolean))
 tags = Table("tags", metadata,
              Column("photo_id", Integer, ForeignKey("photos.id"), primary_key=True),
              Column("task", String(64), primary_key=True),
@@ -277,6 +280,8 @@ class ReviewStore:
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
                 elif found is not None and found < SCHEMA_VERSION:
                     found = _migrate(conn, found)
+                if found == SCHEMA_VERSION:
+                    _add_nullable(conn, photos, "titled")
         except DatabaseError as e:  # no server, no such file or folder, or a file that is not a database
             self.engine.dispose()
             raise StoreError(f"--db {self.shown_url}: cannot open the database ({reason(e)})") from None
@@ -348,7 +353,7 @@ class ReviewStore:
             return set(conn.execute(select(photos.c.path)).scalars())
 
     def add_photos(self, items: list[dict], overlap_share: float = OVERLAP_SHARE) -> int:
-        """items: {path, item_id, error, tags: {task: {label, confidence, runners_up, threshold[, audit][,
+        """items: {path, item_id, error[, titled], tags: {task: {label, confidence, runners_up, threshold[, audit][,
         catalog_label]}}}; a path already in the queue is skipped (its review goes on). A tag with a true `audit` or a
         catalog_label is queued as needing review whatever its confidence. overlap_share: the share of photos drawn
         (by path, so the same photos draw the same) for a second reviewer's blind look. Returns how many were
@@ -367,7 +372,7 @@ class ReviewStore:
                 keys = photo_keys({r["status"] for r in rows}, [r["margin"] for r in rows if r["status"] in
                                                                  UNTOUCHED])
                 pid = conn.execute(photos.insert().values(
-                    path=item["path"], item_id=item["item_id"], error=item["error"], **keys,
+                    path=item["path"], item_id=item["item_id"], error=item["error"], titled=item.get("titled"), **keys,
                     overlap=bool(rows) and _draw(item["path"], "overlap") < overlap_share)).inserted_primary_key[0]
                 if rows:
                     conn.execute(tags.insert(), [r | {"photo_id": pid} for r in rows])
@@ -780,7 +785,7 @@ def _migrate(conn: Connection, found: int) -> int:
         _add_columns(conn, tags, ["audit"])
         found = 2
     if found == 2:  # 2 -> 3: the page keys, second looks, leases, and the keyset indexes
-        _add_catalog_label(conn)
+        _add_nullable(conn, tags, "catalog_label")
         _add_columns(conn, photos, ["needs", "reviewed", "margin", "overlap", "second_due", "first_reviewer"])
         _add_columns(conn, tags, ["margin"])
         for table in (leases, opinions):
@@ -814,13 +819,14 @@ def _add_columns(conn: Connection, table: Table, names: list[str]) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{null}{text}")
 
 
-def _add_catalog_label(conn: Connection) -> None:
-    """Give a database made before catalog audits its tags.catalog_label (NULL: no tag came from an audit)."""
-    if "catalog_label" in {c["name"] for c in inspect(conn).get_columns(tags.name)}:
+def _add_nullable(conn: Connection, table: Table, name: str) -> None:
+    """Give a database made before a nullable column of `table` (as declared above) that column, NULL throughout."""
+    if name in {c["name"] for c in inspect(conn).get_columns(table.name)}:
         return
     # Two servers opening one PostgreSQL queue at once: the second finds the column there once the first commits.
     exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
-    conn.exec_driver_sql(f"ALTER TABLE {tags.name} ADD COLUMN{exists} catalog_label VARCHAR(256)")
+    kind = table.c[name].type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN{exists} {name} {kind}")
 
 
 def unseen_combination(model: dict, labels: dict[str, str]) -> list[str] | None:

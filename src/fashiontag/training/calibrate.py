@@ -181,10 +181,11 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
     accepted = the model was right, corrected = wrong; bulk-accepted tags left out), through the same
     choose_threshold as validation (fit_thresholds: each target promised at 95% confidence), and write them into
     the folder's model.json; temperatures stay (the queue keeps each tag's confidence, not the logits they would
-    be fitted on). Tasks with no decided tag keep their thresholds. The queue does not record whether a photo came
-    with a title: for a photo + title model the thresholds go into the photo-alone record ("photo_only"), which is
-    how photos reach a review queue unless loaded from a predict output with titles. Returns {record, condition,
-    fitted: {task: n}, kept: [tasks], queue_model}."""
+    be fitted on). A photo + title model's tags are fitted per input condition, as the queue recorded it for each
+    photo: those tagged with their title into model.json's top level, the rest into its photo-alone record
+    ("photo_only"); a queue from before fashiontag recorded it counts as photo alone, as photos from folders come.
+    A condition's tasks with no decided tag keep their thresholds. Returns {titles (the model reads them),
+    conditions: {condition: {record, fitted: {task: choose_threshold's record}, kept: [tasks]}}, queue_model}."""
     from fashiontag.review.stats import reviewed_tags
     from fashiontag.review.store import ReviewStore
 
@@ -210,22 +211,32 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
     config = dict(meta.get("config", {}))
     config.update({k: v for k, v in (("precision", precision), ("task_precision", task_precision)) if v is not None})
     targets = precision_targets(config, tasks)
-    fitted = fit_thresholds({t: d["confidence"] for t, d in decided.items()},
-                            {t: d["correct"] for t, d in decided.items()}, {t: targets[t] for t in decided})
-    for c in fitted["thresholds_val"].values():
-        c["source"] = "reviews"
-    condition = PHOTO_ONLY if model.takes_titles else ""
-    old = meta.get(condition, {}) if condition else meta
-    record = {"thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
-              "threshold_precision": {**old.get("threshold_precision", meta.get("threshold_precision", {})),
-                                      **fitted["threshold_precision"]},
-              "thresholds_val": {**old.get("thresholds_val", meta.get("thresholds_val", {})),
-                                 **fitted["thresholds_val"]},
-              "thresholds_reviews": {"db": shown, "tags": {t: len(d["confidence"]) for t, d in decided.items()},
-                                     "queue_model": queued.get("version")}}
-    write_meta(folder, {**meta, condition: {**old, **record}} if condition else {**meta, **record})
+    # condition -> which decided tags it is fitted on (None: all of them, a model without titles has one condition)
+    groups = {"": True, PHOTO_ONLY: False} if model.takes_titles else {"": None}
+    conditions = {}
+    for condition, titled in groups.items():
+        mine = {t: {k: v[d["titled"] == titled] for k, v in d.items()} if titled is not None else d
+                for t, d in decided.items()}
+        mine = {t: d for t, d in mine.items() if len(d["confidence"])}
+        if not mine:
+            continue
+        fitted = fit_thresholds({t: d["confidence"] for t, d in mine.items()},
+                                {t: d["correct"] for t, d in mine.items()}, {t: targets[t] for t in mine})
+        for c in fitted["thresholds_val"].values():
+            c["source"] = "reviews"
+        old = meta.get(condition, {}) if condition else meta
+        record = {"thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
+                  "threshold_precision": {**old.get("threshold_precision", meta.get("threshold_precision", {})),
+                                          **fitted["threshold_precision"]},
+                  "thresholds_val": {**old.get("thresholds_val", meta.get("thresholds_val", {})),
+                                     **fitted["thresholds_val"]},
+                  "thresholds_reviews": {"db": shown, "tags": {t: len(d["confidence"]) for t, d in mine.items()},
+                                         "queue_model": queued.get("version")}}
+        meta = {**meta, condition: {**old, **record}} if condition else {**meta, **record}
+        conditions[condition] = {"record": record, "fitted": fitted["thresholds_val"],
+                                 "kept": [t for t in tasks if t not in mine]}
+    write_meta(folder, meta)
     if (folder / "model.onnx").exists():
         from fashiontag.inference.onnx_export import export_onnx
         export_onnx(folder)
-    return {"record": record, "condition": condition, "fitted": fitted["thresholds_val"],
-            "kept": [t for t in tasks if t not in decided], "queue_model": queued.get("version")}
+    return {"titles": model.takes_titles, "conditions": conditions, "queue_model": queued.get("version")}
