@@ -190,6 +190,9 @@ class TwoNodeCluster:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.nodes):
                 raise RuntimeError("the two-node cluster did not come up:\n" + self.logs())
             time.sleep(1)
+        time.sleep(3)  # a node whose agent fails joins first and leaves a second later, its `ray start` ended
+        if any(p.poll() is not None for p in self.nodes):
+            raise RuntimeError("a node of the two-node cluster left right after joining:\n" + self.logs())
 
     @property
     def address(self) -> str:
@@ -228,10 +231,20 @@ class TwoNodeCluster:
             p.wait()
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before: the nodes bind theirs only once started, so the operating system
+    can offer one twice in the meantime (a worker's runtime-env agent once got the head's GCS port, and the worker
+    died a second after joining, leaving a one-CPU cluster on which a job waits forever)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def session_members(sessions: set[int]) -> list[int]:
@@ -306,8 +319,12 @@ def test_killed_job_resumes_without_losing_or_repeating_a_photo(cluster, catalog
     out = tmp_path / "tags"
     log = tmp_path / "killed.log"
     job = run_job(cluster, [str(photos)], str(out), cluster.address, log, batch_size=16, shard_rows=48)
+    deadline = time.monotonic() + 300
     while len(list(out.glob(f"{SHARD_PREFIX}*.parquet"))) < 2:
         assert job.poll() is None, "the job ended before it could be killed:\n" + log.read_text()[-2000:]
+        if time.monotonic() > deadline:
+            job.kill()
+            pytest.fail("no shard written in 5 minutes:\n" + log.read_text()[-2000:] + cluster.logs())
         time.sleep(0.05)
     job.send_signal(signal.SIGKILL)
     job.wait()
