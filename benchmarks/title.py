@@ -11,6 +11,8 @@ and speed, on the shipped model's split (train side to fit, test side to score).
     ... benchmarks/title.py speed                                            # tokens/s, colours/s, fused photos/s
     ... benchmarks/title.py linear [--c 0.2 0.5 1.5 3 6]                     # the linear title part per C, on val
     ... benchmarks/title.py lengths                                          # how the parts are weighed, on val
+    ... benchmarks/title.py cv                                               # linear title part vs baseline, 5-fold
+    ... benchmarks/title.py paired [--side val]                              # shipped model vs baseline, paired
 
 fusion: the shipped photo model's trunk stays frozen, its features are computed once (cached in /tmp), and the
 text encoder, fusion and heads train on them with TitleDropout; 10% of the photos with a title are replaced by a
@@ -74,17 +76,23 @@ def print_table(rows: dict[str, dict[str, float]], title: str, digits: int = 1) 
         print(f"| {name} | {' | '.join(f'{r[t]:.{digits}f}' if t in r else '' for t in tasks)} |")
 
 
-def svm(args):
+def baseline(train_titles: list[str], y_train: dict[str, np.ndarray], other_titles: list[str]
+             ) -> dict[str, np.ndarray]:
+    """Issue 25's title baseline, char 2-5-gram TF-IDF (within words) + LinearSVC C=0.5 per task, fitted on
+    `train_titles` (rows whose label is unknown left out): its predictions for `other_titles`."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
-    ds = dataset()
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
-    xtr, xte = vec.fit_transform(titles(ds, "train")), vec.transform(titles(ds, "test"))
-    row = {}
-    for t in ds.vocabs:
-        ytr, yte = ds.targets[t][ds.rows["train"]], ds.targets[t][ds.rows["test"]]
-        row[t] = accuracy(LinearSVC(C=0.5).fit(xtr[ytr >= 0], ytr[ytr >= 0]).predict(xte), yte)
-    print_table({"TF-IDF char 2-5 + LinearSVC": row}, "Title only, test side")
+    xtr, xother = vec.fit_transform(train_titles), vec.transform(other_titles)
+    return {t: LinearSVC(C=0.5).fit(xtr[y >= 0], y[y >= 0]).predict(xother) for t, y in y_train.items()}
+
+
+def svm(args):
+    ds = dataset()
+    pred = baseline(titles(ds, "train"), side_targets(ds, "train"), titles(ds, "test"))
+    y = side_targets(ds, "test")
+    print_table({"TF-IDF char 2-5 + LinearSVC": {t: accuracy(p, y[t]) for t, p in pred.items()}},
+                "Title only, test side")
 
 
 def fit(epoch_batches, modules: list[nn.Module], targets: dict[str, np.ndarray], n: int, epochs: int, lr: float,
@@ -210,17 +218,10 @@ def linear(args):
     """The linear title part (issue 25) on the validation side: the baseline (its own char 2-5-grams), an SVM on the
     TF-IDF of the tokenizer's ids per C (training.title_linear, fitted on the train side), alone and fused with the
     shipped model's photo and encoder parts (two_fold_fusion, whole titles)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.svm import LinearSVC
     ds = dataset()
     y, train_titles, val_titles = side_targets(ds, "val"), titles(ds, "train"), titles(ds, "val")
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
-    xtr, xval = vec.fit_transform(train_titles), vec.transform(val_titles)
-    rows = {"baseline: TF-IDF char 2-5 + LinearSVC C=0.5": {}}
-    for t in ds.vocabs:
-        ytr = ds.targets[t][ds.rows["train"]]
-        rows["baseline: TF-IDF char 2-5 + LinearSVC C=0.5"][t] = accuracy(
-            LinearSVC(C=0.5).fit(xtr[ytr >= 0], ytr[ytr >= 0]).predict(xval), y[t])
+    rows = {"baseline: TF-IDF char 2-5 + LinearSVC C=0.5": {
+        t: accuracy(p, y[t]) for t, p in baseline(train_titles, side_targets(ds, "train"), val_titles).items()}}
     parts = shipped_parts(ds, "val", val_titles)
     tok = Tokenizer(**model_tokenizer())
     val_tokens = torch.from_numpy(tok(val_titles))
@@ -236,6 +237,70 @@ def linear(args):
         rows[f"fused: photo + encoder + SVM C={c:g}"] = two_fold_fusion(
             {"photo": parts["photo"], "title": parts["title"], "linear": scores}, y)
     print_table(rows, "Validation side: the linear title part", digits=2)
+
+
+def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, float]:
+    """Two classifiers on the same products: how many only a gets right, only b, and McNemar's exact two-sided
+    p-value (a binomial test on those products alone; the products both get right or wrong say nothing)."""
+    from scipy.stats import binomtest
+    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+    return only_a, only_b, binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+
+
+def print_paired(rows: dict[str, tuple[np.ndarray, np.ndarray]], names: tuple[str, str], title: str) -> None:
+    """Per task (rows: {task: (a right, b right)}): each one's accuracy, the products only one gets right, p."""
+    a, b = names
+    print(f"\n{title}\n\n| task | {a} | {b} | only {a} right | only {b} right | McNemar p |\n|---|---|---|---|---|---|")
+    for t, (ra, rb) in rows.items():
+        only_a, only_b, pvalue = mcnemar(ra, rb)
+        print(f"| {t} | {100 * ra.mean():.2f} | {100 * rb.mean():.2f} | {only_a} | {only_b} | {pvalue:.3g} |")
+
+
+def cv(args):
+    """The model's linear title part against the baseline, title alone, where a validation side of 3,967 products
+    cannot tell them apart (on gender they differ by a few products): 5-fold cross-validation over the training
+    side's titles, both refitted on each fold's four fifths, with the model's tokenizer and C."""
+    from sklearn.model_selection import KFold
+    ds = dataset()
+    _, meta = load_model(SHIPPED)
+    c = (meta["arch_args"]["title"].get("linear") or {}).get("C", 3.0)
+    tok = Tokenizer(**model_tokenizer())
+    all_titles, y = titles(ds, "train"), side_targets(ds, "train")
+    right = {t: ([], []) for t in ds.vocabs}
+    for fold, (fit_on, score_on) in enumerate(KFold(5, shuffle=True, random_state=0).split(all_titles)):
+        start = time.perf_counter()
+        fit_titles, score_titles = [all_titles[i] for i in fit_on], [all_titles[i] for i in score_on]
+        fit_y = {t: v[fit_on] for t, v in y.items()}
+        base = baseline(fit_titles, fit_y, score_titles)
+        part = TitleLinear(tok.buckets, {t: len(v) for t, v in ds.vocabs.items()})
+        fit_title_linear(part, fit_titles, fit_y, tok, c, progress=False)
+        tokens = torch.from_numpy(tok(score_titles))
+        with torch.no_grad():
+            scores = _cat([part(tokens[i:i + 256]) for i in range(0, len(tokens), 256)])
+        for t in ds.vocabs:
+            truth = y[t][score_on]
+            known = truth >= 0
+            right[t][0].append((scores[t].argmax(1).numpy() == truth)[known])
+            right[t][1].append((base[t] == truth)[known])
+        print(f"fold {fold + 1}/5: {time.perf_counter() - start:.0f} s", flush=True)
+    print_paired({t: (np.concatenate(a), np.concatenate(b)) for t, (a, b) in right.items()},
+                 (f"linear title part (C={c:g})", "baseline"),
+                 f"Title alone, 5-fold cross-validation over the {len(all_titles):,} training titles")
+
+
+def paired(args):
+    """The shipped model with titles (joint decoding, as `fashiontag evaluate` scores it) against the baseline on
+    args.side, product by product."""
+    from fashiontag.inference.tagger import Tagger
+    from fashiontag.training.evaluate import model_dataset
+    tagger = Tagger.load(SHIPPED)
+    ds = model_dataset(tagger, DATA, progress=False)  # its photos framed as the model frames them
+    rows, side_titles = ds.rows[args.side], titles(ds, args.side)
+    chosen = tagger.choose(tagger.probabilities(np.asarray(ds.cache.pixels[rows]), side_titles))
+    base = baseline(titles(ds, "train"), side_targets(ds, "train"), side_titles)
+    y = side_targets(ds, args.side)
+    print_paired({t: ((chosen[t] == y[t])[y[t] >= 0], (base[t] == y[t])[y[t] >= 0]) for t in tagger.tasks},
+                 ("photo + title", "baseline"), f"The shipped model against the title baseline, {args.side} side")
 
 
 def lengths(args):
@@ -500,14 +565,16 @@ def speed(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "colour-fused", "speed", "linear", "lengths"])
+    p.add_argument("part", choices=["svm", "text", "fusion", "colour", "colour-fused", "speed", "linear", "lengths",
+                                    "cv", "paired"])
     p.add_argument("--c", type=float, nargs="+", default=[0.2, 0.5, 1.5, 3.0, 6.0], help="linear: the SVM's C")
     p.add_argument("--buckets", type=int, nargs="+", default=[2 ** 16])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=0)
     p.add_argument("--pool", choices=["mean", "sqrt"], default="mean")
     p.add_argument("--side", choices=["val", "test"], default="test",
-                   help="text: score on this side (val: also fused with the shipped photo model)")
+                   help="text: score on this side (val: also fused with the shipped photo model); paired: "
+                        "compare on this side")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--fusion", nargs="+", default=["late", "gated"])
@@ -521,7 +588,7 @@ def main():
     if args.part in ("fusion", "speed"):
         args.buckets = args.buckets[0]
     {"svm": svm, "text": text, "fusion": fusion, "colour": colour, "colour-fused": colour_fused,
-     "speed": speed, "linear": linear, "lengths": lengths}[args.part](args)
+     "speed": speed, "linear": linear, "lengths": lengths, "cv": cv, "paired": paired}[args.part](args)
 
 
 if __name__ == "__main__":
