@@ -250,8 +250,9 @@ def fill_queue(store: ReviewStore, paths: Iterable[str], model: str | Path | Non
     as audits (audit_draws). overlap_share: the share of photos served to a second reviewer, blind
     (ReviewStore.add_photos). Thresholds: a photo + title model's photos are judged by the record of what they came
     with (a loaded row with a title by model.json's top level, else by its photo_only record), as Tagger does, and
-    each photo records which (titled), for `calibrate --reviews`. Returns counts: added, queued (photos in the queue now), errors (photos added that could not be read),
-    missing (paths), skipped (photos and rows), audits (tags of the photos added marked as audits)."""
+    each photo records which (titled), for `calibrate --reviews`. Returns counts: added, queued (photos in the queue
+    now), errors (photos added that could not be read), missing (paths), skipped (photos and rows), audits (tags of
+    the photos added marked as audits)."""
     check_options(1, min_confidence)
     if not (math.isfinite(audit_share) and 0.0 <= audit_share <= 1.0):
         raise ValueError(f"--audit-share {audit_share}: a share between 0 and 1")
