@@ -318,6 +318,9 @@ def _calibrate_from_reviews(model: str, reviews: str, data: Optional[str], preci
             typer.echo("photo alone (photo_only): the photos queued without a title" if condition else
                        "photo + title: the photos queued with their titles (from a predict output)")
         promised = fitted["record"]["threshold_precision"]
+        for t, c in fitted["temperatures"].items():
+            typer.echo(f"{t:15s} temperature x{c['factor']:.3f} (NLL of {c['n']} reviewed tags {c['nll_before']:.4f} "
+                       f"-> {c['nll_after']:.4f})")
         for t, c in fitted["fitted"].items():
             why = f": {c['why']}" if c.get("why") else ""
             typer.echo(f"{t:15s} threshold {c['threshold']:.4f}  auto-accepts {c['coverage']:.1%} of {c['n']} "

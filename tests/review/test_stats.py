@@ -205,7 +205,23 @@ def test_an_old_schema_database_gains_the_audit_column(db_url):
     reopened.close()
 
 
-def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
+def _refit(conf: np.ndarray, correct: np.ndarray) -> tuple[float, np.ndarray]:
+    """What a temperature refit on reviewed tags with no runners-up kept should give, worked out apart from the
+    package: the factor on the temperature minimising the NLL of [confidence, the rest] (right: the first), and the
+    confidences it makes."""
+    from scipy.optimize import minimize_scalar
+    logits = np.log(np.stack([conf, 1 - conf], 1))
+
+    def nll(log_factor):
+        z = logits / np.exp(log_factor)
+        log_p = z - np.logaddexp(z[:, :1], z[:, 1:])
+        return -np.where(correct, log_p[:, 0], log_p[:, 1]).mean()
+    factor = float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded", options={"xatol": 1e-9}).x))
+    z = logits / factor
+    return factor, np.exp(z[:, 0] - np.logaddexp(z[:, 0], z[:, 1]))
+
+
+def test_calibrate_from_reviews_refits_the_temperature_then_gives_choose_thresholds_threshold(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     for name in (META, WEIGHTS):
@@ -232,15 +248,21 @@ def test_calibrate_from_reviews_gives_choose_thresholds_threshold(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", "--model", str(folder), "--reviews", url, "--precision", "0.9"])
     assert result.exit_code == 0, result.output
     assert "photo_only" in result.output and "kept (no reviewed tag)" in result.output
-    want = choose_threshold(conf, correct, 0.9, PROMISE_Z)
+    # Right more often than its confidence says (conf ** 0.3): the refit sharpens the confidences, then the
+    # threshold is chosen on what they have become.
+    factor, rescaled = _refit(conf, correct)
+    assert factor < 0.9 and "gender          temperature x" in result.output
+    want = choose_threshold(rescaled, correct, 0.9, PROMISE_Z)
     after = load_meta(folder)
-    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(want["threshold"]) and want["coverage"] > 0
-    assert after["photo_only"]["thresholds_val"]["gender"]["n"] == 300
+    assert after["photo_only"]["temperatures"]["gender"] == pytest.approx(
+        meta["photo_only"]["temperatures"]["gender"] * factor, rel=1e-3)
+    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(want["threshold"], rel=1e-3)
+    assert want["coverage"] > 0 and after["photo_only"]["thresholds_val"]["gender"]["n"] == 300
     assert after["photo_only"]["threshold_precision"]["gender"] == 0.9
-    # the rest stays: other tasks, the with-titles record, temperatures
+    # the rest stays: other tasks, the with-titles record
     assert after["photo_only"]["thresholds"]["usage"] == meta["photo_only"]["thresholds"]["usage"]
+    assert after["photo_only"]["temperatures"]["usage"] == meta["photo_only"]["temperatures"]["usage"]
     assert after["thresholds"] == meta["thresholds"] and after["temperatures"] == meta["temperatures"]
-    assert after["photo_only"]["temperatures"] == meta["photo_only"]["temperatures"]
 
 
 def test_reviews_refit_the_thresholds_of_the_condition_each_photo_was_tagged_in(tmp_path):
@@ -275,12 +297,17 @@ def test_reviews_refit_the_thresholds_of_the_condition_each_photo_was_tagged_in(
     result = CliRunner().invoke(app, ["calibrate", "--model", str(folder), "--reviews", url, "--precision", "0.9"])
     assert result.exit_code == 0, result.output
     assert "photo + title" in result.output and "photo alone" in result.output
-    with_title = choose_threshold(conf[titled], correct[titled], 0.9, PROMISE_Z)
-    alone = choose_threshold(conf[~titled], correct[~titled], 0.9, PROMISE_Z)
-    assert with_title["threshold"] < alone["threshold"]
+    (f_titled, c_titled), (f_alone, c_alone) = _refit(conf[titled], correct[titled]), _refit(conf[~titled],
+                                                                                              correct[~titled])
+    with_title = choose_threshold(c_titled, correct[titled], 0.9, PROMISE_Z)
+    alone = choose_threshold(c_alone, correct[~titled], 0.9, PROMISE_Z)
+    assert f_titled < 1 < f_alone  # titled: sharpened; alone: softened
     after = load_meta(folder)
-    assert after["thresholds"]["gender"] == pytest.approx(with_title["threshold"])
-    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(alone["threshold"])
+    assert after["temperatures"]["gender"] == pytest.approx(meta["temperatures"]["gender"] * f_titled, rel=1e-3)
+    assert after["photo_only"]["temperatures"]["gender"] == pytest.approx(
+        meta["photo_only"]["temperatures"]["gender"] * f_alone, rel=1e-3)
+    assert after["thresholds"]["gender"] == pytest.approx(with_title["threshold"], rel=1e-3)
+    assert after["photo_only"]["thresholds"]["gender"] == pytest.approx(alone["threshold"], rel=1e-3)
     assert after["thresholds_val"]["gender"]["n"] == after["photo_only"]["thresholds_val"]["gender"]["n"] == 200
     assert after["thresholds"]["usage"] == meta["thresholds"]["usage"]  # no reviewed tag: kept
 

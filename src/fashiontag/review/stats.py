@@ -15,6 +15,7 @@ model was right: what `fashiontag calibrate --reviews` fits thresholds on (refit
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -151,24 +152,42 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
     "Accept all sure photos" are left out, as are undone decisions, and a catalog audit's tags, chosen because the
     model disagreed with the catalog, which would bias any precision fitted on them): confidence, correct (the
     model's label kept), audit (an audit tag), titled (its photo was tagged with its title; false where the queue
-    did not record it)."""
+    did not record it), probs (N, K + 1: the confidences the queue keeps, the model's tag first and its runners-up
+    after, 0 past them, and last what they leave of 1) and truth (where the label people settled on is in probs;
+    the last column when it is none of the kept classes)."""
     with store.engine.connect() as conn:
         last = (select(changes.c.photo_id, changes.c.task, func.max(changes.c.id).label("last"))
                 .group_by(changes.c.photo_id, changes.c.task).subquery())
         rows = conn.execute(
-            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit, photos.c.titled)
+            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit, photos.c.titled, tags.c.model_label,
+                   tags.c.runners_up, tags.c.label)
             .join(photos, photos.c.id == tags.c.photo_id)
             .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
             .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
             .where(tags.c.status.in_(REVIEWED), actions.c.kind.in_(SEEN), tags.c.catalog_label.is_(None))).all()
     out: dict[str, dict[str, list]] = {}
     for r in rows:
-        d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": [], "titled": []})
+        d = out.setdefault(r.task, {"confidence": [], "correct": [], "audit": [], "titled": [], "kept": []})
         d["confidence"].append(r.confidence)
         d["correct"].append(r.status == "accepted")
         d["audit"].append(bool(r.audit))
         d["titled"].append(bool(r.titled))
-    return {t: {k: np.asarray(v, float if k == "confidence" else bool) for k, v in d.items()} for t, d in out.items()}
+        d["kept"].append(([r.model_label, *(c for c, _ in json.loads(r.runners_up))],
+                          [r.confidence, *(p for _, p in json.loads(r.runners_up))], r.label))
+    return {t: {**{k: np.asarray(v, float if k == "confidence" else bool) for k, v in d.items() if k != "kept"},
+                **_kept_probabilities(d["kept"])} for t, d in out.items()}
+
+
+def _kept_probabilities(kept: list[tuple[list[str], list[float], str]]) -> dict[str, np.ndarray]:
+    """probs and truth (reviewed_tags) from each tag's kept classes, their confidences and the settled label."""
+    width = max(len(labels) for labels, _, _ in kept)
+    probs, truth = np.zeros((len(kept), width + 1)), np.full(len(kept), width)
+    for i, (labels, confidences, label) in enumerate(kept):
+        probs[i, :len(confidences)] = confidences
+        probs[i, width] = max(0.0, 1.0 - sum(confidences))
+        if label in labels:
+            truth[i] = labels.index(label)
+    return {"probs": probs, "truth": truth}
 
 
 def print_stats(stats: dict, file=None) -> None:

@@ -24,7 +24,7 @@ from fashiontag.model_folder import MULTI, PHOTO_ONLY, ModelFolder, load_meta, w
 from fashiontag.models import TitleFusion
 from fashiontag.models.checkpoint import load_model, save_model
 from fashiontag.training.evaluate import model_dataset
-from fashiontag.training.temperatures import fit_fusion_weights, fit_temperatures
+from fashiontag.training.temperatures import fit_fusion_weights, fit_temperature, fit_temperatures
 from fashiontag.training.title_linear import add_title_linear
 
 
@@ -175,17 +175,47 @@ def _fit_condition(tagger: Tagger, pixels: np.ndarray, titles: list[str | None] 
     return {**record, **fit_thresholds(confidence, correct, precision_targets(config, tagger.tasks))}
 
 
+# A task's temperature is refitted from reviews only on at least this many decided tags: fewer say little.
+MIN_REVIEWED_FOR_TEMPERATURE = 100
+
+
+def rescaled_by_reviews(decided: dict[str, dict[str, np.ndarray]], temperatures: dict[str, float],
+                        skip: set[str] = frozenset()) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
+    """Per task, a temperature refitted on the tags people decided (reviewed_tags: the kept confidences and which
+    one people settled on), on top of the one the tags were given with: the queue keeps probabilities, not logits,
+    but softmax(log p / f) is what a temperature f times as large gives, over the classes kept (the rest lumped).
+    A factor is kept where it lowers the reviewed tags' NLL, on MIN_REVIEWED_FOR_TEMPERATURE tags or more (tasks in
+    `skip`, multi-label ones, keep theirs). Returns each task's confidences as the new temperature gives them, the
+    new temperatures, and per refitted task {factor, nll_before, nll_after, n}."""
+    confidence, new, record = {}, {}, {}
+    for t, d in decided.items():
+        confidence[t] = d["confidence"]
+        if t in skip or len(d["confidence"]) < MIN_REVIEWED_FOR_TEMPERATURE or t not in temperatures:
+            continue
+        logits, truth = torch.from_numpy(np.log(np.clip(d["probs"], 1e-12, None))), torch.from_numpy(d["truth"])
+        factor = fit_temperature(logits, truth)
+        before = float(torch.nn.functional.cross_entropy(logits, truth))
+        after = float(torch.nn.functional.cross_entropy(logits / factor, truth)) if factor > 0 else before
+        if not after < before:
+            continue
+        confidence[t] = (logits / factor).softmax(1)[:, 0].numpy()
+        new[t] = float(temperatures[t]) * factor
+        record[t] = {"factor": factor, "nll_before": before, "nll_after": after, "n": len(truth)}
+    return confidence, new, record
+
+
 def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float | None = None,
                            task_precision: dict[str, float] | None = None) -> dict:
     """Refit auto-accept thresholds on the tags people decided in a review database (review/stats.reviewed_tags:
     accepted = the model was right, corrected = wrong; bulk-accepted tags left out), through the same
     choose_threshold as validation (fit_thresholds: each target promised at 95% confidence), and write them into
-    the folder's model.json; temperatures stay (the queue keeps each tag's confidence, not the logits they would
-    be fitted on). A photo + title model's tags are fitted per input condition, as the queue recorded it for each
+    the folder's model.json, the temperatures refitted first where enough tags were decided (rescaled_by_reviews).
+    A photo + title model's tags are fitted per input condition, as the queue recorded it for each
     photo: those tagged with their title into model.json's top level, the rest into its photo-alone record
     ("photo_only"); a queue from before fashiontag recorded it counts as photo alone, as photos from folders come.
-    A condition's tasks with no decided tag keep their thresholds. Returns {titles (the model reads them),
-    conditions: {condition: {record, fitted: {task: choose_threshold's record}, kept: [tasks]}}, queue_model}."""
+    A condition's tasks with no decided tag keep their thresholds and temperatures. Returns {titles (the model reads
+    them), conditions: {condition: {record, fitted: {task: choose_threshold's record}, temperatures: {task:
+    rescaled_by_reviews' record}, kept: [tasks]}}, queue_model}."""
     from fashiontag.review.stats import reviewed_tags
     from fashiontag.review.store import ReviewStore
 
@@ -220,12 +250,15 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
         mine = {t: d for t, d in mine.items() if len(d["confidence"])}
         if not mine:
             continue
-        fitted = fit_thresholds({t: d["confidence"] for t, d in mine.items()},
-                                {t: d["correct"] for t, d in mine.items()}, {t: targets[t] for t in mine})
+        old = meta.get(condition, {}) if condition else meta
+        temperatures = old.get("temperatures", meta.get("temperatures", {}))
+        confidence, refitted, temperature_record = rescaled_by_reviews(
+            mine, temperatures, {t for t in mine if model.kinds.get(t) == MULTI})
+        fitted = fit_thresholds(confidence, {t: d["correct"] for t, d in mine.items()}, {t: targets[t] for t in mine})
         for c in fitted["thresholds_val"].values():
             c["source"] = "reviews"
-        old = meta.get(condition, {}) if condition else meta
-        record = {"thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
+        record = {"temperatures": {**temperatures, **refitted}, "temperatures_reviews": temperature_record,
+                  "thresholds": {**old.get("thresholds", meta.get("thresholds", {})), **fitted["thresholds"]},
                   "threshold_precision": {**old.get("threshold_precision", meta.get("threshold_precision", {})),
                                           **fitted["threshold_precision"]},
                   "thresholds_val": {**old.get("thresholds_val", meta.get("thresholds_val", {})),
@@ -234,7 +267,7 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
                                          "queue_model": queued.get("version")}}
         meta = {**meta, condition: {**old, **record}} if condition else {**meta, **record}
         conditions[condition] = {"record": record, "fitted": fitted["thresholds_val"],
-                                 "kept": [t for t in tasks if t not in mine]}
+                                 "temperatures": temperature_record, "kept": [t for t in tasks if t not in mine]}
     write_meta(folder, meta)
     if (folder / "model.onnx").exists():
         from fashiontag.inference.onnx_export import export_onnx
