@@ -43,6 +43,29 @@ def arrivals_and_untouched(split: dict, seed: int) -> tuple[list[str], list[str]
     return sorted(test[:half].tolist()), sorted(test[half:].tolist())
 
 
+def queue_arrivals(model: Path, data: str, out: Path, seed: int, audit_share: float) -> dict:
+    """Half the model's test side (arrivals_and_untouched) queued as `fashiontag review` queues it, in
+    out/review.db: {tagger, ds (the catalog as the model reads it), row_of (id -> catalog row), arrivals, untouched,
+    url (the queue's), filled (fill_queue's counts), truth (each arrival's labels)}."""
+    tagger = Tagger.load(model)
+    arrivals, untouched = arrivals_and_untouched(load_split(model / "split.json"), seed)
+    ds = model_dataset(tagger, data, progress=False)
+    row_of = {pid: i for i, pid in enumerate(ds.catalog.ids)}
+    truth = {pid: {t: ds.vocabs[t][ds.targets[t][row_of[pid]]] for t in tagger.tasks
+                   if ds.targets[t][row_of[pid]] >= 0} for pid in arrivals}
+    db = out / "review.db"
+    db.unlink(missing_ok=True)
+    url = f"sqlite:///{db.resolve()}"
+    store = ReviewStore(url)
+    try:
+        filled = fill_queue(store, [str(ds.catalog.photos[row_of[p]]) for p in arrivals], model,
+                            audit_share=audit_share)
+    finally:
+        store.close()
+    return {"tagger": tagger, "ds": ds, "row_of": row_of, "arrivals": arrivals, "untouched": untouched, "url": url,
+            "filled": filled, "truth": truth}
+
+
 def simulate_reviewer(db: str, truth: dict[str, dict[str, str]]) -> dict:
     """Every needs_review tag set to its true label (kept where the truth is unknown); returns tag counts."""
     store = ReviewStore(db)
@@ -82,25 +105,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    tagger = Tagger.load(args.model)
     split = load_split(Path(args.model) / "split.json")
-    arrivals, untouched = arrivals_and_untouched(split, args.seed)
-    ds = model_dataset(tagger, args.data, progress=False)
-    row_of = {pid: i for i, pid in enumerate(ds.catalog.ids)}
-    truth = {pid: {t: ds.vocabs[t][ds.targets[t][row_of[pid]]] for t in tagger.tasks
-                   if ds.targets[t][row_of[pid]] >= 0} for pid in arrivals}
-
-    db = out / "review.db"
-    db.unlink(missing_ok=True)
-    url = f"sqlite:///{db.resolve()}"
-    store = ReviewStore(url)
-    try:
-        # No audits: the loop measures the thresholds' own split between auto-accepted and reviewed tags.
-        filled = fill_queue(store, [str(ds.catalog.photos[row_of[p]]) for p in arrivals], args.model,
-                            audit_share=0.0)
-    finally:
-        store.close()
-    counts = simulate_reviewer(url, truth)
+    # No audits: the loop measures the thresholds' own split between auto-accepted and reviewed tags.
+    q = queue_arrivals(Path(args.model), args.data, out, args.seed, audit_share=0.0)
+    arrivals, untouched, url = q["arrivals"], q["untouched"], q["url"]
+    counts = simulate_reviewer(url, q["truth"])
     exported = export_reviewed(url, out / "reviewed.csv", force=True)  # a rerun replaces its own
 
     # The arrivals leave the split: they come back only as reviewed rows, on the training side.
@@ -115,7 +124,7 @@ def main() -> None:
                         evaluate(args.data, model=best, out=out / f"report-{name}", side="test", progress=False,
                                  plot=False)["tasks"].items()}
 
-    summary = {"arrivals": len(arrivals), "untouched": len(untouched), "queued": filled["queued"],
+    summary = {"arrivals": len(arrivals), "untouched": len(untouched), "queued": q["filled"]["queued"],
                "exported": exported, "tags": counts["tags"],
                "auto_accepted_share": counts["auto"] / counts["tags"],
                "needed_review_share": counts["reviewed"] / counts["tags"],
