@@ -263,6 +263,11 @@ def test_calibrate_from_reviews_refits_the_temperature_then_gives_choose_thresho
     assert after["photo_only"]["thresholds"]["usage"] == meta["photo_only"]["thresholds"]["usage"]
     assert after["photo_only"]["temperatures"]["usage"] == meta["photo_only"]["temperatures"]["usage"]
     assert after["thresholds"] == meta["thresholds"] and after["temperatures"] == meta["temperatures"]
+    # Again on the same queue: the factor applies to the temperature the queue's confidences came from, not twice.
+    again = CliRunner().invoke(app, ["calibrate", "--model", str(folder), "--reviews", url, "--precision", "0.9"])
+    assert again.exit_code == 0, again.output
+    assert load_meta(folder)["photo_only"]["temperatures"]["gender"] == pytest.approx(
+        after["photo_only"]["temperatures"]["gender"])
 
 
 def test_reviews_refit_the_thresholds_of_the_condition_each_photo_was_tagged_in(tmp_path):

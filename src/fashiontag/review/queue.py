@@ -44,12 +44,14 @@ def default_db(paths: list[str]) -> str:
 
 def model_record(model: ModelFolder) -> dict:
     """What the queue keeps of the model (see ReviewStore.set_model), with what its thresholds promise and the
-    share of validation photos they accepted (thresholds_val's threshold, coverage, n per task) for review stats:
-    under "photo_only" the same for the photo alone, for a photo + title model."""
+    share of validation photos they accepted (thresholds_val's threshold, coverage, n per task) for review stats,
+    and the temperatures its confidences came from (calibrate --reviews refits on top of those): under
+    "photo_only" the same for the photo alone, for a photo + title model."""
     meta, hierarchy = model.record, model.hierarchy
 
     def promise(m: dict) -> dict:
-        return {"thresholds": m.get("thresholds", {}), "threshold_precision": m.get("threshold_precision", {}),
+        return {"temperatures": m.get("temperatures", {}),
+                "thresholds": m.get("thresholds", {}), "threshold_precision": m.get("threshold_precision", {}),
                 "thresholds_val": {t: {k: v for k, v in c.items() if k in ("threshold", "coverage", "n")}
                                    for t, c in (m.get("thresholds_val") or {}).items() if isinstance(c, dict)}}
 

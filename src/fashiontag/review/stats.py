@@ -16,7 +16,6 @@ model was right: what `fashiontag calibrate --reviews` fits thresholds on (refit
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 from sqlalchemy import func, select
@@ -33,34 +32,28 @@ CONDITIONS = {"": "with titles", PHOTO_ONLY: "photo alone"}
 
 
 def _by_condition(model: dict, task: str, rows: list) -> dict[str, list]:
-    """A task's tags by the record of the model that judged them ("" top level, "photo_only"): a photo + title
-    model's by whether their photo was tagged with its title, as the queue recorded it; where it did not (queued
-    by a fashiontag from before), by their thresholds (_condition). Never empty: a task without tags gets the
-    record its tags would most likely have been judged by."""
-    if PHOTO_ONLY not in model:
-        return {"": rows}
+    """A task's tags by the record of the model that judged them (_record_key). Never empty: a task without tags
+    gets the record its tags would most likely have been judged by."""
     groups: dict[str, list] = {}
-    unrecorded = [r for r in rows if r.titled is None]
-    if unrecorded or not rows:
-        groups[_condition(model, task, Counter(r.threshold for r in unrecorded))] = unrecorded
     for r in rows:
-        if r.titled is not None:
-            groups.setdefault("" if r.titled else PHOTO_ONLY, []).append(r)
-    return groups
+        groups.setdefault(_record_key(model, task, r.titled, r.threshold), []).append(r)
+    return groups or {_record_key(model, task, None, None): []}
 
 
-def _condition(model: dict, task: str, queued: Counter) -> str:
-    """Which record of the model ("" top level, "photo_only") the queue's tags of a task were judged by: the one
-    whose threshold most of them carry (the queue stores each tag's threshold)."""
+def _record_key(model: dict, task: str, titled: bool | None, threshold: float | None) -> str:
+    """Which record of the model ("" top level, "photo_only") judged a tag: a photo + title model's by whether its
+    photo was tagged with its title, as the queue recorded it; where it did not (queued by a fashiontag from
+    before), the record whose threshold the tag carries (the queue stores each tag's threshold), else photo alone:
+    a queue's photos came without titles unless a loaded predict output had them."""
     if PHOTO_ONLY not in model:
         return ""
-    for threshold, _ in queued.most_common():
-        for key in (PHOTO_ONLY, ""):
-            record = model[key] if key else model
-            if record.get("thresholds", {}).get(task) is not None and \
-                    abs(float(record["thresholds"][task]) - threshold) < 1e-9:
-                return key
-    return PHOTO_ONLY  # a queue's photos came without titles unless a loaded predict output had them
+    if titled is not None:
+        return "" if titled else PHOTO_ONLY
+    for key in (PHOTO_ONLY, ""):
+        given = (model[key] if key else model).get("thresholds", {}).get(task)
+        if given is not None and threshold is not None and abs(float(given) - threshold) < 1e-9:
+            return key
+    return PHOTO_ONLY
 
 
 def review_stats(store: ReviewStore, z: float = INTERVAL_Z) -> dict:
@@ -151,16 +144,17 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
     """Per task, the tags a person decided (accepted or corrected in a review action; tags accepted unseen with
     "Accept all sure photos" are left out, as are undone decisions, and a catalog audit's tags, chosen because the
     model disagreed with the catalog, which would bias any precision fitted on them): confidence, correct (the
-    model's label kept), audit (an audit tag), titled (its photo was tagged with its title; false where the queue
-    did not record it), probs (N, K + 1: the confidences the queue keeps, the model's tag first and its runners-up
-    after, 0 past them, and last what they leave of 1) and truth (where the label people settled on is in probs;
-    the last column when it is none of the kept classes)."""
+    model's label kept), audit (an audit tag), titled (judged as tagged with its title: _record_key), probs (N,
+    K + 1: the confidences the queue keeps, the model's tag first and its runners-up after, 0 past them, and last
+    what they leave of 1) and truth (where the label people settled on is in probs; the last column when it is
+    none of the kept classes)."""
+    model = store.model() or {}
     with store.engine.connect() as conn:
         last = (select(changes.c.photo_id, changes.c.task, func.max(changes.c.id).label("last"))
                 .group_by(changes.c.photo_id, changes.c.task).subquery())
         rows = conn.execute(
-            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit, photos.c.titled, tags.c.model_label,
-                   tags.c.runners_up, tags.c.label)
+            select(tags.c.task, tags.c.confidence, tags.c.status, tags.c.audit, photos.c.titled, tags.c.threshold,
+                   tags.c.model_label, tags.c.runners_up, tags.c.label)
             .join(photos, photos.c.id == tags.c.photo_id)
             .join(last, (last.c.photo_id == tags.c.photo_id) & (last.c.task == tags.c.task))
             .join(changes, changes.c.id == last.c.last).join(actions, actions.c.id == changes.c.action_id)
@@ -171,7 +165,7 @@ def reviewed_tags(store: ReviewStore) -> dict[str, dict[str, np.ndarray]]:
         d["confidence"].append(r.confidence)
         d["correct"].append(r.status == "accepted")
         d["audit"].append(bool(r.audit))
-        d["titled"].append(bool(r.titled))
+        d["titled"].append(_record_key(model, r.task, r.titled, r.threshold) == "")
         d["kept"].append(([r.model_label, *(c for c, _ in json.loads(r.runners_up))],
                           [r.confidence, *(p for _, p in json.loads(r.runners_up))], r.label))
     return {t: {**{k: np.asarray(v, float if k == "confidence" else bool) for k, v in d.items() if k != "kept"},

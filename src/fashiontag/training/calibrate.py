@@ -212,7 +212,7 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
     the folder's model.json, the temperatures refitted first where enough tags were decided (rescaled_by_reviews).
     A photo + title model's tags are fitted per input condition, as the queue recorded it for each
     photo: those tagged with their title into model.json's top level, the rest into its photo-alone record
-    ("photo_only"); a queue from before fashiontag recorded it counts as photo alone, as photos from folders come.
+    ("photo_only"); where a queue from before did not record it, by the threshold the tag carries (review.stats).
     A condition's tasks with no decided tag keep their thresholds and temperatures. Returns {titles (the model reads
     them), conditions: {condition: {record, fitted: {task: choose_threshold's record}, temperatures: {task:
     rescaled_by_reviews' record}, kept: [tasks]}}, queue_model}."""
@@ -252,8 +252,11 @@ def calibrate_from_reviews(model: str | Path, reviews: str, *, precision: float 
             continue
         old = meta.get(condition, {}) if condition else meta
         temperatures = old.get("temperatures", meta.get("temperatures", {}))
+        # The factor applies to the temperatures the queue's confidences came from, so that a second run on the
+        # same queue does not compound it (a queue from before they were kept: the model's own).
+        given = (queued.get(condition, {}) if condition else queued).get("temperatures") or temperatures
         confidence, refitted, temperature_record = rescaled_by_reviews(
-            mine, temperatures, {t for t in mine if model.kinds.get(t) == MULTI})
+            mine, given, {t for t in mine if model.kinds.get(t) == MULTI})
         fitted = fit_thresholds(confidence, {t: d["correct"] for t, d in mine.items()}, {t: targets[t] for t in mine})
         for c in fitted["thresholds_val"].values():
             c["source"] = "reviews"
