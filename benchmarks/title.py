@@ -80,11 +80,26 @@ def baseline(train_titles: list[str], y_train: dict[str, np.ndarray], other_titl
              ) -> dict[str, np.ndarray]:
     """Issue 25's title baseline, char 2-5-gram TF-IDF (within words) + LinearSVC C=0.5 per task, fitted on
     `train_titles` (rows whose label is unknown left out): its predictions for `other_titles`."""
+    return {t: s.argmax(1) for t, s in baseline_scores(train_titles, y_train, other_titles).items()}
+
+
+def baseline_scores(train_titles: list[str], y_train: dict[str, np.ndarray], other_titles: list[str]
+                    ) -> dict[str, np.ndarray]:
+    """The baseline's decision values for `other_titles`, (N, classes) per task, its classes the label ids 0..max
+    of `y_train`; a class no training title has gets the lowest value less 10, so it is never chosen."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
     xtr, xother = vec.fit_transform(train_titles), vec.transform(other_titles)
-    return {t: LinearSVC(C=0.5).fit(xtr[y >= 0], y[y >= 0]).predict(xother) for t, y in y_train.items()}
+    scores = {}
+    for t, y in y_train.items():
+        svm = LinearSVC(C=0.5).fit(xtr[y >= 0], y[y >= 0])
+        values = svm.decision_function(xother)
+        values = values[:, None] * [-1, 1] if values.ndim == 1 else values  # two classes: one column, for the second
+        full = np.full((len(other_titles), int(y.max()) + 1), values.min() - 10, dtype=np.float32)
+        full[:, svm.classes_] = values
+        scores[t] = full
+    return scores
 
 
 def svm(args):

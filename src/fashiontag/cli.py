@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -235,7 +236,8 @@ def audit(
                              "learnt: heads refit in 5 folds on the model's features); all, both. Another catalog "
                              "is audited whole"),
     out: str = typer.Option("audit.csv", metavar="FILE", help="the flagged labels, most likely wrong first; "
-                            "audit.md, a report, is written beside it"),
+                            "audit.md, a report, and <FILE>-titles.csv, the labels their own title contradicts, "
+                            "are written beside it"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Find the catalog's labels that are likely wrong, from a model that did not learn them (cleanlab)."""
@@ -243,7 +245,7 @@ def audit(
     from fashiontag.training.audit import audit as run_audit
     result = run_audit(_data(data), model=model, tasks=_tasks(tasks), side=side, progress=progress)
     try:
-        report = result.save(out)
+        report, titles = result.save(out)
     except OSError as e:
         _fail(f"cannot write {out}: {e.strerror or e}")
     typer.echo(f"audited {result.scope}")
@@ -254,6 +256,9 @@ def audit(
     for note in result.notes:
         typer.echo(note)
     typer.echo(f"identical photos with different labels: {len(result.duplicates):,} groups")
+    by_task = Counter(c["task"] for c in result.titles)
+    typer.echo(f"labels their own title contradicts: {len(result.titles):,}"
+               + (f" ({', '.join(f'{t} {n:,}' for t, n in by_task.items())}): {titles}" if by_task else ""))
     typer.echo(f"{len(result.flags):,} flags: {out}; report: {report}")
 
 

@@ -148,6 +148,18 @@ def test_identical_photos_with_different_labels_are_grouped(flipped, audited):
     assert list(group["labels"]) == ["baseColour"]
 
 
+def test_labels_their_own_title_contradicts_are_listed_from_the_whole_catalog(flipped, audited):
+    _, flips, relisted = flipped  # the labels were changed, the titles ("Brand Men Red Tshirts") kept
+    found = {(c["task"], c["id"]) for c in audited.titles}
+    planted = {(t, i) for t, ids in flips.items() for i in ids}
+    assert planted <= found and len(found - planted) == 1, found - planted
+    (task, relabelled), = found - planted  # the re-listed photo whose copy got another colour
+    assert task == "baseColour" and relabelled in relisted
+    one = next(c for c in audited.titles if c["task"] == "articleType")
+    assert one["title_names"] in one["title"] and one["catalog_label"] not in one["title"]
+    assert "## Labels their own title contradicts: 13" in audited.to_markdown()
+
+
 def test_tasks_the_model_lacks_are_one_clear_error(flipped, trained):
     with pytest.raises(ValueError, match="no task 'pattern'; its tasks: gender"):
         audit(flipped[0], model=trained, tasks=("gender", "pattern"), progress=False)
@@ -187,6 +199,10 @@ def test_cli_writes_the_flags_with_their_columns_in_order(flipped, trained, tmp_
     assert flipped[1]["baseColour"] <= {r[0] for r in rows[1:] if r[1] == "baseColour"}
     assert "articleType" in result.output and "at score >= 0.95" in result.output
     assert "# Catalog audit" in (tmp_path / "audit.md").read_text()
+    with open(tmp_path / "audit-titles.csv", newline="") as f:
+        titles = list(csv.reader(f))
+    assert titles[0] == ["id", "task", "catalog_label", "title_names", "title"] and len(titles) == 1 + 2 * N_FLIPS + 1
+    assert f"labels their own title contradicts: {2 * N_FLIPS + 1}" in result.output
     bad = CliRunner().invoke(app, ["audit", "--data", str(flipped[0]), "--model", str(trained), "--tasks", "pattern",
                                    "--out", str(tmp_path / "x.csv"), "--no-progress"])
     assert bad.exit_code == 2 and "error: the model has no task 'pattern'" in bad.output

@@ -147,3 +147,54 @@ class TitleDropout:
             else:
                 out.append(drop_words(title, self.word_drop, rng) if self.word_drop else title)
         return out
+
+
+# A class's name may take this many of a title's words ("T-shirt" is two words once normalised, "Navy Blue" two).
+_NAME_WORDS = 4
+
+
+def name_spans(title: str) -> list[tuple[int, int, str]]:
+    """Every run of one to _NAME_WORDS of a title's normalised words, as (start, end, key): the run's words
+    joined and stemmed (ClassNames matches keys)."""
+    words = normalise(title).split()
+    return [(i, j, _stem("".join(words[i:j]))) for i in range(len(words))
+            for j in range(i + 1, min(len(words), i + _NAME_WORDS) + 1)]
+
+
+class ClassNames:
+    """Which of a task's classes a title names: a run of the title's words that, joined, is the class's name
+    joined, case and a plural aside ("T-shirt" names Tshirts, "navy blue" Navy Blue, "Girl's" Girls); a name
+    inside a longer one does not count ("Navy Blue Shoes" names Navy Blue, not Blue)."""
+
+    def __init__(self, classes: Iterable[str]):
+        self.classes = list(classes)
+        self.by_key: dict[str, str] = {}
+        for c in self.classes:
+            key = _stem("".join(normalise(c).split()))
+            if key:
+                self.by_key.setdefault(key, c)
+
+    def found(self, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+        """Each span of a title (its name_spans, computed once for several tasks) that is a class's name, as
+        (start, end, class)."""
+        return [(i, j, self.by_key[k]) for i, j, k in spans if k in self.by_key]
+
+    def named(self, spans: list[tuple[int, int, str]], others: Iterable[tuple[int, int]] = ()) -> set[str]:
+        """The classes named in a title given as its name_spans; a name inside a longer one, of this task's or
+        of `others` (other tasks' names found in the title: "Casual" in the article type "Casual Shoes" is not
+        the usage Casual), does not count."""
+        found = self.found(spans)
+        longer = [(a, b) for a, b, _ in found] + list(others)
+        return {c for i, j, c in found if not any(a <= i and j <= b and b - a > j - i for a, b in longer)}
+
+    def named_in(self, title: str) -> set[str]:
+        return self.named(name_spans(title))
+
+
+def _stem(word: str) -> str:
+    """A word without its plural ending: "dresses" -> "dress", "boys" -> "boy", "dress" stays."""
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from fashiontag.atomic import replacing
 from fashiontag.data.spreadsheet import inert_row
+from fashiontag.data.text import ClassNames, name_spans
 from fashiontag.data.vocab import OTHER, split_values
 from fashiontag.inference.tagger import Tagger
 from fashiontag.model_folder import MULTI
@@ -31,6 +32,7 @@ from fashiontag.training.crossfit import FOLDS, CrossFit, cross_fit, model_outpu
 from fashiontag.training.evaluate import is_own_catalog, model_dataset, rows_to_score
 
 COLUMNS = ["id", "task", "catalog_label", "suggested_label", "score", "path", "title", "runners_up", "cleanlab_issue"]
+TITLE_COLUMNS = ["id", "task", "catalog_label", "title_names", "title"]
 LEVELS = (0.5, 0.8, 0.95)
 # cleanlab's label quality "self_confidence" is p(label), so a score (1 - quality) of 0.5 or more means the model
 # gives the catalog's label less than even odds. On planted errors it found more than cleanlab's
@@ -38,6 +40,7 @@ LEVELS = (0.5, 0.8, 0.95)
 # is merely unsure between, which the catalog has many of (colours).
 METHOD = "self_confidence"
 RUNNERS_UP = 3
+PAIRS = 5  # label / title pairs per task in the report
 # Which rows each side scores on the model's own catalog, and how: by the model, or cross-fitted.
 SIDES = ("unseen", "val", "test", "train", "all")
 
@@ -76,6 +79,7 @@ class Audit:
     scores: dict[str, TaskScores]                  # per task, every label scored (for benchmarks and notebooks)
     summary: dict[str, dict]                       # per task: scored, unknown, flagged at LEVELS, cleanlab
     duplicates: list[dict]                         # exact-duplicate photos whose labels disagree
+    titles: list[dict]                             # labels their own title contradicts (TITLE_COLUMNS)
     scope: str                                     # which rows were scored and why
     ids: list[str]                                 # the catalog's ids by row: TaskScores.rows index them
     notes: list[str] = field(default_factory=list)
@@ -109,18 +113,38 @@ class Audit:
         for g in self.duplicates[:50]:
             lines.append(f"- {', '.join(g['ids'])}: " + "; ".join(
                 f"{t} {' / '.join(sorted(set(v)))}" for t, v in g["labels"].items()))
+        lines += ["", f"## Labels their own title contradicts: {len(self.titles):,}", "",
+                  (f"The title names one class of the task and the label is another: the {PAIRS} most common pairs "
+                   "per task; every product is in the titles CSV."), "",
+                  "| task | label | the title names | products | e.g. |", "|---|---|---|---|---|"]
+        pairs = Counter((c["task"], c["catalog_label"], c["title_names"]) for c in self.titles)
+        example = {(c["task"], c["catalog_label"], c["title_names"]): c for c in reversed(self.titles)}
+        for t in self.summary:
+            for key, n in sorted(((k, n) for k, n in pairs.items() if k[0] == t), key=lambda kn: -kn[1])[:PAIRS]:
+                e = example[key]
+                lines.append(f"| {t} | {_md(key[1])} | {_md(key[2])} | {n:,} | {_md(e['id'])}: {_md(e['title'])} |")
         return "\n".join(lines) + "\n"
 
     def write_report(self, path: str | Path) -> None:
         _atomically(Path(path), lambda f: f.write(self.to_markdown()))
 
-    def save(self, csv_path: str | Path) -> Path:
-        """The flags to csv_path and the report to audit.md beside it; returns the report's path."""
+    def titles_to_csv(self, path: str | Path) -> None:
+        def write(f):
+            w = csv.DictWriter(f, TITLE_COLUMNS)
+            w.writeheader()
+            w.writerows(inert_row(c) for c in self.titles)
+        _atomically(Path(path), write)
+
+    def save(self, csv_path: str | Path) -> tuple[Path, Path]:
+        """The flags to csv_path, the labels their title contradicts to <its stem>-titles.csv and the report to
+        audit.md beside it; returns the report's path and the titles CSV's."""
         csv_path = Path(csv_path)
         report = csv_path.with_name("audit.md" if csv_path.name != "audit.md" else "audit.report.md")
+        titles = csv_path.with_name(f"{csv_path.stem}-titles.csv")
         self.to_csv(csv_path)
+        self.titles_to_csv(titles)
         self.write_report(report)
-        return report
+        return report, titles
 
 
 def audit(catalog: str | Path, *, model: str | Path | Tagger | None = None, tasks: tuple[str, ...] | None = None,
@@ -167,6 +191,7 @@ def audit(catalog: str | Path, *, model: str | Path | Tagger | None = None, task
     by_row = {t: dict(zip(rows.tolist(), probs[t])) for t in scores}
     flags = _flags(ds, scores, by_row, tagger.vocabs, min_score)
     return Audit(flags, scores, summary, duplicate_disagreements(ds, tuple(scores)),
+                 title_contradictions(ds, [t for t in scores if tagger.kinds[t] != MULTI], tagger.vocabs),
                  scope + ("; with their titles" if with_titles else ""), ds.catalog.ids,
                  [f"{t}: multi-label, one label per product and class (has it or not)"
                   for t in chosen_tasks if tagger.kinds[t] == MULTI], crossfit)
@@ -251,6 +276,26 @@ def duplicate_disagreements(ds, tasks: tuple[str, ...]) -> list[dict]:
         if differ:
             out.append({"ids": [ds.catalog.ids[i] for i in members], "labels": differ})
     return sorted(out, key=lambda g: (-len(g["labels"]), g["ids"]))
+
+
+def title_contradictions(ds, tasks: list[str], vocabs: dict[str, list[str]]) -> list[dict]:
+    """Products whose title names one class of a task and whose label is another of the model's classes (the title
+    says "Girl's", the label Women; data.text.ClassNames): one of the two is wrong. A model trained on a batch of
+    such labels learns them (the Kaggle catalog's Gini and Jony kidswear labelled Men and Women), so it cannot flag
+    them, but the title does. A name inside another task's longer one does not count (the usage "Casual" in the
+    article type "Casual Shoes"). The whole catalog is searched, training side included; in catalog order, per
+    task."""
+    names = {t: ClassNames(c for c in vocabs[t] if c != OTHER) for t in tasks}
+    found: dict[str, list[dict]] = {t: [] for t in tasks}
+    for i, title in enumerate(ds.catalog.titles):
+        spans = name_spans(title) if title else []
+        every_name = [(a, b) for classes in names.values() for a, b, _ in classes.found(spans)]
+        for t, classes in names.items():
+            label, named = ds.catalog.columns[t][i], classes.named(spans, every_name)
+            if len(named) == 1 and label in classes.classes and label not in named:
+                found[t].append({"id": ds.catalog.ids[i], "task": t, "catalog_label": label,
+                                 "title_names": named.pop(), "title": title})
+    return [c for t in tasks for c in found[t]]
 
 
 def _flags(ds, scores: dict[str, TaskScores], probs: dict[str, dict], vocabs: dict, min_score: float) -> list[Flag]:
