@@ -534,7 +534,8 @@ app.add_typer(review_app, name="review")
 def review_start(
     paths: List[str] = typer.Argument(..., metavar="PATH...", help="photos and folders to tag, or one predict "
                                       "output (.csv, .tsv, .jsonl) to load, or one `fashiontag audit` file "
-                                      "(audit.csv: its flagged labels, the catalog's beside the suggestion)"),
+                                      "(audit.csv: its flagged labels, the catalog's beside the suggestion; or "
+                                      "audit-titles.csv: the class the title names beside the label)"),
     db: Optional[str] = typer.Option(None, metavar="URL", help="SQLAlchemy database URL (default: SQLite beside "
                                      "the first PATH: photos/ -> photos.review.db, tags.csv -> tags.review.db)"),
     model: Optional[str] = typer.Option(None, metavar="DIR", help="model folder (default: the shipped model)"),

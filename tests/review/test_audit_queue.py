@@ -153,6 +153,21 @@ def test_keep_take_other_are_recorded_and_exported_for_train_extra(shop, catalog
         before.columns["subCategory"][row["1002"]]) != ("", "", "")
 
 
+def test_labels_their_title_contradicts_queue_with_the_titles_class_as_the_suggestion(shop, tmp_path):
+    """audit-titles.csv: audit.csv's columns, the class the title names as the suggestion, no score (no model
+    judged the label)."""
+    titles = _write_audit(shop.with_name("audit-titles.csv"), {"1000": "images/1000.jpg", "1001": "images/1001.jpg"},
+                          rows=[("1000", "gender", "Men", "Women", "", ""), ("1001", "usage", "Casual", "Sports", "", "")])
+    store = ReviewStore(f"sqlite:///{tmp_path / 'q.db'}")
+    assert fill_queue(store, [str(titles)], engine="onnx")["added"] == 2
+    queued = {p["item_id"]: p["tags"] for p in store.photos()}
+    assert {pid: {t: (tag["catalog_label"], tag["model_label"], tag["confidence"], tag["runners_up"], tag["status"])
+                  for t, tag in tags.items()} for pid, tags in queued.items()} == {
+        "1000": {"gender": ("Men", "Women", 0.0, [], "needs_review")},
+        "1001": {"usage": ("Casual", "Sports", 0.0, [], "needs_review")}}
+    store.close()
+
+
 def test_an_audit_made_by_fashiontag_audit_queues_as_it_flags(catalog, trained, tmp_path):
     result = audit(catalog.root, model=trained, progress=False)
     assert result.flags

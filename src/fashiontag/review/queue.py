@@ -190,7 +190,8 @@ def audit_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, fl
     store takes it: its product's photo with the one task, read by queue_item as a predict row of that task alone.
     The model's suggestion is the tag's label, with its probability as the confidence (0 where the audit does not
     list it among its runners-up: unknown, so it sorts as least sure), the catalog's label its `catalog_label`, and
-    the other classes listed its runners-up, the catalog's among them at 1 - score. A row whose task the model
+    the other classes listed its runners-up, the catalog's among them at 1 - score (unlisted where the score is
+    blank: audit-titles.csv, whose suggestion is the class the title names). A row whose task the model
     lacks, whose labels are not its classes, whose numbers are not probabilities or whose photo is missing is
     refused (RowRefused)."""
     if not isinstance(row, dict):
@@ -205,7 +206,8 @@ def audit_item(row: dict, vocabs: dict[str, list[str]], thresholds: dict[str, fl
     if catalog == suggested:
         raise RowRefused(f"the suggested {task} is the catalog's own ({catalog!r}): nothing to review")
     listed = _listed(row.get("runners_up"))
-    listed.setdefault(catalog, round(1.0 - _confidence(row, "score"), 4))
+    if row.get("score") not in (None, ""):  # blank: no model scored the label (audit-titles.csv)
+        listed.setdefault(catalog, round(1.0 - _confidence(row, "score"), 4))
     runners = sorted(((c, p) for c, p in listed.items() if c != suggested), key=lambda cp: -cp[1])[:TOP_K - 1]
     predicted = {"path": row.get("path"), "id": row.get("id"), task: suggested,
                  f"{task}_confidence": listed.get(suggested, 0.0),

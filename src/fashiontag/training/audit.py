@@ -32,7 +32,6 @@ from fashiontag.training.crossfit import FOLDS, CrossFit, cross_fit, model_outpu
 from fashiontag.training.evaluate import is_own_catalog, model_dataset, rows_to_score
 
 COLUMNS = ["id", "task", "catalog_label", "suggested_label", "score", "path", "title", "runners_up", "cleanlab_issue"]
-TITLE_COLUMNS = ["id", "task", "catalog_label", "title_names", "title"]
 LEVELS = (0.5, 0.8, 0.95)
 # cleanlab's label quality "self_confidence" is p(label), so a score (1 - quality) of 0.5 or more means the model
 # gives the catalog's label less than even odds. On planted errors it found more than cleanlab's
@@ -79,7 +78,7 @@ class Audit:
     scores: dict[str, TaskScores]                  # per task, every label scored (for benchmarks and notebooks)
     summary: dict[str, dict]                       # per task: scored, unknown, flagged at LEVELS, cleanlab
     duplicates: list[dict]                         # exact-duplicate photos whose labels disagree
-    titles: list[dict]                             # labels their own title contradicts (TITLE_COLUMNS)
+    titles: list[dict]                             # labels their own title contradicts (COLUMNS, no score)
     scope: str                                     # which rows were scored and why
     ids: list[str]                                 # the catalog's ids by row: TaskScores.rows index them
     notes: list[str] = field(default_factory=list)
@@ -117,8 +116,8 @@ class Audit:
                   (f"The title names one class of the task and the label is another: the {PAIRS} most common pairs "
                    "per task; every product is in the titles CSV."), "",
                   "| task | label | the title names | products | e.g. |", "|---|---|---|---|---|"]
-        pairs = Counter((c["task"], c["catalog_label"], c["title_names"]) for c in self.titles)
-        example = {(c["task"], c["catalog_label"], c["title_names"]): c for c in reversed(self.titles)}
+        pairs = Counter((c["task"], c["catalog_label"], c["suggested_label"]) for c in self.titles)
+        example = {(c["task"], c["catalog_label"], c["suggested_label"]): c for c in reversed(self.titles)}
         for t in self.summary:
             for key, n in sorted(((k, n) for k, n in pairs.items() if k[0] == t), key=lambda kn: -kn[1])[:PAIRS]:
                 e = example[key]
@@ -129,8 +128,11 @@ class Audit:
         _atomically(Path(path), lambda f: f.write(self.to_markdown()))
 
     def titles_to_csv(self, path: str | Path) -> None:
+        """The labels their own title contradicts in audit.csv's columns, the class the title names as the
+        suggestion and score, runners-up and cleanlab's verdict blank (no model judged them), so that `fashiontag
+        review` queues them as it queues the flags."""
         def write(f):
-            w = csv.DictWriter(f, TITLE_COLUMNS)
+            w = csv.DictWriter(f, COLUMNS)
             w.writeheader()
             w.writerows(inert_row(c) for c in self.titles)
         _atomically(Path(path), write)
@@ -294,7 +296,8 @@ def title_contradictions(ds, tasks: list[str], vocabs: dict[str, list[str]]) -> 
             label, named = ds.catalog.columns[t][i], classes.named(spans, every_name)
             if len(named) == 1 and label in classes.classes and label not in named:
                 found[t].append({"id": ds.catalog.ids[i], "task": t, "catalog_label": label,
-                                 "title_names": named.pop(), "title": title})
+                                 "suggested_label": named.pop(), "score": "", "path": str(ds.catalog.photos[i]),
+                                 "title": title, "runners_up": "", "cleanlab_issue": ""})
     return [c for t in tasks for c in found[t]]
 
 
