@@ -12,6 +12,8 @@ def test_a_class_is_named_whatever_its_case_plural_or_possessive():
     assert GENDERS.named_in("Nike Black Cap") == set()
     assert GENDERS.named_in("") == set()
     assert GENDERS.named_in("Women's and Girls' set") == {"Women", "Girls"}  # two named: the audit skips it
+    sizes = ClassNames(["S", "M", "L"])
+    assert sizes.named_in("Puma Men's Tee") == set() and sizes.named_in("Puma MEN'S Tee Size M") == {"M"}
 
 
 def test_a_name_is_matched_across_hyphens_and_words_and_the_longest_wins():

@@ -149,6 +149,8 @@ class TitleDropout:
         return out
 
 
+# "Men's" read as "Mens": split at the apostrophe, its "s" would be a word of its own, and name a size S.
+_POSSESSIVE = re.compile(r"['’]s\b", re.IGNORECASE)
 # A class's name may take this many of a title's words ("T-shirt" is two words once normalised, "Navy Blue" two).
 _NAME_WORDS = 4
 
@@ -156,7 +158,7 @@ _NAME_WORDS = 4
 def name_spans(title: str) -> list[tuple[int, int, str]]:
     """Every run of one to _NAME_WORDS of a title's normalised words, as (start, end, key): the run's words
     joined and stemmed (ClassNames matches keys)."""
-    words = normalise(title).split()
+    words = normalise(_POSSESSIVE.sub("s", title)).split()
     return [(i, j, _stem("".join(words[i:j]))) for i in range(len(words))
             for j in range(i + 1, min(len(words), i + _NAME_WORDS) + 1)]
 
