@@ -61,18 +61,18 @@ def labels(args):
         other = sum(n != g for n, g in naming)
         print(f"| {side} | {len(names):,} | {len(naming):,} | {other} ({100 * other / len(naming):.2f}%) |")
 
-    base = baseline(titles(ds, "train"), {"gender": side_targets(ds, "train")["gender"]},
-                    titles(ds, "val") + titles(ds, "test"))["gender"]
+    both = baseline(titles(ds, "train"), {"gender": side_targets(ds, "train")["gender"]},
+                    titles(ds, "val") + titles(ds, "test"))["gender"]  # one fit for both sides
+    base = {"val": both[:len(ds.rows["val"])], "test": both[len(ds.rows["val"]):]}
     print("\nGender errors on products the model never saw, by whether the label contradicts the title\n\n"
           "| side | model | right | wrong | wrong, the label contradicting the title | wrong otherwise |\n"
           "|---|---|---|---|---|---|")
     for side in ("val", "test"):
         rows, side_titles = ds.rows[side], titles(ds, side)
         fused = tagger.choose(tagger.probabilities(np.asarray(ds.cache.pixels[rows]), side_titles))["gender"]
-        base_side, base = base[:len(rows)], base[len(rows):]
         y = side_targets(ds, side)["gender"]
         contradicts = np.array([n is not None and g >= 0 and n != vocab[g] for n, g in zip(named[side], y)])
-        for name, pred in (("photo + title", fused), ("baseline", base_side)):
+        for name, pred in (("photo + title", fused), ("baseline", base[side])):
             wrong = (pred != y) & (y >= 0)
             print(f"| {side} | {name} | {100 * (1 - wrong.sum() / (y >= 0).sum()):.2f}% | {wrong.sum()} | "
                   f"{(wrong & contradicts).sum()} | {(wrong & ~contradicts).sum()} |")
